@@ -1,0 +1,81 @@
+"""The Flask application factory: settings, stores built once, the API, one error shape."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import orjson
+from flask import Flask, redirect
+from flask.json.provider import JSONProvider
+from werkzeug.exceptions import HTTPException
+
+from app import jsonio
+from app.settings import load_settings
+
+log = logging.getLogger("featurestore")
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON through orjson: fast, and deep nesting is a clean parse error, not a crash."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return jsonio.dumps(obj).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+
+def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService, imported lazily
+    """Open every backend named by the settings (failing fast) and hydrate the realtime store."""
+    from app.service import FeatureService
+    from catalog import open_catalog
+    from extraction.etl_runner import EtlRunner
+    from extraction.etl_source import EtlFetcher
+    from extraction.warehouse import open_warehouse
+    from realtime import open_realtime_store
+
+    catalog = open_catalog(settings["CATALOG_URL"])
+    warehouse = open_warehouse(settings["WAREHOUSE_URL"])
+    realtime = open_realtime_store(settings["REALTIME_URL"])
+    window_days = settings["REALTIME_WINDOW_DAYS"]
+    hydrated = realtime.hydrate(warehouse, int(window_days * 86400) if window_days > 0 else None)
+    log.info("realtime store hydrated from the warehouse: %s", hydrated)
+    fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
+                         settings["REMOTE_TIMEOUT_SECONDS"])
+    return FeatureService(catalog, warehouse, realtime, fetcher, EtlRunner(),
+                          settings["MAX_RESPONSE_ROWS"], settings["MAX_PUBLISH_FLOWS"])
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then `config` (which wins)."""
+    from app.api import API_PREFIX, build_blueprint
+    from app.api.common import error_body
+
+    settings = load_settings(config)
+    app = Flask(__name__)
+    app.config.update(settings)
+    app.config.update(MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"], RESTX_ERROR_404_HELP=False,
+                      ERROR_INCLUDE_MESSAGE=False, RESTX_MASK_SWAGGER=False)
+    app.json = OrjsonProvider(app)
+    app.extensions["feature_service"] = build_service(settings)
+    app.register_blueprint(build_blueprint())
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):  # noqa: ANN202 - errors outside the API blueprint
+        body, status = error_body(error)
+        return app.response_class(jsonio.dumps(body), status=status, mimetype="application/json")
+
+    @app.get("/docs")
+    def docs():  # noqa: ANN202
+        return redirect(f"{API_PREFIX}/docs")
+
+    return app
+
+
+def close_app(app: Flask) -> None:
+    """Release every backend the app opened."""
+    service = app.extensions.get("feature_service")
+    if service is not None:
+        for backend in (service.catalog, service.warehouse, service.realtime):
+            backend.close()

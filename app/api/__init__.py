@@ -1,0 +1,24 @@
+"""The REST API under /v1.0: one namespace module per resource."""
+from __future__ import annotations
+
+from flask import Blueprint
+from flask_restx import Api
+
+from app.api import etls, health, publish, queries
+from app.api.common import install_error_handlers, install_json_representation
+
+API_PREFIX = "/v1.0"
+
+
+def build_blueprint() -> Blueprint:
+    """The API blueprint with its namespaces, OpenAPI document and Swagger UI (at /v1.0/docs)."""
+    blueprint = Blueprint("api", __name__, url_prefix=API_PREFIX)
+    api = Api(blueprint, version="1.0", title="Feature store",
+              description="Saved SQL queries and git-versioned ETLs, served from hot data with the exact "
+                          "code and schema they were trained with.", doc="/docs")
+    install_json_representation(api)
+    install_error_handlers(api)
+    for module in (publish, queries, etls, health):
+        for namespace in module.NAMESPACES:
+            api.add_namespace(namespace)
+    return blueprint

@@ -1,0 +1,122 @@
+"""What every namespace shares: body and parameter parsing, the JSON representation, errors."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import jsonschema
+from flask import current_app, make_response, request
+from flask_restx import Api, Model, fields
+from werkzeug.exceptions import HTTPException
+
+from app import jsonio
+from app.service import FeatureService
+from common.errors import FeatureStoreError, InvalidInput
+
+log = logging.getLogger(__name__)
+ID_PATTERN = {"query": re.compile(r"^q_[0-9a-f]{16}$"), "etl": re.compile(r"^e_[0-9a-f]{16}$")}
+
+
+class Scalar(fields.Raw):
+    """A JSON string, number or boolean (an entity key value); the schema leaves the type open."""
+
+    __schema_type__ = None
+    __schema_example__ = "5f2b…"
+
+
+def service() -> FeatureService:
+    return current_app.extensions["feature_service"]
+
+
+def caller() -> str:
+    """Who is asking, for `created_by` (the X-User header until authentication exists)."""
+    user = request.headers.get("X-User", "anonymous").strip()[:200]
+    return user or "anonymous"
+
+
+def json_body(model: Model) -> dict[str, Any]:
+    """The request's JSON object, validated against `model` (unknown fields refused)."""
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    schema = {**model.__schema__, "additionalProperties": False, "definitions": _definitions(model)}
+    errors = sorted(jsonschema.Draft4Validator(schema).iter_errors(body), key=lambda e: list(e.path))
+    if errors:
+        raise InvalidInput("the request body is not valid", {"errors": [
+            {"field": ".".join(str(p) for p in error.path) or None, "message": error.message[:300]}
+            for error in errors[:20]]})
+    return body
+
+
+def _definitions(model: Model) -> dict[str, Any]:
+    nested = {}
+    for field in model.values():
+        inner = getattr(field, "nested", None) or getattr(getattr(field, "container", None), "nested", None)
+        if isinstance(inner, Model):
+            nested[inner.name] = {**inner.__schema__, "additionalProperties": False}
+    return nested
+
+
+def query_flag(name: str, default: bool) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(raw.lower())
+    if value is None:
+        raise InvalidInput(f"query parameter {name} must be true or false", {"parameter": name})
+    return value
+
+
+def query_int(name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"query parameter {name} must be an integer", {"parameter": name}) from None
+    if not low <= value <= high:
+        raise InvalidInput(f"query parameter {name} must be between {low} and {high}",
+                           {"parameter": name, "min": low, "max": high})
+    return value
+
+
+def checked_id(kind: str, value: Any) -> str:
+    """An id of the right shape, else 400 (an unknown but well-formed id is a 404 later)."""
+    if not isinstance(value, str) or not ID_PATTERN[kind].match(value):
+        raise InvalidInput(f"{value!r} is not a valid {kind} id", {f"{kind}_id": str(value)[:100]})
+    return value
+
+
+def paging() -> tuple[int, int]:
+    return query_int("offset", 0, 0, 10**9) or 0, query_int("limit", 50, 1, 500) or 50
+
+
+def page_dict(page: Any, item: Any) -> dict[str, Any]:
+    return {"items": [item(record) for record in page.items], "total": page.total,
+            "offset": page.offset, "limit": page.limit}
+
+
+def error_body(error: BaseException) -> tuple[dict[str, Any], int]:
+    """The one error shape {code, message, details} and its HTTP status, for any exception."""
+    if isinstance(error, FeatureStoreError):
+        return error.to_dict(), error.status
+    if isinstance(error, HTTPException):
+        code = re.sub(r"\W+", "_", (error.name or "http_error").lower()).strip("_")
+        return {"code": code, "message": error.description or error.name, "details": {}}, error.code or 500
+    log.exception("unhandled error", exc_info=error)
+    return {"code": "internal_error", "message": "the server failed; see its log", "details": {}}, 500
+
+
+def install_error_handlers(api: Api) -> None:
+    api.errorhandler(Exception)(error_body)
+
+
+def install_json_representation(api: Api) -> None:
+    @api.representation("application/json")
+    def output_json(data: Any, code: int, headers: Any = None):  # noqa: ANN202
+        response = make_response(jsonio.dumps(data), code)
+        response.headers.extend(headers or {})
+        response.mimetype = "application/json"
+        return response

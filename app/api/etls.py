@@ -1,0 +1,124 @@
+"""ETLs: POST /extract/train, POST /extract/realtime, GET /etls[/<id>]."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from flask_restx import Namespace, Resource, fields
+
+from app.api.common import Scalar, caller, checked_id, json_body, page_dict, paging, query_flag, service
+from app.api.queries import FLAGS, column
+from app.jsonio import frame_records
+from app.service import EtlLocation
+from catalog.base import EtlRecord
+from common.errors import InvalidInput
+
+extract_ns = Namespace("extract", description="Run a git-versioned ETL on a query's result")
+etls_ns = Namespace("etls", description="Registered ETLs in the catalog")
+NAMESPACES = [extract_ns, etls_ns]
+
+etl_location = extract_ns.model("EtlLocation", {
+    "repo": fields.String(required=True, max_length=2000, description="a clonable URL or local path"),
+    "ref": fields.String(max_length=250, description="branch, tag or commit (default HEAD)"),
+    "path": fields.String(required=True, max_length=1000, description="the .py file inside the repository"),
+})
+train_request = extract_ns.model("ExtractTrainRequest", {
+    "query_id": fields.String(required=True, max_length=64),
+    "etl_path": fields.String(max_length=4000, description=(
+        "a path or file:// URL of a .py file in a local git repository, git+<repo-url>@<ref>#<path>, "
+        "or an http(s) URL of a .py file")),
+    "etl": fields.Nested(etl_location, description="structured alternative to etl_path"),
+    "name": fields.String(max_length=200),
+})
+train_response = extract_ns.model("ExtractTrainResponse", {
+    "etl_id": fields.String(description="null unless save=true"),
+    "schema": fields.List(fields.Nested(column)),
+    "data": fields.List(fields.Raw, description="feature rows; null when include_data=false"),
+})
+realtime_request = extract_ns.model("ExtractRealtimeRequest", {
+    "query_id": fields.String(required=True, max_length=64),
+    "etl_id": fields.String(required=True, max_length=64),
+    "index_key": fields.String(required=True, max_length=200),
+    "index_value": Scalar(required=True),
+})
+source = etls_ns.model("EtlSource", {name: fields.String for name in ("kind", "url", "repo", "ref", "commit", "path")})
+etl_record = etls_ns.model("EtlRecord", {
+    "etl_id": fields.String, "name": fields.String, "query_id": fields.String, "source": fields.Nested(source),
+    "code_sha256": fields.String, "schema": fields.List(fields.Nested(column)), "created_by": fields.String,
+    "created_at": fields.String, "code": fields.String(description="only when reading one ETL"),
+})
+etl_page = etls_ns.model("EtlPage", {"items": fields.List(fields.Nested(etl_record)), "total": fields.Integer,
+                                     "offset": fields.Integer, "limit": fields.Integer})
+
+
+def _location(body: dict[str, Any]) -> EtlLocation:
+    etl = body.get("etl")
+    if bool(body.get("etl_path")) == bool(etl):
+        raise InvalidInput("give exactly one of etl_path or etl {repo, ref, path}")
+    if etl:
+        return EtlLocation(repo=etl["repo"], ref=etl.get("ref"), path=etl["path"])
+    return EtlLocation(etl_path=body["etl_path"])
+
+
+def _summary(record: EtlRecord) -> dict[str, Any]:
+    data = record.to_dict()
+    data.pop("code")
+    return data
+
+
+@extract_ns.route("/train")
+class ExtractTrain(Resource):
+    @extract_ns.expect(train_request)
+    @extract_ns.doc(params=FLAGS)
+    @extract_ns.response(200, "the training set, and the ETL id when saved", train_response)
+    @extract_ns.response(400, "the ETL cannot be fetched or loaded")
+    @extract_ns.response(404, "unknown query_id")
+    @extract_ns.response(422, "the ETL raised or returned something else than a DataFrame")
+    @extract_ns.response(502, "the git or HTTP remote could not be reached")
+    def post(self):
+        """Fetch an ETL from git, run it on the saved query's warehouse result; save=true registers it."""
+        body = json_body(train_request)
+        record, frame = service().train_etl(
+            checked_id("query", body["query_id"]), _location(body), body.get("name"), query_flag("save", False),
+            query_flag("include_data", True), caller())
+        return {"etl_id": record.etl_id if record else None,
+                "schema": record.schema if record else None,
+                "data": frame_records(frame) if frame is not None else None}
+
+
+@extract_ns.route("/realtime")
+class ExtractRealtime(Resource):
+    @extract_ns.expect(realtime_request)
+    @extract_ns.response(200, "the entity's features, in training column order", extract_ns.model(
+        "FeatureRows", {"data": fields.List(fields.Raw)}))
+    @extract_ns.response(404, "unknown id, or no hot rows for the entity")
+    @extract_ns.response(409, "serving output differs from the training schema (details: the diff)")
+    @extract_ns.response(422, "the ETL raised")
+    def post(self):
+        """One entity's features from hot data, by the saved query and ETL, schema-checked."""
+        body = json_body(realtime_request)
+        frame = service().realtime_etl(checked_id("query", body["query_id"]), checked_id("etl", body["etl_id"]),
+                                       body["index_key"], body["index_value"])
+        return {"data": frame_records(frame)}
+
+
+@etls_ns.route("")
+class EtlList(Resource):
+    @etls_ns.doc(params={"offset": "rows to skip", "limit": "page size (1-500)",
+                         "query_id": "only ETLs trained on this query"})
+    @etls_ns.response(200, "a page of ETLs, newest first", etl_page)
+    def get(self):
+        """List registered ETLs (without their code)."""
+        query_id = request.args.get("query_id")
+        offset, limit = paging()
+        page = service().list_etls(offset, limit, checked_id("query", query_id) if query_id else None)
+        return page_dict(page, _summary)
+
+
+@etls_ns.route("/<string:etl_id>")
+class EtlItem(Resource):
+    @etls_ns.response(200, "the ETL with its source code", etl_record)
+    @etls_ns.response(404, "unknown etl_id")
+    def get(self, etl_id: str):
+        """Read one ETL, its source code included."""
+        return service().get_etl(checked_id("etl", etl_id)).to_dict()

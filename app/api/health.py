@@ -1,0 +1,23 @@
+"""GET /health: whether each backend answers."""
+from __future__ import annotations
+
+from flask_restx import Namespace, Resource, fields
+
+from app.api.common import service
+
+ns = Namespace("health", description="Backend checks")
+NAMESPACES = [ns]
+
+check = ns.model("Check", {"ok": fields.Boolean, "error": fields.String})
+health = ns.model("Health", {"status": fields.String(enum=["ok", "unavailable"]),
+                             "checks": fields.Raw(description="catalog, warehouse, realtime → Check")})
+
+
+@ns.route("")
+class Health(Resource):
+    @ns.response(200, "every backend answers", health)
+    @ns.response(503, "a backend does not answer", health)
+    def get(self):
+        """Ping the catalog, the warehouse and the realtime store."""
+        report = service().health()
+        return report, 200 if report["status"] == "ok" else 503

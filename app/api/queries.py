@@ -1,0 +1,92 @@
+"""Saved queries: POST /query/train, POST /query/realtime, GET /queries[/<id>]."""
+from __future__ import annotations
+
+from flask_restx import Namespace, Resource, fields
+
+from app.api.common import Scalar, caller, checked_id, json_body, page_dict, paging, query_flag, service
+from app.jsonio import frame_records
+from catalog.base import QueryRecord
+from extraction.schema import frame_schema
+
+query_ns = Namespace("query", description="Run SQL on the warehouse (train) or on hot data (realtime)")
+queries_ns = Namespace("queries", description="Saved queries in the catalog")
+NAMESPACES = [query_ns, queries_ns]
+
+column = query_ns.model("Column", {"name": fields.String, "type": fields.String(
+    description="logical type: integer, float, boolean, string, timestamp, interval, binary, null, mixed")})
+train_request = query_ns.model("QueryTrainRequest", {
+    "query": fields.String(required=True, min_length=1, max_length=100_000,
+                           description="one read-only SELECT/WITH statement", example="SELECT * FROM users"),
+    "query_name": fields.String(max_length=200, description="a name to find it by"),
+})
+train_response = query_ns.model("QueryTrainResponse", {
+    "query_id": fields.String(description="null unless save=true"),
+    "schema": fields.List(fields.Nested(column)),
+    "data": fields.List(fields.Raw, description="result rows; null when include_data=false"),
+})
+realtime_request = query_ns.model("QueryRealtimeRequest", {
+    "query_id": fields.String(required=True, max_length=64),
+    "index_key": fields.String(required=True, max_length=200, description="an output column of the query"),
+    "index_value": Scalar(required=True, description="the entity's key (always a bound parameter)"),
+})
+rows_response = query_ns.model("RowsResponse", {"data": fields.List(fields.Raw)})
+query_record = queries_ns.model("QueryRecord", {
+    "query_id": fields.String, "name": fields.String, "sql": fields.String, "sql_hash": fields.String,
+    "schema": fields.List(fields.Nested(column)), "created_by": fields.String, "created_at": fields.String,
+})
+query_page = queries_ns.model("QueryPage", {
+    "items": fields.List(fields.Nested(query_record)), "total": fields.Integer,
+    "offset": fields.Integer, "limit": fields.Integer,
+})
+FLAGS = {"save": {"description": "keep the query in the catalog", "type": "boolean", "default": False},
+         "include_data": {"description": "return the rows", "type": "boolean", "default": True}}
+
+
+@query_ns.route("/train")
+class QueryTrain(Resource):
+    @query_ns.expect(train_request)
+    @query_ns.doc(params=FLAGS)
+    @query_ns.response(200, "the result, and the query id when saved", train_response)
+    @query_ns.response(400, "not a single read-only SELECT, or the warehouse rejected it")
+    def post(self):
+        """Run a query on the warehouse; with save=true keep it (same SQL, same id)."""
+        body = json_body(train_request)
+        include_data = query_flag("include_data", True)
+        record, frame = service().train_query(body["query"], body.get("query_name"), query_flag("save", False),
+                                              include_data, caller())
+        schema = record.schema if record else frame_schema(frame)
+        return {"query_id": record.query_id if record else None, "schema": schema,
+                "data": frame_records(frame) if frame is not None else None}
+
+
+@query_ns.route("/realtime")
+class QueryRealtime(Resource):
+    @query_ns.expect(realtime_request)
+    @query_ns.response(200, "the entity's rows from hot data", rows_response)
+    @query_ns.response(404, "unknown query_id")
+    @query_ns.response(409, "serving output differs from the training schema")
+    def post(self):
+        """Run a saved query on the realtime store for one entity."""
+        body = json_body(realtime_request)
+        frame = service().realtime_query(checked_id("query", body["query_id"]), body["index_key"],
+                                         body["index_value"])
+        return {"data": frame_records(frame)}
+
+
+@queries_ns.route("")
+class QueryList(Resource):
+    @queries_ns.doc(params={"offset": "rows to skip", "limit": "page size (1-500)"})
+    @queries_ns.response(200, "a page of saved queries, newest first", query_page)
+    def get(self):
+        """List saved queries."""
+        offset, limit = paging()
+        return page_dict(service().list_queries(offset, limit), QueryRecord.to_dict)
+
+
+@queries_ns.route("/<string:query_id>")
+class QueryItem(Resource):
+    @queries_ns.response(200, "the saved query", query_record)
+    @queries_ns.response(404, "unknown query_id")
+    def get(self, query_id: str):
+        """Read one saved query."""
+        return service().get_query(checked_id("query", query_id)).to_dict()

@@ -1,0 +1,248 @@
+"""The feature service: the flows behind the endpoints, free of HTTP.
+
+Train and serve share every step that can be shared: one SQL tree per saved
+query (run on the warehouse for training, wrapped in a point lookup for
+serving), one stored ETL source (verified by sha256, loaded once), one schema
+function for both outputs. Records are immutable, so they are cached by id.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Callable, TypeVar
+
+import pandas as pd
+
+from catalog.base import Catalog, EtlRecord, Page, QueryRecord
+from common.errors import (EtlFailed, FeatureStoreError, InvalidInput, NotFound, ResultTooLarge,
+                           SchemaMismatch)
+from demo.flows import generate_flows
+from extraction.etl_runner import EtlRunner
+from extraction.etl_source import EtlFetcher
+from extraction.schema import compare_schemas, frame_schema
+from extraction.sql import PreparedQuery, prepare_query
+from extraction.warehouse import Warehouse
+from realtime.store import InMemoryRealtimeStore
+
+K = TypeVar("K")
+V = TypeVar("V")
+SAMPLE_ROWS = 1000  # rows a save-only request reads to learn a query's schema
+
+
+class _BoundedCache(OrderedDict[K, V]):
+    """A small thread-safe LRU map for immutable records and prepared statements."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self.lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return value
+
+
+@dataclass(frozen=True)
+class EtlLocation:
+    """Where to fetch ETL code: an `etl_path` string, or a structured repo/ref/path."""
+
+    etl_path: str | None = None
+    repo: str | None = None
+    ref: str | None = None
+    path: str | None = None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
+    """Turn `index_value` into the type of the key column, or raise InvalidInput."""
+    try:
+        if column_type == "integer":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if column_type == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if column_type == "boolean":
+            if isinstance(value, bool):
+                return value
+            return {"true": True, "false": False}[str(value).lower()]
+        if isinstance(value, (dict, list)):
+            raise ValueError
+        return str(value)
+    except (ValueError, KeyError, OverflowError, TypeError):
+        raise InvalidInput(f"index_value {value!r} is not a valid {column_type} for {key!r}",
+                           {"index_key": key, "expected_type": column_type}) from None
+
+
+class FeatureService:
+    """Queries, ETLs, publishing and health over the catalog, warehouse and realtime store."""
+
+    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: InMemoryRealtimeStore,
+                 fetcher: EtlFetcher, runner: EtlRunner, max_response_rows: int, max_publish_flows: int):
+        self.catalog = catalog
+        self.warehouse = warehouse
+        self.realtime = realtime
+        self.fetcher = fetcher
+        self.runner = runner
+        self.max_response_rows = max_response_rows
+        self.max_publish_flows = max_publish_flows
+        self._queries: _BoundedCache[str, QueryRecord] = _BoundedCache(1024)
+        self._etls: _BoundedCache[str, EtlRecord] = _BoundedCache(1024)
+        self._lookups: _BoundedCache[tuple[str, str], str] = _BoundedCache(4096)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def train_query(self, sql: str, name: str | None, save: bool, include_data: bool = True,
+                    created_by: str = "anonymous") -> tuple[QueryRecord | None, pd.DataFrame | None]:
+        """Run `sql` on the warehouse; with `save`, keep it (idempotently) with its output schema."""
+        prepared = prepare_query(sql, self.warehouse.dialect)
+        training_sql = prepared.sql_for(self.warehouse.dialect)
+        if include_data:
+            frame = self.warehouse.query(training_sql, max_rows=self.max_response_rows)
+        else:
+            frame = self.warehouse.query(f"SELECT * FROM ({training_sql}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
+        record = None
+        if save:
+            self._check_runs_on_realtime(prepared)
+            record = self.catalog.save_query(QueryRecord(
+                query_id="q_" + prepared.sql_hash[:16], name=name or "unnamed", sql=sql,
+                sql_hash=prepared.sql_hash, schema=frame_schema(frame), created_by=created_by,
+                created_at=_now()))
+        return record, frame if include_data else None
+
+    def realtime_query(self, query_id: str, index_key: str, index_value: Any) -> pd.DataFrame:
+        """The saved query over hot data for one entity, checked against its training schema."""
+        record = self.get_query(query_id)
+        frame = self._lookup(record, index_key, index_value)
+        self._check_schema(record.schema, frame, stage="query", ids={"query_id": query_id})
+        return frame
+
+    def get_query(self, query_id: str) -> QueryRecord:
+        return self._queries.get_or_make(query_id, lambda: self.catalog.get_query(query_id))
+
+    def list_queries(self, offset: int, limit: int) -> Page[QueryRecord]:
+        return self.catalog.list_queries(offset, limit)
+
+    # -- ETLs ------------------------------------------------------------------------------------
+
+    def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
+                  include_data: bool = True, created_by: str = "anonymous"
+                  ) -> tuple[EtlRecord | None, pd.DataFrame | None]:
+        """Fetch the ETL, run it on the query's full warehouse result, and keep it with its schema."""
+        query = self.get_query(query_id)
+        fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
+        etl_id = "e_" + hashlib.sha256(f"{query_id}:{fetched.code_sha256}".encode()).hexdigest()[:16]
+        self.runner.load(etl_id, fetched.code, fetched.code_sha256)
+        raw = self.warehouse.query(prepare_query(query.sql, self.warehouse.dialect).sql_for(self.warehouse.dialect))
+        features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw)
+        if include_data and len(features) > self.max_response_rows:
+            raise ResultTooLarge(f"the training set has {len(features)} rows, more than the {self.max_response_rows}"
+                                 " a JSON response may carry; save with include_data=false",
+                                 {"rows": len(features), "max_rows": self.max_response_rows})
+        record = None
+        if save:
+            record = self.catalog.save_etl(EtlRecord(
+                etl_id=etl_id, name=name or PurePosixPath(fetched.source.path or fetched.source.url).stem,
+                query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
+                schema=frame_schema(features), created_by=created_by, created_at=_now()))
+        return record, features if include_data else None
+
+    def realtime_etl(self, query_id: str, etl_id: str, index_key: str, index_value: Any) -> pd.DataFrame:
+        """One entity's features from hot data, by the stored ETL, checked against training."""
+        etl = self.get_etl(etl_id)
+        if etl.query_id != query_id:
+            raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
+                               {"etl_id": etl_id, "trained_query_id": etl.query_id})
+        raw = self.realtime_query(query_id, index_key, index_value)
+        if raw.empty:
+            raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
+                           {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
+        features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw)
+        self._check_schema(etl.schema, features, stage="etl", ids={"query_id": query_id, "etl_id": etl_id})
+        return features[[column["name"] for column in etl.schema]]
+
+    def get_etl(self, etl_id: str) -> EtlRecord:
+        return self._etls.get_or_make(etl_id, lambda: self.catalog.get_etl(etl_id))
+
+    def list_etls(self, offset: int, limit: int, query_id: str | None = None) -> Page[EtlRecord]:
+        return self.catalog.list_etls(offset, limit, query_id)
+
+    # -- data and health -------------------------------------------------------------------------
+
+    def publish(self, n_flows: int, seed: int | None = None) -> dict[str, int]:
+        """Generate `n_flows` demo flows and write each to the warehouse, then the realtime store."""
+        if not 1 <= n_flows <= self.max_publish_flows:
+            raise InvalidInput(f"n_flows must be between 1 and {self.max_publish_flows}",
+                               {"n_flows": n_flows, "max": self.max_publish_flows})
+        frames = generate_flows(n_flows, seed=seed)
+        counts = self.warehouse.append(frames)
+        self.realtime.append(frames)
+        return counts
+
+    def health(self) -> dict[str, Any]:
+        """Each backend's state: ok, or the error that reaching it gave."""
+        checks = {}
+        for name, backend in (("catalog", self.catalog), ("warehouse", self.warehouse),
+                              ("realtime", self.realtime)):
+            try:
+                backend.ping()
+                checks[name] = {"ok": True}
+            except FeatureStoreError as error:
+                checks[name] = {"ok": False, "error": error.message}
+        return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable", "checks": checks}
+
+    # -- shared steps ----------------------------------------------------------------------------
+
+    def _lookup(self, record: QueryRecord, index_key: str, index_value: Any) -> pd.DataFrame:
+        types = {column["name"]: column["type"] for column in record.schema}
+        if not isinstance(index_key, str) or index_key not in types:
+            raise InvalidInput(f"index_key {index_key!r} is not an output column of query {record.query_id}",
+                               {"index_key": index_key, "columns": list(types)})
+        value = _coerce_index_value(index_value, types[index_key], index_key)
+        sql = self._lookups.get_or_make(
+            (record.query_id, index_key),
+            lambda: prepare_query(record.sql, self.warehouse.dialect).point_lookup_sql(index_key,
+                                                                                         self.realtime.dialect))
+        return self.realtime.query(sql, [value], max_rows=self.max_response_rows)
+
+    def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame) -> pd.DataFrame:
+        features = self.runner.run(etl_id, code, code_sha256, raw)
+        names = [str(column) for column in features.columns]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise EtlFailed("the ETL returned duplicate column names", {"columns": duplicated})
+        if any(not isinstance(column, str) for column in features.columns):
+            features = features.rename(columns=str)
+        return features
+
+    def _check_schema(self, trained: list[dict[str, str]], frame: pd.DataFrame, stage: str,
+                      ids: dict[str, str]) -> None:
+        diff = compare_schemas(trained, frame_schema(frame))
+        if not diff.ok:
+            raise SchemaMismatch(f"the serving output of the {stage} does not match its training schema",
+                                 {"stage": stage, **ids, **diff.to_dict()})
+
+    def _check_runs_on_realtime(self, prepared: PreparedQuery) -> None:
+        sql = prepared.sql_for(self.realtime.dialect)
+        try:
+            self.realtime.query(f"SELECT * FROM ({sql}) AS _fs_check LIMIT 0")
+        except InvalidInput as error:
+            raise InvalidInput("the query runs on the warehouse but not on the realtime store, so it could "
+                               f"not be served: {error.message}", code="invalid_query") from None

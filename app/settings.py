@@ -1,0 +1,78 @@
+"""Settings as one table: name, default, help. The README table and `--help` come from here.
+
+Precedence: defaults, then environment variables, then the mapping given to
+`create_app` (tests). URL defaults derive from `DATA_DIR` when left unset.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATA_DIR", "./data", "Folder for the embedded catalog, warehouse and git cache."),
+    Setting("CATALOG_URL", None, "Catalog backend: sqlite:///…, postgresql://… or mongodb://…. "
+            "Default: sqlite:///$DATA_DIR/catalog.db."),
+    Setting("WAREHOUSE_URL", None, "Warehouse: duckdb:///… or any SQLAlchemy URL (postgresql://…). "
+            "Default: duckdb:///$DATA_DIR/warehouse.duckdb."),
+    Setting("REALTIME_URL", "duckdb:///:memory:", "Realtime store: an in-memory DuckDB database."),
+    Setting("REALTIME_WINDOW_DAYS", 30.0, "Days of recent rows copied from the warehouse into the realtime "
+            "store on start; 0 copies everything.", float),
+    Setting("HOST", "127.0.0.1", "Address the server listens on."),
+    Setting("PORT", 8080, "Port the server listens on.", int),
+    Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
+    Setting("MAX_RESPONSE_ROWS", 100_000, "Most rows a JSON response may carry; longer results get 400.", int),
+    Setting("MAX_PUBLISH_FLOWS", 100_000, "Most flows one publish call may generate.", int),
+    Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger gets 413.", int),
+    Setting("ETL_ALLOWED_REMOTES", (), "Comma-separated URL prefixes of git/HTTP remotes ETLs may come from; "
+            "local paths and file:// are always allowed.", _names),
+    Setting("REMOTE_TIMEOUT_SECONDS", 30.0, "Time limit for fetching ETL code from a remote.", float),
+)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Resolve every setting: defaults, then `environ`, then `overrides`; fill derived URLs."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = setting.default
+        if setting.name in environ and environ[setting.name] != "":
+            raw = environ[setting.name]
+            try:
+                value = setting.parse(raw)
+            except ValueError:
+                raise ValueError(f"setting {setting.name}: cannot read {raw!r}") from None
+        values[setting.name] = value
+    values.update(overrides or {})
+    data_dir = os.path.abspath(values["DATA_DIR"])
+    values["DATA_DIR"] = data_dir
+    values["CATALOG_URL"] = values["CATALOG_URL"] or f"sqlite:///{data_dir}/catalog.db"
+    values["WAREHOUSE_URL"] = values["WAREHOUSE_URL"] or f"duckdb:///{data_dir}/warehouse.duckdb"
+    return values
+
+
+def settings_table() -> str:
+    """The settings as a markdown table (for the README and `--help`)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = ", ".join(s.default) if isinstance(s.default, tuple) else s.default
+        rows.append(f"| `{s.name}` | `{default if default not in (None, '') else '(derived)'}` | {s.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Pieces shared by every layer: the error family and backend URL handling."""

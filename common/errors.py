@@ -1,0 +1,84 @@
+"""One error family for the whole service.
+
+Every error the service raises on purpose is a `FeatureStoreError` with a stable
+`code`, an HTTP `status`, a human `message` and structured `details`. The API
+turns any of them into the single JSON shape ``{"code", "message", "details"}``;
+the Python client turns that JSON back into the same classes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class FeatureStoreError(Exception):
+    """Base of every deliberate error; carries what the JSON body needs."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        if code:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidInput(FeatureStoreError):
+    """The request is malformed or asks for something that cannot be done (400)."""
+
+    status, code = 400, "invalid_input"
+
+
+class InvalidQuery(InvalidInput):
+    """The SQL is not a single read-only SELECT/WITH statement, or the engine rejects it (400)."""
+
+    code = "invalid_query"
+
+
+class InvalidEtl(InvalidInput):
+    """The ETL source cannot be located, fetched or loaded (400)."""
+
+    code = "invalid_etl"
+
+
+class ResultTooLarge(InvalidInput):
+    """A JSON response would exceed the configured row limit (400)."""
+
+    code = "result_too_large"
+
+
+class NotFound(FeatureStoreError):
+    """An id names nothing in the catalog, or an entity has no hot rows (404)."""
+
+    status, code = 404, "not_found"
+
+
+class SchemaMismatch(FeatureStoreError):
+    """Serving output differs from the training schema (409); details carry the diff."""
+
+    status, code = 409, "schema_mismatch"
+
+
+class EtlFailed(FeatureStoreError):
+    """The ETL code raised or returned something that is not a DataFrame (422)."""
+
+    status, code = 422, "etl_failed"
+
+
+class UpstreamUnavailable(FeatureStoreError):
+    """A git or HTTP remote holding ETL code could not be reached (502)."""
+
+    status, code = 502, "upstream_unavailable"
+
+
+class BackendUnavailable(FeatureStoreError):
+    """The catalog, warehouse or realtime store cannot be reached (503)."""
+
+    status, code = 503, "backend_unavailable"
+
+    def __init__(self, backend: str, cause: BaseException | str):
+        super().__init__(f"{backend} is unavailable: {cause}", {"backend": backend})

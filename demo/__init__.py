@@ -1,0 +1,1 @@
+"""The demo domain: an insurance quote → bind → pay → policy flow."""

@@ -1,0 +1,1 @@
+"""SQL handling, warehouse access, ETL loading and running, schema comparison."""

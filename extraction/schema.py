@@ -1,0 +1,100 @@
+"""Logical column types and the train/serve schema comparison.
+
+Engines and pandas spell types many ways (BIGINT, Int32, int64; bool, boolean,
+0/1). Both sides of a comparison are reduced to one logical vocabulary:
+integer, float, boolean, string, timestamp, interval, binary, null (no
+values to judge) and mixed. A float column whose values are all whole numbers
+and which holds a null is an integer column that a missing value widened, so
+one missing value in a serving row is not reported as a type change; an
+integer column arriving for a boolean one (0/1 from an engine without
+booleans) is.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as ptypes
+
+from catalog.base import Column
+
+_INFERRED = {
+    "string": "string", "unicode": "string", "boolean": "boolean", "integer": "integer",
+    "floating": "float", "mixed-integer-float": "float", "decimal": "float", "datetime64": "timestamp",
+    "datetime": "timestamp", "date": "timestamp", "timedelta64": "interval", "timedelta": "interval",
+    "bytes": "binary", "empty": "null",
+}
+
+
+def logical_type(series: pd.Series) -> str:
+    """The logical type of a column, judged from its dtype and, for objects, its values."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return logical_type(pd.Series(dtype.categories)) if len(dtype.categories) else "null"
+    if series.isna().all():
+        return "null"
+    if ptypes.is_bool_dtype(dtype):
+        return "boolean"
+    if ptypes.is_integer_dtype(dtype):
+        return "integer"
+    if ptypes.is_float_dtype(dtype):
+        return "integer" if _null_widened_integers(series) else "float"
+    if ptypes.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    if ptypes.is_timedelta64_dtype(dtype):
+        return "interval"
+    if ptypes.is_string_dtype(dtype) and not ptypes.is_object_dtype(dtype):
+        return "string"
+    inferred = _INFERRED.get(ptypes.infer_dtype(series, skipna=True), "mixed")
+    if inferred == "float" and _null_widened_integers(pd.to_numeric(series, errors="coerce")):
+        return "integer"
+    return inferred
+
+
+def _null_widened_integers(series: pd.Series) -> bool:
+    values = series.to_numpy(dtype="float64", na_value=np.nan)
+    present = values[~np.isnan(values)]
+    return len(present) < len(values) and bool(np.all(np.mod(present, 1) == 0))
+
+
+def frame_schema(frame: pd.DataFrame) -> list[Column]:
+    """Column names and logical types of `frame`, in column order."""
+    return [{"name": str(name), "type": logical_type(frame[name])} for name in frame.columns]
+
+
+@dataclass
+class SchemaDiff:
+    """How a serving output differs from the training schema."""
+
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    type_changed: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.type_changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compatible(trained: str, served: str) -> bool:
+    """Whether a served logical type may stand for a trained one (no values is no evidence)."""
+    return trained == served or "null" in (trained, served)
+
+
+def compare_schemas(trained: list[Column], served: list[Column]) -> SchemaDiff:
+    """Columns missing from, extra in, or of another logical type in the served output."""
+    trained_types = {c["name"]: c["type"] for c in trained}
+    served_types = {c["name"]: c["type"] for c in served}
+    return SchemaDiff(
+        missing=[name for name in trained_types if name not in served_types],
+        extra=[name for name in served_types if name not in trained_types],
+        type_changed=[
+            {"name": name, "trained": trained_types[name], "served": served_types[name]}
+            for name in trained_types
+            if name in served_types and not compatible(trained_types[name], served_types[name])
+        ],
+    )

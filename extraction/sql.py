@@ -1,0 +1,81 @@
+"""SQL checks and rewrites, done once per saved query with sqlglot.
+
+sqlglot parses the text into a tree, so "a single read-only SELECT/WITH" is a
+check on the tree, not a regular expression, and the point lookup used in
+serving is built as a tree around the saved query rather than by pasting text
+(a trailing ``-- comment`` or ``;`` cannot break it).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+from common.errors import InvalidQuery
+
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+REALTIME_DIALECT = "duckdb"
+LOOKUP_ALIAS = "_fs_query"
+
+# Nodes that write, change state or reach outside the query; none may appear anywhere in the tree.
+_FORBIDDEN = tuple(
+    getattr(exp, name) for name in (
+        "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "TruncateTable", "Command",
+        "Pragma", "Set", "Attach", "Detach", "Copy", "Install", "Use", "Into", "Transaction", "Commit",
+        "Rollback", "Grant", "Revoke", "Describe", "Show", "Analyze", "Load", "Cache", "Uncache",
+        "Placeholder", "Parameter", "Lock",
+    ) if hasattr(exp, name)
+)
+_READ_ONLY_ROOTS = (exp.Select, exp.SetOperation)
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A validated query: its tree, its identity hash, and the text each engine runs."""
+
+    tree: exp.Expression
+    dialect: str
+    sql_hash: str
+
+    def sql_for(self, dialect: str) -> str:
+        """The query as `dialect` runs it (comments dropped, syntax transpiled if needed)."""
+        return self.tree.sql(dialect=dialect, comments=False)
+
+    def point_lookup_sql(self, index_key: str, dialect: str = REALTIME_DIALECT) -> str:
+        """The query filtered to one entity: ``SELECT * FROM (query) WHERE "key" = ?``."""
+        column = exp.column(index_key, table=LOOKUP_ALIAS, quoted=True)
+        lookup = (exp.select("*")
+                  .from_(self.tree.copy().subquery(LOOKUP_ALIAS))
+                  .where(column.eq(exp.Placeholder())))
+        return lookup.sql(dialect=dialect, comments=False)
+
+
+@lru_cache(maxsize=1024)
+def prepare_query(sql: str, dialect: str = REALTIME_DIALECT) -> PreparedQuery:
+    """Parse and check `sql`; raise InvalidQuery unless it is one read-only SELECT/WITH statement."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidQuery("query must be a non-empty SQL string")
+    if "\x00" in sql:
+        raise InvalidQuery("query must not contain NUL characters")
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    except SqlglotError as error:
+        raise InvalidQuery(f"query does not parse: {error}", {"dialect": dialect}) from None
+    if len(statements) != 1:
+        raise InvalidQuery(f"query must be exactly one statement, found {len(statements)}")
+    tree = statements[0]
+    if not isinstance(tree, _READ_ONLY_ROOTS):
+        raise InvalidQuery(f"only SELECT/WITH queries are allowed, not {tree.key.upper()}",
+                           {"statement": tree.key})
+    for node in tree.walk():
+        if isinstance(node, _FORBIDDEN):
+            raise InvalidQuery(f"{node.key.upper()} is not allowed inside a query", {"construct": node.key})
+    normalized = normalize_identifiers(tree.copy(), dialect=dialect).sql(dialect=dialect, comments=False)
+    return PreparedQuery(tree, dialect, hashlib.sha256(normalized.encode()).hexdigest())
