@@ -1,0 +1,158 @@
+"""The whole flow over HTTP: publish, save a query, register an ETL from git, serve one user."""
+from __future__ import annotations
+
+import pytest
+
+from app import close_app
+from tests.conftest import JsonClient
+from tests.walkthrough import FOUR_TABLE_QUERY, example_repo, train_walkthrough
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return example_repo(tmp_path / "etl-repo")
+
+
+def test_publish_writes_every_table(api):
+    body = api.put("/v1.0/publish?n_flows=50&seed=3")
+    assert body["written"]["quotes"] == 50
+    assert 0 < body["written"]["policies"] <= body["written"]["users"] <= 50
+    counts = api.post("/v1.0/query/train", {"query": "SELECT count(*) AS n FROM quotes"})
+    assert counts["data"] == [{"n": 50}]
+
+
+def test_walkthrough_serves_training_features(api, repo):
+    trained = train_walkthrough(api, repo)
+    assert trained["query"]["query_id"].startswith("q_") and trained["extract"]["etl_id"].startswith("e_")
+    user_id, offline = next(iter(trained["features_by_user"].items()))
+
+    raw = api.post("/v1.0/query/realtime", {"query_id": trained["query_id"], "index_key": "user_id",
+                                            "index_value": user_id})["data"]
+    assert raw == [trained["rows_by_user"][user_id]]
+
+    online = api.post("/v1.0/extract/realtime", {"query_id": trained["query_id"], "etl_id": trained["etl_id"],
+                                                 "index_key": "user_id", "index_value": user_id})["data"]
+    assert online == [offline]
+    assert list(online[0]) == [c["name"] for c in trained["extract"]["schema"]]
+    assert {c["name"]: c["type"] for c in trained["extract"]["schema"]} == {
+        "user_id": "string", "quote_type": "string", "is_mobile": "boolean", "minutes_to_bind": "float",
+        "paid_by_amex": "boolean", "is_paid": "boolean"}
+
+
+def test_legacy_etl_of_the_original_service_runs_unchanged(api, repo):
+    trained = train_walkthrough(api, repo, etl="etls/legacy_features.py")
+    user_id, offline = next(iter(trained["features_by_user"].items()))
+    online = api.post("/v1.0/extract/realtime", {"query_id": trained["query_id"], "etl_id": trained["etl_id"],
+                                                 "index_key": "user_id", "index_value": user_id})["data"]
+    assert online == [offline] and set(offline) == {"user_id", "quote_type", "is_mobile", "is_binded", "is_paid"}
+
+
+def test_catalog_records_the_exact_source(api, repo):
+    trained = train_walkthrough(api, repo)
+    etl = api.get(f"/v1.0/etls/{trained['etl_id']}")
+    assert etl["source"] == {"kind": "git", "url": str(repo.file("etls/quote_features.py")), "repo": str(repo.path),
+                             "ref": "main", "commit": repo.head_sha, "path": "etls/quote_features.py"}
+    assert etl["code"] == repo.file("etls/quote_features.py").read_text()
+    assert etl["query_id"] == trained["query_id"] and etl["name"] == "quote_features"
+    query = api.get(f"/v1.0/queries/{trained['query_id']}")
+    assert query["sql"] == FOUR_TABLE_QUERY and query["name"] == "quote_join"
+    assert query["schema"] == trained["query"]["schema"]
+
+    listed = api.get("/v1.0/etls?limit=10")
+    assert listed["total"] == 1 and listed["items"][0]["etl_id"] == trained["etl_id"]
+    assert "code" not in listed["items"][0]
+    assert api.get(f"/v1.0/etls?query_id={trained['query_id']}")["total"] == 1
+    assert api.get("/v1.0/etls?query_id=q_0000000000000000")["total"] == 0
+
+
+def test_git_reference_at_a_tag_records_that_commit(api, repo):
+    api.put("/v1.0/publish?n_flows=20&seed=1")
+    query_id = api.post("/v1.0/query/train?save=true", {"query": FOUR_TABLE_QUERY})["query_id"]
+    v1 = repo.v1_sha
+    repo.commit("etls/quote_features.py", repo.file("etls/quote_features.py").read_text() + "\n# v2\n", "v2")
+    by_url = api.post("/v1.0/extract/train?save=true&include_data=false",
+                      {"query_id": query_id, "etl_path": repo.git_url("etls/quote_features.py", "v1")})
+    by_fields = api.post("/v1.0/extract/train?save=true&include_data=false",
+                         {"query_id": query_id, "etl": {"repo": repo.path.as_uri(), "ref": "v1",
+                                                        "path": "etls/quote_features.py"}})
+    assert by_url["etl_id"] == by_fields["etl_id"] and by_url["data"] is None
+    assert api.get(f"/v1.0/etls/{by_url['etl_id']}")["source"]["commit"] == v1
+    head = api.post("/v1.0/extract/train?save=true", {"query_id": query_id, "etl_path": repo.git_url(
+        "etls/quote_features.py", "main")})
+    assert head["etl_id"] != by_url["etl_id"]
+
+
+def test_saving_the_same_query_twice_returns_the_same_id(api):
+    api.put("/v1.0/publish?n_flows=10&seed=2")
+    first = api.post("/v1.0/query/train?save=true", {"query": "SELECT user_id, name FROM users",
+                                                      "query_name": "users"})
+    reformatted = api.post("/v1.0/query/train?save=true", {
+        "query": "select\n  USER_ID,   name -- who\nFROM Users;", "query_name": "other name"})
+    different = api.post("/v1.0/query/train?save=true", {"query": "SELECT user_id FROM users"})
+    assert reformatted["query_id"] == first["query_id"] != different["query_id"]
+    assert api.get("/v1.0/queries")["total"] == 2
+    assert api.get(f"/v1.0/queries/{first['query_id']}")["name"] == "users"
+
+
+def test_unsaved_query_gets_no_id_and_leaves_no_record(api):
+    body = api.post("/v1.0/query/train", {"query": "SELECT 1 AS one, true AS yes"})
+    assert body == {"query_id": None, "schema": [{"name": "one", "type": "integer"},
+                                                 {"name": "yes", "type": "boolean"}],
+                    "data": [{"one": 1, "yes": True}]}
+    assert api.get("/v1.0/queries")["total"] == 0
+
+
+def test_listing_pages_newest_first(api):
+    ids = [api.post("/v1.0/query/train?save=true", {"query": f"SELECT {i} AS n"})["query_id"] for i in range(5)]
+    page = api.get("/v1.0/queries?offset=1&limit=2")
+    assert page["total"] == 5 and page["offset"] == 1 and page["limit"] == 2
+    assert [item["query_id"] for item in page["items"]] == ids[::-1][1:3]
+
+
+def test_timestamps_and_nulls_are_json_safe(api):
+    body = api.post("/v1.0/query/train", {"query": "SELECT TIMESTAMP '2024-05-01 12:30:00' AS at, "
+                                                   "CAST(NULL AS DOUBLE) AS nothing, 'NaN'::DOUBLE AS nan"})
+    assert body["data"] == [{"at": "2024-05-01T12:30:00", "nothing": None, "nan": None}]
+
+
+def test_restart_keeps_catalog_and_rehydrates_hot_data(make_app, tmp_path, repo):
+    first = JsonClient(make_app(tmp_path / "data").test_client())
+    trained = train_walkthrough(first, repo)
+    user_id, offline = next(iter(trained["features_by_user"].items()))
+    close_app(first.client.application)
+
+    second = JsonClient(make_app(tmp_path / "data").test_client())
+    assert second.get(f"/v1.0/queries/{trained['query_id']}")["schema"] == trained["query"]["schema"]
+    online = second.post("/v1.0/extract/realtime", {"query_id": trained["query_id"], "etl_id": trained["etl_id"],
+                                                    "index_key": "user_id", "index_value": user_id})["data"]
+    assert online == [offline]
+
+
+def test_realtime_window_leaves_old_rows_cold(make_app, tmp_path):
+    first = JsonClient(make_app(tmp_path / "data").test_client())
+    first.put("/v1.0/publish?n_flows=30&seed=5")  # quotes created within the last 7 days
+    close_app(first.client.application)
+    narrow = JsonClient(make_app(tmp_path / "data", REALTIME_WINDOW_DAYS=1 / 86400).test_client())
+    assert narrow.post("/v1.0/query/train", {"query": "SELECT count(*) AS n FROM quotes"})["data"] == [{"n": 30}]
+    health = narrow.get("/v1.0/health")
+    assert health["status"] == "ok"
+    query_id = narrow.post("/v1.0/query/train?save=true", {"query": "SELECT quote_id FROM quotes"})["query_id"]
+    warehouse_ids = narrow.post("/v1.0/query/train", {"query": "SELECT quote_id FROM quotes"})["data"]
+    hot = narrow.post("/v1.0/query/realtime", {"query_id": query_id, "index_key": "quote_id",
+                                               "index_value": warehouse_ids[0]["quote_id"]})
+    assert hot["data"] == []
+
+
+def test_health_reports_every_backend(api):
+    assert api.get("/v1.0/health") == {"status": "ok", "checks": {
+        "catalog": {"ok": True}, "warehouse": {"ok": True}, "realtime": {"ok": True}}}
+
+
+def test_openapi_document_and_docs(api):
+    spec = api.get("/v1.0/swagger.json")
+    for path in ("/publish", "/query/train", "/query/realtime", "/extract/train", "/extract/realtime",
+                 "/queries", "/queries/{query_id}", "/etls", "/etls/{etl_id}", "/health"):
+        assert path in spec["paths"], path
+    assert spec["basePath"] == "/v1.0"
+    assert api.client.get("/v1.0/docs").status_code == 200
+    assert api.client.get("/docs").status_code == 302
