@@ -141,6 +141,8 @@ class _SqlAlchemyErrors:
         return None
 
     def __exit__(self, kind: type | None, error: BaseException | None, _tb: Any) -> bool:
+        if isinstance(error, pd.errors.DatabaseError):  # pandas wraps the driver's error
+            error = error.__cause__
         if error is None or not isinstance(error, SQLAlchemyError):
             return False
         if isinstance(error, DBAPIError) and not error.connection_invalidated and not isinstance(
