@@ -8,11 +8,22 @@ the record stored first, and concurrent saves converge on one record.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 Column = dict[str, str]  # {"name": ..., "type": logical type}
+
+
+def utc_now() -> str:
+    """The `created_at` of every record: ISO-8601 UTC, millisecond precision, so text order is time order."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `data` that are fields of `cls` (records written by newer code still load)."""
+    return {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,7 @@ class QueryRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QueryRecord":
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**_known_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -67,8 +78,8 @@ class EtlRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EtlRecord":
-        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-        values["source"] = EtlSource(**values["source"])
+        values = _known_fields(cls, data)
+        values["source"] = EtlSource(**_known_fields(EtlSource, values["source"]))
         return cls(**values)
 
 
@@ -91,7 +102,10 @@ class Catalog(ABC):
     - make `save_*` put-if-absent and atomic: the id's first record wins, is returned
       to every later or concurrent caller, and a failed save leaves nothing behind;
     - raise `common.errors.NotFound` from `get_*` for an unknown id;
-    - list newest first (by `created_at`, then id) with `offset`/`limit`;
+    - list newest first (by `created_at`, then id) with `offset`/`limit`; a negative offset or
+      limit is InvalidInput, `limit=0` returns only the total;
+    - open without failing when the server is down (only a malformed URL fails); calls fail
+      with BackendUnavailable until it is back, and then work again without a restart;
     - translate driver failures into `common.errors.BackendUnavailable("catalog", ...)`.
     """
 
@@ -99,7 +113,7 @@ class Catalog(ABC):
 
     @abstractmethod
     def save_query(self, record: QueryRecord) -> QueryRecord:
-        """Store `record` unless its `query_id` exists; return the stored record."""
+        """Store `record` unless its `query_id` or `sql_hash` exists; return the stored record."""
 
     @abstractmethod
     def get_query(self, query_id: str) -> QueryRecord:

@@ -69,6 +69,12 @@ class EtlFailed(FeatureStoreError):
     status, code = 422, "etl_failed"
 
 
+class EtlTampered(FeatureStoreError):
+    """Stored ETL code no longer matches its recorded sha256: refused, never run (500)."""
+
+    status, code = 500, "etl_tampered"
+
+
 class UpstreamUnavailable(FeatureStoreError):
     """A git or HTTP remote holding ETL code could not be reached (502)."""
 
