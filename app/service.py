@@ -7,7 +7,6 @@ function for both outputs. Records are immutable, so they are cached by id.
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import threading
 from collections import OrderedDict
@@ -17,8 +16,8 @@ from typing import Any, Callable, TypeVar
 
 import pandas as pd
 
-from catalog.base import Catalog, EtlRecord, Page, QueryRecord
-from common.errors import (EtlFailed, FeatureStoreError, InvalidInput, NotFound, ResultTooLarge,
+from catalog.base import Catalog, EtlRecord, Page, QueryRecord, utc_now
+from common.errors import (EtlFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound, ResultTooLarge,
                            SchemaMismatch)
 from demo.flows import generate_flows
 from extraction.etl_runner import EtlRunner
@@ -26,7 +25,7 @@ from extraction.etl_source import EtlFetcher
 from extraction.schema import compare_schemas, frame_schema
 from extraction.sql import PreparedQuery, prepare_query
 from extraction.warehouse import Warehouse
-from realtime.store import InMemoryRealtimeStore
+from realtime.base import RealtimeStore
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -64,10 +63,6 @@ class EtlLocation:
     path: str | None = None
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
 def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
     """Turn `index_value` into the type of the key column, or raise InvalidInput."""
     try:
@@ -96,7 +91,7 @@ def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
 class FeatureService:
     """Queries, ETLs, publishing and health over the catalog, warehouse and realtime store."""
 
-    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: InMemoryRealtimeStore,
+    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore,
                  fetcher: EtlFetcher, runner: EtlRunner, max_response_rows: int, max_publish_flows: int):
         self.catalog = catalog
         self.warehouse = warehouse
@@ -107,7 +102,6 @@ class FeatureService:
         self.max_publish_flows = max_publish_flows
         self._queries: _BoundedCache[str, QueryRecord] = _BoundedCache(1024)
         self._etls: _BoundedCache[str, EtlRecord] = _BoundedCache(1024)
-        self._lookups: _BoundedCache[tuple[str, str], str] = _BoundedCache(4096)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -122,11 +116,11 @@ class FeatureService:
             frame = self.warehouse.query(f"SELECT * FROM ({training_sql}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
         record = None
         if save:
-            self._check_runs_on_realtime(prepared)
+            schema = frame_schema(frame)
+            self._check_servable(prepared, schema)
             record = self.catalog.save_query(QueryRecord(
                 query_id="q_" + prepared.sql_hash[:16], name=name or "unnamed", sql=sql,
-                sql_hash=prepared.sql_hash, schema=frame_schema(frame), created_by=created_by,
-                created_at=_now()))
+                sql_hash=prepared.sql_hash, schema=schema, created_by=created_by, created_at=utc_now()))
         return record, frame if include_data else None
 
     def realtime_query(self, query_id: str, index_key: str, index_value: Any) -> pd.DataFrame:
@@ -163,7 +157,7 @@ class FeatureService:
             record = self.catalog.save_etl(EtlRecord(
                 etl_id=etl_id, name=name or PurePosixPath(fetched.source.path or fetched.source.url).stem,
                 query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
-                schema=frame_schema(features), created_by=created_by, created_at=_now()))
+                schema=frame_schema(features), created_by=created_by, created_at=utc_now()))
         return record, features if include_data else None
 
     def realtime_etl(self, query_id: str, etl_id: str, index_key: str, index_value: Any) -> pd.DataFrame:
@@ -218,11 +212,8 @@ class FeatureService:
             raise InvalidInput(f"index_key {index_key!r} is not an output column of query {record.query_id}",
                                {"index_key": index_key, "columns": list(types)})
         value = _coerce_index_value(index_value, types[index_key], index_key)
-        sql = self._lookups.get_or_make(
-            (record.query_id, index_key),
-            lambda: prepare_query(record.sql, self.warehouse.dialect).point_lookup_sql(index_key,
-                                                                                         self.realtime.dialect))
-        return self.realtime.query(sql, [value], max_rows=self.max_response_rows)
+        prepared = prepare_query(record.sql, self.warehouse.dialect)
+        return self.realtime.lookup(prepared, index_key, value, self.max_response_rows)
 
     def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame) -> pd.DataFrame:
         features = self.runner.run(etl_id, code, code_sha256, raw)
@@ -241,10 +232,15 @@ class FeatureService:
             raise SchemaMismatch(f"the serving output of the {stage} does not match its training schema",
                                  {"stage": stage, **ids, **diff.to_dict()})
 
-    def _check_runs_on_realtime(self, prepared: PreparedQuery) -> None:
-        sql = prepared.sql_for(self.realtime.dialect)
+    def _check_servable(self, prepared: PreparedQuery, schema: list[dict[str, str]]) -> None:
+        """Refuse, at save time, a query the realtime store cannot run or would type differently."""
         try:
-            self.realtime.query(f"SELECT * FROM ({sql}) AS _fs_check LIMIT 0")
+            served_types = self.realtime.check(prepared)
         except InvalidInput as error:
-            raise InvalidInput("the query runs on the warehouse but not on the realtime store, so it could "
-                               f"not be served: {error.message}", code="invalid_query") from None
+            raise InvalidQuery("the query runs on the warehouse but not on the realtime store, so it could "
+                               f"not be served: {error.message}") from None
+        served = [{"name": name, "type": kind} for name, kind in served_types or [] if kind is not None]
+        diff = compare_schemas([c for c in schema if c["name"] in {s["name"] for s in served}], served)
+        if diff.type_changed:
+            raise InvalidQuery("the realtime store would return other types than the warehouse for this query; "
+                               "add CASTs so both agree", {"type_changed": diff.type_changed})

@@ -32,7 +32,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Default: sqlite:///$DATA_DIR/catalog.db."),
     Setting("WAREHOUSE_URL", None, "Warehouse: duckdb:///… or any SQLAlchemy URL (postgresql://…). "
             "Default: duckdb:///$DATA_DIR/warehouse.duckdb."),
-    Setting("REALTIME_URL", "duckdb:///:memory:", "Realtime store: an in-memory DuckDB database."),
+    Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
+            "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("REALTIME_WINDOW_DAYS", 30.0, "Days of recent rows copied from the warehouse into the realtime "
             "store on start; 0 copies everything.", float),
     Setting("HOST", "127.0.0.1", "Address the server listens on."),

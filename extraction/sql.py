@@ -15,7 +15,9 @@ from functools import lru_cache
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+from sqlglot.optimizer.qualify import qualify
 
 from common.errors import InvalidQuery
 
@@ -36,7 +38,7 @@ _FORBIDDEN = tuple(
 _READ_ONLY_ROOTS = (exp.Select, exp.SetOperation)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: cheap as a cache key on the request path
 class PreparedQuery:
     """A validated query: its tree, its identity hash, and the text each engine runs."""
 
@@ -47,6 +49,13 @@ class PreparedQuery:
     def sql_for(self, dialect: str) -> str:
         """The query as `dialect` runs it (comments dropped, syntax transpiled if needed)."""
         return self.tree.sql(dialect=dialect, comments=False)
+
+    def output_types(self, tables: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str | None]] | None:
+        """Each output column's logical type, inferred from the tables' column types (None: unknown).
+
+        None as a whole when the query cannot be typed against `tables` (an unknown table, say).
+        """
+        return _output_types(self, tuple((t, tuple(c)) for t, c in tables.items()))
 
     def point_lookup_sql(self, index_key: str, dialect: str = REALTIME_DIALECT) -> str:
         """The query filtered to one entity: ``SELECT * FROM (query) WHERE "key" = ?``."""
@@ -79,3 +88,42 @@ def prepare_query(sql: str, dialect: str = REALTIME_DIALECT) -> PreparedQuery:
             raise InvalidQuery(f"{node.key.upper()} is not allowed inside a query", {"construct": node.key})
     normalized = normalize_identifiers(tree.copy(), dialect=dialect).sql(dialect=dialect, comments=False)
     return PreparedQuery(tree, dialect, hashlib.sha256(normalized.encode()).hexdigest())
+
+
+_SQL_TYPES = {"string": "VARCHAR", "integer": "BIGINT", "boolean": "BOOLEAN", "float": "DOUBLE",
+              "timestamp": "TIMESTAMP"}
+_TYPE_FAMILIES = (
+    ("boolean", {exp.DataType.Type.BOOLEAN}),
+    ("integer", exp.DataType.INTEGER_TYPES),
+    ("float", exp.DataType.REAL_TYPES),
+    ("string", exp.DataType.TEXT_TYPES),
+    ("timestamp", exp.DataType.TEMPORAL_TYPES),
+)
+
+
+@lru_cache(maxsize=1024)
+def _output_types(prepared: PreparedQuery, tables: tuple) -> list[tuple[str, str | None]] | None:
+    schema = {table: {column: _SQL_TYPES[kind] for column, kind in columns} for table, columns in tables}
+    try:
+        typed = annotate_types(qualify(prepared.tree.copy(), schema=schema, dialect=prepared.dialect),
+                               schema=schema, dialect=prepared.dialect)
+    except SqlglotError:
+        return None
+    return [(select.alias_or_name, _duckdb_sum_widening(select, _logical(select.type), prepared.dialect))
+            for select in typed.selects]
+
+
+def _duckdb_sum_widening(select: exp.Expression, logical: str | None, dialect: str) -> str | None:
+    """DuckDB sums integers into HUGEINT, which reaches pandas as float64: type it as DuckDB delivers it."""
+    if dialect == "duckdb" and logical == "integer" and any(True for _ in select.find_all(exp.Sum)):
+        return "float"
+    return logical
+
+
+def _logical(data_type: exp.DataType | None) -> str | None:
+    if data_type is None:
+        return None
+    for logical, members in _TYPE_FAMILIES:
+        if data_type.this in members:
+            return logical
+    return None

@@ -1,27 +1,27 @@
-"""The realtime store: hot data for serving, in an in-memory DuckDB database.
+"""A realtime store in an in-memory DuckDB database (``REALTIME_URL=duckdb:///:memory:``).
 
-It holds a recent window of the warehouse's tables, indexed on the keys
-queries filter by, and runs the very SQL the warehouse ran for training (same
-engine family, same types: a boolean stays a boolean). It keeps nothing on
-disk: on start it is re-hydrated from the warehouse, the source of truth.
+The same engine as the default warehouse, so any query the warehouse runs runs
+here unchanged; but each point lookup costs milliseconds (hash joins scan whole
+tables), against tens of microseconds in SQLite: see bench/realtime_engines.py.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Sequence
+from functools import lru_cache
+from typing import Any
 
 import pandas as pd
 
-from common.urls import backend_registry, duckdb_path
 from common.errors import InvalidInput
-from demo.flows import INDEX_COLUMNS, TABLES, TIME_COLUMNS
+from common.urls import duckdb_path
+from demo.flows import INDEX_COLUMNS, TABLES
 from extraction.engines import DuckDBEngine
-from extraction.warehouse import Warehouse
+from extraction.sql import PreparedQuery
+from realtime.base import RealtimeStore
 
 ROLE = "realtime store"
 
 
-class InMemoryRealtimeStore:
+class DuckDBRealtimeStore(RealtimeStore):
     """Hot rows of every demo table in an in-memory DuckDB database."""
 
     dialect = "duckdb"
@@ -32,19 +32,19 @@ class InMemoryRealtimeStore:
         self.engine = DuckDBEngine(":memory:", ROLE)
         self.engine.create_tables(TABLES, INDEX_COLUMNS)
 
-    def hydrate(self, warehouse: Warehouse, window_seconds: int | None, now: int | None = None) -> dict[str, int]:
-        """Copy the rows of the last `window_seconds` (all rows when None) from the warehouse."""
-        since = None if window_seconds is None else int(now if now is not None else time.time()) - window_seconds
-        frames = {table: warehouse.recent_rows(table, TIME_COLUMNS[table], since) for table in TABLES}
+    def append(self, frames: dict[str, Any]) -> dict[str, int]:
         return self.engine.append(frames)
 
-    def append(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
-        """Add rows to several tables in one transaction."""
-        return self.engine.append(frames)
+    def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int) -> pd.DataFrame:
+        return self.engine.query(_lookup_sql(prepared, index_key), [value], max_rows=max_rows)
 
-    def query(self, sql: str, params: Sequence[Any] = (), max_rows: int | None = None) -> pd.DataFrame:
-        """Run a validated read-only statement with bound parameters."""
-        return self.engine.query(sql, params, max_rows=max_rows)
+    def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
+        self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")
+        return prepared.output_types(TABLES)
+
+    def query(self, sql: str, params: list[Any] | tuple = ()) -> pd.DataFrame:
+        """Run a statement (for tests and tools)."""
+        return self.engine.query(sql, params)
 
     def ping(self) -> None:
         self.engine.ping()
@@ -53,4 +53,6 @@ class InMemoryRealtimeStore:
         self.engine.close()
 
 
-open_realtime_store = backend_registry("REALTIME_URL", {"duckdb": InMemoryRealtimeStore})
+@lru_cache(maxsize=4096)
+def _lookup_sql(prepared: PreparedQuery, index_key: str) -> str:
+    return prepared.point_lookup_sql(index_key, DuckDBRealtimeStore.dialect)
