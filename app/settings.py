@@ -74,6 +74,6 @@ def settings_table() -> str:
     """The settings as a markdown table (for the README and `--help`)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
-        default = ", ".join(s.default) if isinstance(s.default, tuple) else s.default
+        default = (", ".join(s.default) or "(none)") if isinstance(s.default, tuple) else s.default
         rows.append(f"| `{s.name}` | `{default if default not in (None, '') else '(derived)'}` | {s.help} |")
     return "\n".join(rows)

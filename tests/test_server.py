@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.settings import SETTINGS
+from app.settings import SETTINGS, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,3 +69,9 @@ def test_help_lists_every_setting():
     out = subprocess.run([sys.executable, "-m", "app", "--help"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert all(setting.name in out for setting in SETTINGS)
+
+
+def test_readme_settings_table_is_current():
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
+    assert readme[readme.index(start) + len(start):readme.index(end)] == settings_table()

@@ -1,0 +1,25 @@
+# The feature store service: slim, non-root, served by waitress (python -m app).
+FROM python:3.11-slim
+
+RUN apt-get update && apt-get install -y --no-install-recommends git curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 featurestore
+
+WORKDIR /srv/featurestore
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY app ./app
+COPY catalog ./catalog
+COPY common ./common
+COPY demo ./demo
+COPY extraction ./extraction
+COPY realtime ./realtime
+
+USER featurestore
+ENV HOST=0.0.0.0 \
+    PORT=8080 \
+    DATA_DIR=/var/lib/featurestore
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/v1.0/health || exit 1
+CMD ["python", "-m", "app"]
