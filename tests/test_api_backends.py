@@ -7,9 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from psycopg import sql
 
 from common.errors import InvalidQuery
 from tests.conftest import JsonClient
+from tests.fixtures_pg import admin_connection
 from tests.walkthrough import FOUR_TABLE_QUERY, example_repo, train_walkthrough
 
 
@@ -65,3 +67,26 @@ def test_walkthrough_on_the_mongo_catalog(make_app, repo):
     assert online == [offline]
     again = api.post("/v1.0/query/train?save=true", {"query": FOUR_TABLE_QUERY})
     assert again["query_id"] == trained["query_id"] and api.get("/v1.0/queries")["total"] == 1
+
+
+@pytest.mark.postgres
+def test_catalog_outage_is_a_503_naming_the_catalog_and_recovers(make_app, pg_server_url, pg_database_url):
+    api = JsonClient(make_app(CATALOG_URL=pg_database_url).test_client())
+    api.put("/v1.0/publish?n_flows=5&seed=1")
+    database = sql.Identifier(pg_database_url.rsplit("/", 1)[1])
+    with admin_connection(pg_server_url) as admin:  # the outage: no connections, existing ones cut
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database))
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                      [pg_database_url.rsplit("/", 1)[1]])
+    error = api.get("/v1.0/queries", 503)
+    assert error["code"] == "backend_unavailable" and error["details"] == {"backend": "catalog"}
+    assert api.post("/v1.0/query/train?save=true", {"query": "SELECT 1 AS one"}, 503)["details"]["backend"] == "catalog"
+    health = api.get("/v1.0/health", 503)
+    assert health["message"] == "unavailable: catalog"
+    assert health["details"]["checks"]["catalog"]["ok"] is False
+    assert health["details"]["checks"]["warehouse"] == {"ok": True}
+
+    with admin_connection(pg_server_url) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database))
+    assert api.post("/v1.0/query/train?save=true", {"query": "SELECT 1 AS one"})["query_id"]
+    assert api.get("/v1.0/health")["status"] == "ok"

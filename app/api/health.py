@@ -16,8 +16,12 @@ health = ns.model("Health", {"status": fields.String(enum=["ok", "unavailable"])
 @ns.route("")
 class Health(Resource):
     @ns.response(200, "every backend answers", health)
-    @ns.response(503, "a backend does not answer", health)
+    @ns.response(503, "a backend does not answer: the error shape, details.checks as above")
     def get(self):
         """Ping the catalog, the warehouse and the realtime store."""
         report = service().health()
-        return report, 200 if report["status"] == "ok" else 503
+        down = [name for name, check in report["checks"].items() if not check["ok"]]
+        if down:
+            return {"code": "backend_unavailable", "message": f"unavailable: {', '.join(down)}",
+                    "details": report}, 503
+        return report
