@@ -28,7 +28,8 @@ class OrjsonProvider(JSONProvider):
 
 def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService, imported lazily
     """Open every backend named by the settings (failing fast) and hydrate the realtime store."""
-    from app.service import FeatureService
+    from app.service import FeatureService, ServiceOptions
+    from app.serving_stats import ServingStats
     from catalog import open_catalog
     from extraction.etl_runner import EtlRunner
     from extraction.etl_source import EtlFetcher
@@ -43,8 +44,10 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     log.info("realtime store hydrated from the warehouse: %s", hydrated)
     fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
                          settings["REMOTE_TIMEOUT_SECONDS"])
-    return FeatureService(catalog, warehouse, realtime, fetcher, EtlRunner(),
-                          settings["MAX_RESPONSE_ROWS"], settings["MAX_PUBLISH_FLOWS"])
+    stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
+    stats.start()
+    return FeatureService(catalog, warehouse, realtime, fetcher, EtlRunner(), stats,
+                          ServiceOptions.from_settings(settings))
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -58,7 +61,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"], RESTX_ERROR_404_HELP=False,
                       ERROR_INCLUDE_MESSAGE=False, RESTX_MASK_SWAGGER=False)
     app.json = OrjsonProvider(app)
+    from app.feature_sets import FeatureSets
+
     app.extensions["feature_service"] = build_service(settings)
+    app.extensions["feature_sets"] = FeatureSets(app.extensions["feature_service"])
     app.register_blueprint(build_blueprint())
 
     @app.errorhandler(HTTPException)
@@ -77,5 +83,6 @@ def close_app(app: Flask) -> None:
     """Release every backend the app opened."""
     service = app.extensions.get("feature_service")
     if service is not None:
+        service.stats.stop()
         for backend in (service.catalog, service.warehouse, service.realtime):
             backend.close()

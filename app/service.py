@@ -10,19 +10,22 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import pandas as pd
 
 from catalog.base import Catalog, EtlRecord, Page, QueryRecord, utc_now
-from common.errors import (EtlFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound, ResultTooLarge,
-                           SchemaMismatch)
+from app.serving_stats import ServingStats
+from common.errors import (EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
+                           ResultTooLarge, SchemaMismatch)
 from demo.flows import generate_flows
 from extraction.etl_runner import EtlRunner
 from extraction.etl_source import EtlFetcher
-from extraction.schema import compare_schemas, frame_schema
+from extraction.expectations import check_expectations, validate_expectations
+from extraction.schema import compare_schemas, frame_schema, served_schema
+from extraction.stats import frame_stats, skew_report
 from extraction.sql import PreparedQuery, prepare_query
 from extraction.warehouse import Warehouse
 from realtime.base import RealtimeStore
@@ -51,6 +54,23 @@ class _BoundedCache(OrderedDict[K, V]):
             while len(self) > self.size:
                 self.popitem(last=False)
         return value
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """Limits and thresholds the service works with (from the settings)."""
+
+    max_response_rows: int = 100_000
+    max_publish_flows: int = 100_000
+    skew_thresholds: dict[str, float] = field(default_factory=lambda: {
+        "psi": 0.2, "mean_shift_std": 0.5, "null_rate_change": 0.1})
+    skew_min_samples: int = 50
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "ServiceOptions":
+        return cls(settings["MAX_RESPONSE_ROWS"], settings["MAX_PUBLISH_FLOWS"],
+                   {"psi": settings["SKEW_PSI_THRESHOLD"], "mean_shift_std": settings["SKEW_MEAN_SHIFT_THRESHOLD"],
+                    "null_rate_change": settings["SKEW_NULL_RATE_THRESHOLD"]}, settings["SKEW_MIN_SAMPLES"])
 
 
 @dataclass(frozen=True)
@@ -92,14 +112,14 @@ class FeatureService:
     """Queries, ETLs, publishing and health over the catalog, warehouse and realtime store."""
 
     def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore,
-                 fetcher: EtlFetcher, runner: EtlRunner, max_response_rows: int, max_publish_flows: int):
+                 fetcher: EtlFetcher, runner: EtlRunner, stats: ServingStats, options: ServiceOptions):
         self.catalog = catalog
         self.warehouse = warehouse
         self.realtime = realtime
         self.fetcher = fetcher
         self.runner = runner
-        self.max_response_rows = max_response_rows
-        self.max_publish_flows = max_publish_flows
+        self.stats = stats
+        self.options = options
         self._queries: _BoundedCache[str, QueryRecord] = _BoundedCache(1024)
         self._etls: _BoundedCache[str, EtlRecord] = _BoundedCache(1024)
 
@@ -111,7 +131,7 @@ class FeatureService:
         prepared = prepare_query(sql, self.warehouse.dialect)
         training_sql = prepared.sql_for(self.warehouse.dialect)
         if include_data:
-            frame = self.warehouse.query(training_sql, max_rows=self.max_response_rows)
+            frame = self.warehouse.query(training_sql, max_rows=self.options.max_response_rows)
         else:
             frame = self.warehouse.query(f"SELECT * FROM ({training_sql}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
         record = None
@@ -141,27 +161,49 @@ class FeatureService:
     def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
                   include_data: bool = True, created_by: str = "anonymous"
                   ) -> tuple[EtlRecord | None, pd.DataFrame | None]:
-        """Fetch the ETL, run it on the query's full warehouse result, and keep it with its schema."""
+        """Fetch the ETL, fit and run it on the query's full warehouse result, check its expectations,
+        and keep it with its state, schema and statistics."""
         query = self.get_query(query_id)
         fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
         etl_id = "e_" + hashlib.sha256(f"{query_id}:{fetched.code_sha256}".encode()).hexdigest()[:16]
-        self.runner.load(etl_id, fetched.code, fetched.code_sha256)
+        expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
+        validate_expectations(expectations)
         raw = self.warehouse.query(prepare_query(query.sql, self.warehouse.dialect).sql_for(self.warehouse.dialect))
-        features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw)
-        if include_data and len(features) > self.max_response_rows:
-            raise ResultTooLarge(f"the training set has {len(features)} rows, more than the {self.max_response_rows}"
-                                 " a JSON response may carry; save with include_data=false",
-                                 {"rows": len(features), "max_rows": self.max_response_rows})
+        state = self.runner.fit(etl_id, fetched.code, fetched.code_sha256, raw)
+        features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw, state)
+        violations = check_expectations(features, expectations)
+        if violations:
+            raise ExpectationsFailed(f"the training output breaks {len(violations)} expectation(s) of the ETL",
+                                     {"stage": "train", "violations": violations})
+        if include_data and len(features) > self.options.max_response_rows:
+            raise ResultTooLarge(f"the training set has {len(features)} rows, more than the "
+                                 f"{self.options.max_response_rows} a JSON response may carry; "
+                                 "save with include_data=false", {"rows": len(features),
+                                                                  "max_rows": self.options.max_response_rows})
         record = None
         if save:
             record = self.catalog.save_etl(EtlRecord(
                 etl_id=etl_id, name=name or PurePosixPath(fetched.source.path or fetched.source.url).stem,
                 query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
-                schema=frame_schema(features), created_by=created_by, created_at=utc_now()))
+                schema=frame_schema(features), created_by=created_by, created_at=utc_now(), state=state,
+                expectations=expectations, serving_policy=policy, training_stats=frame_stats(features)))
         return record, features if include_data else None
 
-    def realtime_etl(self, query_id: str, etl_id: str, index_key: str, index_value: Any) -> pd.DataFrame:
-        """One entity's features from hot data, by the stored ETL, checked against training."""
+    def etl_training_set(self, etl_id: str) -> pd.DataFrame:
+        """A registered ETL's training set now: its stored code and fitted state on the warehouse."""
+        etl = self.get_etl(etl_id)
+        query = self.get_query(etl.query_id)
+        raw = self.warehouse.query(prepare_query(query.sql, self.warehouse.dialect).sql_for(self.warehouse.dialect))
+        features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
+        return features[[column["name"] for column in etl.schema if column["name"] in features.columns]]
+
+    def realtime_etl(self, query_id: str, etl_id: str, index_key: str, index_value: Any
+                     ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """One entity's features from hot data, by the stored ETL and state, checked against training.
+
+        Returns the features in training column order and the expectation violations let through
+        by a ``warn`` policy. Every outcome is counted in the ETL's serving statistics.
+        """
         etl = self.get_etl(etl_id)
         if etl.query_id != query_id:
             raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
@@ -170,9 +212,29 @@ class FeatureService:
         if raw.empty:
             raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
                            {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
-        features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw)
-        self._check_schema(etl.schema, features, stage="etl", ids={"query_id": query_id, "etl_id": etl_id})
-        return features[[column["name"] for column in etl.schema]]
+        features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
+        window = self.stats.window(etl_id)
+        try:
+            self._check_schema(etl.schema, features, stage="etl", ids={"query_id": query_id, "etl_id": etl_id})
+        except SchemaMismatch:
+            window.record(None, "schema_mismatch")
+            raise
+        features = features[[column["name"] for column in etl.schema]]
+        violations = check_expectations(features, etl.expectations)
+        if violations:
+            window.record(None, "expectation_violations")
+            if etl.serving_policy == "reject":
+                raise ExpectationsFailed(f"the served features break {len(violations)} expectation(s) of the ETL",
+                                         {"stage": "serve", "etl_id": etl_id, "violations": violations})
+        window.record(features)
+        return features, violations
+
+    def skew(self, etl_id: str) -> dict[str, Any]:
+        """Training statistics against the rolling window of what serving returned, per feature."""
+        etl = self.get_etl(etl_id)
+        report = skew_report(etl.training_stats, self.stats.window(etl_id), self.options.skew_thresholds,
+                             self.options.skew_min_samples)
+        return {"etl_id": etl_id, **report}
 
     def get_etl(self, etl_id: str) -> EtlRecord:
         return self._etls.get_or_make(etl_id, lambda: self.catalog.get_etl(etl_id))
@@ -184,9 +246,9 @@ class FeatureService:
 
     def publish(self, n_flows: int, seed: int | None = None) -> dict[str, int]:
         """Generate `n_flows` demo flows and write each to the warehouse, then the realtime store."""
-        if not 1 <= n_flows <= self.max_publish_flows:
-            raise InvalidInput(f"n_flows must be between 1 and {self.max_publish_flows}",
-                               {"n_flows": n_flows, "max": self.max_publish_flows})
+        if not 1 <= n_flows <= self.options.max_publish_flows:
+            raise InvalidInput(f"n_flows must be between 1 and {self.options.max_publish_flows}",
+                               {"n_flows": n_flows, "max": self.options.max_publish_flows})
         frames = generate_flows(n_flows, seed=seed)
         counts = self.warehouse.append(frames)
         self.realtime.append(frames)
@@ -213,10 +275,11 @@ class FeatureService:
                                {"index_key": index_key, "columns": list(types)})
         value = _coerce_index_value(index_value, types[index_key], index_key)
         prepared = prepare_query(record.sql, self.warehouse.dialect)
-        return self.realtime.lookup(prepared, index_key, value, self.max_response_rows)
+        return self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows)
 
-    def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame) -> pd.DataFrame:
-        features = self.runner.run(etl_id, code, code_sha256, raw)
+    def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame,
+                 state: dict[str, Any]) -> pd.DataFrame:
+        features = self.runner.run(etl_id, code, code_sha256, raw, state)
         names = [str(column) for column in features.columns]
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
@@ -227,7 +290,7 @@ class FeatureService:
 
     def _check_schema(self, trained: list[dict[str, str]], frame: pd.DataFrame, stage: str,
                       ids: dict[str, str]) -> None:
-        diff = compare_schemas(trained, frame_schema(frame))
+        diff = compare_schemas(trained, served_schema(frame))
         if not diff.ok:
             raise SchemaMismatch(f"the serving output of the {stage} does not match its training schema",
                                  {"stage": stage, **ids, **diff.to_dict()})

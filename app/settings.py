@@ -45,6 +45,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ETL_ALLOWED_REMOTES", (), "Comma-separated URL prefixes of git/HTTP remotes ETLs may come from; "
             "local paths and file:// are always allowed.", _names),
     Setting("REMOTE_TIMEOUT_SECONDS", 30.0, "Time limit for fetching ETL code from a remote.", float),
+    Setting("SERVING_STATS_WINDOW", 1000, "Served values kept per feature for the skew report (a ring buffer).",
+            int),
+    Setting("STATS_FLUSH_SECONDS", 60.0, "How often serving statistics are saved to the catalog (and on "
+            "shutdown).", float),
+    Setting("SKEW_MIN_SAMPLES", 50, "Served rows needed before a feature can be flagged as skewed.", int),
+    Setting("SKEW_PSI_THRESHOLD", 0.2, "Population stability index at which a feature is flagged.", float),
+    Setting("SKEW_MEAN_SHIFT_THRESHOLD", 0.5, "Shift of the serving mean, in training standard deviations, "
+            "at which a feature is flagged.", float),
+    Setting("SKEW_NULL_RATE_THRESHOLD", 0.1, "Change of the null rate at which a feature is flagged.", float),
 )
 
 

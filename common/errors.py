@@ -69,6 +69,12 @@ class EtlFailed(FeatureStoreError):
     status, code = 422, "etl_failed"
 
 
+class ExpectationsFailed(FeatureStoreError):
+    """Features break the ETL's declared expectations (422); details list each violation."""
+
+    status, code = 422, "expectations_failed"
+
+
 class EtlTampered(FeatureStoreError):
     """Stored ETL code no longer matches its recorded sha256: refused, never run (500)."""
 

@@ -37,6 +37,7 @@ TIME_COLUMNS = {"users": "creation_date", "quotes": "creation_date",
 INDEX_COLUMNS = {"users": ["user_id"], "quotes": ["user_id", "quote_id"],
                  "transactions": ["user_id", "ref_id"], "policies": ["user_id", "quote_id"]}
 
+MAX_FLOW_SECONDS = 2700  # a quote's binding (≤ 30 min) and payment (≤ 15 min) follow within this
 QUOTE_TYPES = np.array(["car", "home", "pet", "travel"])
 DEVICES = np.array(["ios", "android", "web"])
 CARD_TYPES = np.array(["visa", "mastercard", "amex"])
@@ -53,12 +54,19 @@ def _ids(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def generate_flows(n_flows: int, seed: int | None = None, now: int | None = None,
                    span_seconds: int = 7 * 86400) -> dict[str, pd.DataFrame]:
-    """`n_flows` quote flows as one DataFrame per table, quotes created within `span_seconds` before `now`."""
+    """`n_flows` quote flows as one DataFrame per table, quotes created within `span_seconds` before `now`.
+
+    Binding and payment follow a quote by at most 45 minutes, so quotes are created at
+    least that long before `now` (a span shorter than that is widened to it).
+    """
+    if n_flows < 1:
+        raise ValueError("n_flows must be at least 1")
     rng = np.random.default_rng(seed)
     now = int(time.time()) if now is None else now
     n = n_flows
     quote_id = _ids(rng, n)
-    created = now - rng.integers(3600, max(span_seconds, 3601), size=n)
+    latest = now - MAX_FLOW_SECONDS
+    created = latest - rng.integers(0, max(span_seconds - MAX_FLOW_SECONDS, 0) + 1, size=n)
     bound = rng.random(n) < 0.8
     paid = bound & (rng.random(n) < 0.8)
     failed_attempt = bound & ~paid & (rng.random(n) < 0.5)

@@ -71,25 +71,31 @@ class DuckDBEngine:
         """Insert DataFrames or Arrow tables by column name, all tables in one transaction."""
         with self._write_lock, self._translated():
             cursor = self._cursor()
+            views = []
             cursor.execute("BEGIN TRANSACTION")
             try:
                 for table, frame in frames.items():
-                    view = f"_incoming_{table}"
-                    cursor.register(view, frame)
-                    try:
-                        cursor.execute(f"INSERT INTO {quote_identifier(table)} BY NAME SELECT * FROM {view}")
-                    finally:
-                        cursor.unregister(view)
+                    views.append(f"_incoming_{table}")
+                    cursor.register(views[-1], frame)
+                    cursor.execute(f"INSERT INTO {quote_identifier(table)} BY NAME SELECT * FROM {views[-1]}")
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
+            finally:  # after COMMIT/ROLLBACK: unregistering inside an aborted transaction would fail
+                for view in views:
+                    cursor.unregister(view)
         return {table: len(frame) for table, frame in frames.items()}
 
     def query(self, sql: str, params: Sequence[Any] = (), max_rows: int | None = None) -> pd.DataFrame:
-        """Run one statement; with `max_rows`, refuse results longer than that."""
+        """Run one SELECT statement (DuckDB's own parser checks it too); with `max_rows`, refuse longer results."""
         with self._translated():
-            cursor = self._cursor().execute(sql, list(params))
+            cursor = self._cursor()
+            statements = cursor.extract_statements(sql)
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                kinds = [statement.type.name for statement in statements]
+                raise InvalidQuery(f"the {self.role} runs exactly one SELECT statement, not {kinds}")
+            cursor = cursor.execute(sql, list(params))
             if max_rows is None:
                 return cursor.df()
             return _bounded_frame(_duckdb_chunks(cursor), max_rows)

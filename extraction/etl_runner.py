@@ -9,14 +9,18 @@ and code that no longer matches its recorded hash is ``etl_tampered`` (500).
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-import linecache
-import sys
 import itertools
+import linecache
+import math
+import sys
 import threading
 import types
 from collections import OrderedDict
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from common.errors import EtlFailed, EtlTampered, InvalidEtl
@@ -60,22 +64,35 @@ class EtlRunner:
                         linecache.cache.pop(_filename(evicted_key), None)
         return cls
 
-    def run(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame) -> pd.DataFrame:
-        """``Etl(frame).extract()`` on a copy of `frame`; the result must be a DataFrame."""
+    def fit(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame) -> dict[str, Any]:
+        """``Etl(frame).fit(frame)`` on a copy of `frame`: the fitted state, made JSON-safe ({} without fit)."""
+        cls = self.load(etl_key, code, code_sha256)
+        etl = cls(frame.copy(deep=False))
+        fit = getattr(etl, "fit", None)
+        if not callable(fit):
+            return {}
+        state = _guarded(etl_key, lambda: fit(etl.df))
+        if state is None:
+            return {}
+        if not isinstance(state, dict):
+            raise EtlFailed(f"ETL {etl_key}: fit() returned {type(state).__name__}, not a mapping",
+                            {"etl_key": etl_key, "returned": type(state).__name__})
+        try:
+            return json_safe(state)
+        except TypeError as error:
+            raise EtlFailed(f"ETL {etl_key}: fit() returned a state that is not JSON-serializable: {error}",
+                            {"etl_key": etl_key}) from None
+
+    def run(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame,
+            state: dict[str, Any] | None = None) -> pd.DataFrame:
+        """``Etl(frame).extract()`` on a copy of `frame`, with ``self.state`` set; the result must be a DataFrame."""
         cls = self.load(etl_key, code, code_sha256)
         # Under pandas' copy-on-write a shallow copy is a separate object whose data is
         # copied only if written to, so the ETL cannot touch the caller's frame (and
         # copying costs microseconds instead of a full deep copy).
-        try:
-            result = cls(frame.copy(deep=False)).extract()
-        except (Exception, SystemExit) as exc:
-            line = _etl_line(exc.__traceback__, _filename(etl_key))
-            where = f" (line {line})" if line is not None else ""
-            exc.add_note(f"raised by ETL {etl_key}{where}")
-            raise EtlFailed(
-                f"{type(exc).__name__}: {exc}",
-                {"etl_key": etl_key, "exception": type(exc).__name__, "line": line},
-            ) from exc
+        etl = cls(frame.copy(deep=False))
+        etl.state = dict(state or {})
+        result = _guarded(etl_key, etl.extract)
         if not isinstance(result, pd.DataFrame):
             returned = type(result).__module__ + "." + type(result).__qualname__
             if type(result).__module__ == "builtins":
@@ -85,6 +102,20 @@ class EtlRunner:
                 {"etl_key": etl_key, "returned": returned},
             )
         return result
+
+    def declarations(self, etl_key: str, code: str, code_sha256: str) -> tuple[dict[str, Any], str]:
+        """The ETL class's `expectations` and `serving_violations` policy, validated."""
+        cls = self.load(etl_key, code, code_sha256)
+        expectations = getattr(cls, "expectations", None) or {}
+        policy = getattr(cls, "serving_violations", "reject")
+        if policy not in ("reject", "warn"):
+            raise InvalidEtl(f"ETL {etl_key}: serving_violations must be 'reject' or 'warn', not {policy!r}",
+                             {"etl_key": etl_key})
+        try:
+            return json_safe(dict(expectations)), policy
+        except (TypeError, ValueError) as error:
+            raise InvalidEtl(f"ETL {etl_key}: expectations must be a JSON-serializable mapping: {error}",
+                             {"etl_key": etl_key}) from None
 
     def check(self, code: str, etl_key: str = "check") -> None:
         """Raise InvalidEtl unless `code` compiles, imports and defines an ``Etl`` class (nothing is cached)."""
@@ -102,6 +133,41 @@ class EtlRunner:
 
 
 _module_numbers = itertools.count(1)
+
+
+def _guarded(etl_key: str, call: Callable[[], Any]) -> Any:
+    """Run ETL code; any exception becomes EtlFailed with the ETL's message and line."""
+    try:
+        return call()
+    except (Exception, SystemExit) as exc:
+        line = _etl_line(exc.__traceback__, _filename(etl_key))
+        where = f" (line {line})" if line is not None else ""
+        exc.add_note(f"raised by ETL {etl_key}{where}")
+        raise EtlFailed(
+            f"{type(exc).__name__}: {exc}",
+            {"etl_key": etl_key, "exception": type(exc).__name__, "line": line},
+        ) from exc
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with numpy/pandas scalars and arrays turned into plain JSON values (NaN → None)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, pd.Series, pd.Index)):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
 def _filename(etl_key: str) -> str:

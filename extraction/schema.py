@@ -3,11 +3,15 @@
 Engines and pandas spell types many ways (BIGINT, Int32, int64; bool, boolean,
 0/1). Both sides of a comparison are reduced to one logical vocabulary:
 integer, float, boolean, string, timestamp, interval, binary, null (no
-values to judge) and mixed. A float column whose values are all whole numbers
-and which holds a null is an integer column that a missing value widened, so
-one missing value in a serving row is not reported as a type change; an
-integer column arriving for a boolean one (0/1 from an engine without
-booleans) is.
+values to judge) and mixed.
+
+Missing values are no evidence: an all-null served column matches anything,
+and a served float column whose values are whole numbers and which holds a
+null may stand for a trained integer column (pandas widens integers to float
+when a value is missing). Integers may stand for a trained float column (every
+integer is a float). An integer column arriving for a boolean one (0/1 from
+an engine without booleans) is a type change; so is a float with a fraction
+where training had integers.
 """
 from __future__ import annotations
 
@@ -40,28 +44,41 @@ def logical_type(series: pd.Series) -> str:
     if ptypes.is_integer_dtype(dtype):
         return "integer"
     if ptypes.is_float_dtype(dtype):
-        return "integer" if _null_widened_integers(series) else "float"
+        return "float"
     if ptypes.is_datetime64_any_dtype(dtype):
         return "timestamp"
     if ptypes.is_timedelta64_dtype(dtype):
         return "interval"
     if ptypes.is_string_dtype(dtype) and not ptypes.is_object_dtype(dtype):
         return "string"
-    inferred = _INFERRED.get(ptypes.infer_dtype(series, skipna=True), "mixed")
-    if inferred == "float" and _null_widened_integers(pd.to_numeric(series, errors="coerce")):
-        return "integer"
-    return inferred
+    return _INFERRED.get(ptypes.infer_dtype(series, skipna=True), "mixed")
 
 
-def _null_widened_integers(series: pd.Series) -> bool:
-    values = series.to_numpy(dtype="float64", na_value=np.nan)
+def widened_integers(series: pd.Series) -> bool:
+    """A float column that holds a null and otherwise only whole numbers: integers a null widened."""
+    if not (ptypes.is_float_dtype(series.dtype) or ptypes.is_object_dtype(series.dtype)):
+        return False
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     present = values[~np.isnan(values)]
-    return len(present) < len(values) and bool(np.all(np.mod(present, 1) == 0))
+    return len(present) < len(values) and bool(np.all(np.isfinite(present) & (np.mod(present, 1) == 0)))
+
+
+def column_type(series: pd.Series) -> Column:
+    """{"type"} of a served column, with ``"widened": True`` where it may be null-widened integers."""
+    kind = logical_type(series)
+    return {"type": kind, "widened": True} if kind == "float" and widened_integers(series) else {"type": kind}
 
 
 def frame_schema(frame: pd.DataFrame) -> list[Column]:
-    """Column names and logical types of `frame`, in column order."""
-    return [{"name": str(name), "type": logical_type(frame[name])} for name in frame.columns]
+    """Column names and logical types of `frame`, in column order (repeated names each listed)."""
+    return [{"name": str(name), "type": logical_type(frame.iloc[:, position])}
+            for position, name in enumerate(frame.columns)]
+
+
+def served_schema(frame: pd.DataFrame) -> list[Column]:
+    """Like `frame_schema`, marking float columns that may be null-widened integers."""
+    return [{"name": str(name), **column_type(frame.iloc[:, position])}
+            for position, name in enumerate(frame.columns)]
 
 
 @dataclass
@@ -80,21 +97,26 @@ class SchemaDiff:
         return asdict(self)
 
 
-def compatible(trained: str, served: str) -> bool:
-    """Whether a served logical type may stand for a trained one (no values is no evidence)."""
-    return trained == served or "null" in (trained, served)
+def compatible(trained: str, served: str, widened: bool = False) -> bool:
+    """Whether a served logical type may stand for a trained one (see the module docstring)."""
+    return (trained == served or "null" in (trained, served) or (trained, served) == ("float", "integer")
+            or (widened and (trained, served) == ("integer", "float")))
 
 
 def compare_schemas(trained: list[Column], served: list[Column]) -> SchemaDiff:
-    """Columns missing from, extra in, or of another logical type in the served output."""
+    """Columns missing from, extra in, or of another logical type in the served output.
+
+    `served` comes from `served_schema` (or `frame_schema`, without the widening allowance).
+    """
     trained_types = {c["name"]: c["type"] for c in trained}
-    served_types = {c["name"]: c["type"] for c in served}
+    served_by_name = {c["name"]: c for c in served}
     return SchemaDiff(
-        missing=[name for name in trained_types if name not in served_types],
-        extra=[name for name in served_types if name not in trained_types],
+        missing=[name for name in trained_types if name not in served_by_name],
+        extra=[name for name in served_by_name if name not in trained_types],
         type_changed=[
-            {"name": name, "trained": trained_types[name], "served": served_types[name]}
+            {"name": name, "trained": trained_types[name], "served": served_by_name[name]["type"]}
             for name in trained_types
-            if name in served_types and not compatible(trained_types[name], served_types[name])
+            if name in served_by_name and not compatible(trained_types[name], served_by_name[name]["type"],
+                                                         bool(served_by_name[name].get("widened")))
         ],
     )

@@ -66,17 +66,25 @@ class PreparedQuery:
         return lookup.sql(dialect=dialect, comments=False)
 
 
-@lru_cache(maxsize=1024)
 def prepare_query(sql: str, dialect: str = REALTIME_DIALECT) -> PreparedQuery:
     """Parse and check `sql`; raise InvalidQuery unless it is one read-only SELECT/WITH statement."""
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidQuery("query must be a non-empty SQL string")
+    return _prepare(sql, dialect)
+
+
+@lru_cache(maxsize=1024)
+def _prepare(sql: str, dialect: str) -> PreparedQuery:
     if "\x00" in sql:
         raise InvalidQuery("query must not contain NUL characters")
     try:
-        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+        parsed = sqlglot.parse(sql, read=dialect)
     except SqlglotError as error:
         raise InvalidQuery(f"query does not parse: {error}", {"dialect": dialect}) from None
+    except Exception as error:  # noqa: BLE001 - sqlglot can fail on odd input with other exceptions
+        raise InvalidQuery(f"query does not parse: {type(error).__name__}", {"dialect": dialect}) from None
+    # A comment after the last ';' comes back as a bare Semicolon: it is not a statement.
+    statements = [s for s in parsed if s is not None and not isinstance(s, exp.Semicolon)]
     if len(statements) != 1:
         raise InvalidQuery(f"query must be exactly one statement, found {len(statements)}")
     tree = statements[0]
@@ -86,6 +94,10 @@ def prepare_query(sql: str, dialect: str = REALTIME_DIALECT) -> PreparedQuery:
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN):
             raise InvalidQuery(f"{node.key.upper()} is not allowed inside a query", {"construct": node.key})
+    names = [select.alias_or_name for select in tree.selects if not isinstance(select, exp.Star)]
+    repeated = sorted({name for name in names if names.count(name) > 1 and name != "*"})
+    if repeated:
+        raise InvalidQuery(f"output column names must be distinct: {repeated}", {"columns": repeated})
     normalized = normalize_identifiers(tree.copy(), dialect=dialect).sql(dialect=dialect, comments=False)
     return PreparedQuery(tree, dialect, hashlib.sha256(normalized.encode()).hexdigest())
 

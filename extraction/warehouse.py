@@ -14,7 +14,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from common.errors import BackendUnavailable, InvalidQuery
+from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from common.urls import backend_registry, duckdb_path, sqlalchemy_url
 from demo.flows import INDEX_COLUMNS, TABLES
 from extraction.engines import DuckDBEngine, _bounded_frame, quote_identifier
@@ -85,8 +85,13 @@ class SqlAlchemyWarehouse(Warehouse):
     """Any SQLAlchemy database as the warehouse; queries run in read-only transactions."""
 
     def __init__(self, url: str):
-        connect_args = {"connect_timeout": 5} if url.startswith("postgres") else {}
+        postgres = url.startswith("postgres")
+        connect_args = {"connect_timeout": 5} if postgres else {}
         self.sa_engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, connect_args=connect_args)
+        # User SQL gets its own pool whose sessions are read-only by default, so even a statement
+        # that ends the transaction ("COMMIT; DELETE …") cannot start a writable one.
+        read_only_args = {**connect_args, "options": "-c default_transaction_read_only=on"} if postgres else {}
+        self.read_engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, connect_args=read_only_args)
         name = self.sa_engine.dialect.name
         self.dialect = {"postgresql": "postgres"}.get(name, name)
         self.metadata = sa.MetaData()
@@ -99,9 +104,7 @@ class SqlAlchemyWarehouse(Warehouse):
             self.metadata.create_all(self.sa_engine, checkfirst=True)
 
     def query(self, sql: str, max_rows: int | None = None) -> pd.DataFrame:
-        with self._translated(), self.sa_engine.connect() as connection:
-            if self.sa_engine.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        with self._translated(), self.read_engine.connect() as connection:
             # A plain string goes to the driver as it is: no bind-parameter parsing of the user's text.
             if max_rows is None:
                 return pd.read_sql(sql, connection, dtype_backend="numpy_nullable")
@@ -109,6 +112,13 @@ class SqlAlchemyWarehouse(Warehouse):
             return _bounded_frame(iter(chunks), max_rows)
 
     def append(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
+        unknown = sorted(set(frames) - set(self.tables))
+        if unknown:
+            raise InvalidInput(f"no such warehouse table(s): {unknown}")
+        for table, frame in frames.items():
+            extra = sorted(set(map(str, frame.columns)) - set(self.tables[table].c.keys()))
+            if extra:
+                raise InvalidInput(f"table {table} has no column(s) {extra}")
         with self._translated(), self.sa_engine.begin() as connection:
             for table, frame in frames.items():
                 if len(frame):
@@ -129,6 +139,7 @@ class SqlAlchemyWarehouse(Warehouse):
 
     def close(self) -> None:
         self.sa_engine.dispose()
+        self.read_engine.dispose()
 
     def _translated(self) -> "_SqlAlchemyErrors":
         return _SqlAlchemyErrors()
@@ -145,6 +156,8 @@ class _SqlAlchemyErrors:
             error = error.__cause__
         if error is None or not isinstance(error, SQLAlchemyError):
             return False
+        if isinstance(error, sa.exc.StatementError) and not isinstance(error, DBAPIError):
+            raise InvalidInput(f"the warehouse refused the values: {error.orig}") from None
         if isinstance(error, DBAPIError) and not error.connection_invalidated and not isinstance(
                 error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
             raise InvalidQuery(f"the warehouse rejected the query: {error.orig}") from None

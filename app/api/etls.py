@@ -90,16 +90,18 @@ class ExtractTrain(Resource):
 class ExtractRealtime(Resource):
     @extract_ns.expect(realtime_request)
     @extract_ns.response(200, "the entity's features, in training column order", extract_ns.model(
-        "FeatureRows", {"data": fields.List(fields.Raw)}))
+        "FeatureRows", {"data": fields.List(fields.Raw), "warnings": fields.List(fields.Raw, description=(
+            "expectation violations let through by the ETL's 'warn' policy"))}))
     @extract_ns.response(404, "unknown id, or no hot rows for the entity")
     @extract_ns.response(409, "serving output differs from the training schema (details: the diff)")
-    @extract_ns.response(422, "the ETL raised")
+    @extract_ns.response(422, "the ETL raised, or its expectations failed under the 'reject' policy")
     def post(self):
         """One entity's features from hot data, by the saved query and ETL, schema-checked."""
         body = json_body(realtime_request)
-        frame = service().realtime_etl(checked_id("query", body["query_id"]), checked_id("etl", body["etl_id"]),
-                                       body["index_key"], body["index_value"])
-        return {"data": frame_records(frame)}
+        frame, warnings = service().realtime_etl(checked_id("query", body["query_id"]),
+                                                 checked_id("etl", body["etl_id"]), body["index_key"],
+                                                 body["index_value"])
+        return {"data": frame_records(frame), "warnings": warnings}
 
 
 @etls_ns.route("")
@@ -122,3 +124,12 @@ class EtlItem(Resource):
     def get(self, etl_id: str):
         """Read one ETL, its source code included."""
         return service().get_etl(checked_id("etl", etl_id)).to_dict()
+
+
+@etls_ns.route("/<string:etl_id>/skew")
+class EtlSkew(Resource):
+    @etls_ns.response(200, "per feature: training vs serving statistics, with flags past the thresholds")
+    @etls_ns.response(404, "unknown etl_id")
+    def get(self, etl_id: str):
+        """Compare the training statistics with a rolling window of what serving returned."""
+        return service().skew(checked_id("etl", etl_id))

@@ -24,7 +24,7 @@ class Publish(Resource):
     def put(self):
         """Generate N flows and write each to the warehouse and the realtime store."""
         fs = service()
-        n_flows = query_int("n_flows", None, 1, fs.max_publish_flows)
+        n_flows = query_int("n_flows", None, 1, fs.options.max_publish_flows)
         if n_flows is None:
             raise InvalidInput("query parameter n_flows is required", {"parameter": "n_flows"})
         seed = query_int("seed", None, 0, 2**32 - 1)

@@ -1,0 +1,220 @@
+"""`FeatureStore`: the service's endpoints as Python methods, rows as pandas DataFrames."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+
+from client.frames import Column, records_frame
+from client.transport import Transport
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A training run: the saved ids (None unless saved), the logical schema and the rows (None if not asked)."""
+
+    query_id: str | None
+    etl_id: str | None
+    schema: list[Column] | None
+    data: pd.DataFrame | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of catalog records (dicts), newest first, out of `total`."""
+
+    items: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+    def frame(self) -> pd.DataFrame:
+        """The items as a DataFrame, one row per record."""
+        return pd.DataFrame.from_records(self.items)
+
+
+class FeatureStore:
+    """A client of the feature store service at `url` (``http://host:port``, with or without ``/v1.0``).
+
+    Every call has `timeout` seconds. Reads and idempotent calls (training runs:
+    their saved ids derive from content; realtime lookups) are retried up to
+    `retries` more times with exponential `backoff` on connection errors and
+    502/503/504; `publish` and any 4xx never are. Errors are the classes of
+    `common.errors` (see `client.errors`). Use as a context manager or `close()`.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
+                 backoff: float = 0.2):
+        self._http = Transport(url, api_key, timeout, retries, backoff)
+        self._schemas: dict[str, list[Column]] = {}  # query/etl id → training schema (ids are immutable)
+
+    @property
+    def url(self) -> str:
+        """The API root requests go to (``…/v1.0``)."""
+        return self._http.root
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._http.close()
+
+    def health(self) -> dict[str, Any]:
+        """Each backend's state; raises `BackendUnavailable` (details: the checks) when one is down."""
+        return self._http.call("GET", "/health", retry=True)
+
+    def publish(self, n_flows: int, seed: int | None = None) -> dict[str, Any]:
+        """Generate `n_flows` demo flows; rows written per table. Not idempotent: never retried."""
+        params = {"n_flows": n_flows, **({"seed": seed} if seed is not None else {})}
+        return self._http.call("PUT", "/publish", retry=False, params=params)
+
+    def query_train(self, query: str, name: str | None = None, save: bool = False,
+                    include_data: bool = True) -> TrainingResult:
+        """Run SQL on the warehouse; `save` keeps it (same SQL, same `query_id`)."""
+        body = {"query": query, **({"query_name": name} if name is not None else {})}
+        payload = self._http.call("POST", "/query/train", retry=True, body=body,
+                                  params=_flags(save, include_data))
+        return self._training(payload, payload.get("query_id"), None)
+
+    def query_realtime(self, query_id: str, index_key: str, index_value: Scalar) -> pd.DataFrame:
+        """One entity's rows of a saved query, from hot data, typed like its training result."""
+        body = {"query_id": query_id, "index_key": index_key, "index_value": _scalar(index_value)}
+        payload = self._http.call("POST", "/query/realtime", retry=True, body=body)
+        return records_frame(payload["data"], self._schema("queries", query_id))
+
+    def extract_train(self, query_id: str, etl_path: str | os.PathLike[str] | None = None, *,
+                      repo: str | None = None, ref: str | None = None, path: str | None = None,
+                      name: str | None = None, save: bool = False, include_data: bool = True) -> TrainingResult:
+        """Run an ETL from git on a saved query's result; `save` registers it (`etl_id`).
+
+        Give `etl_path` (a file in a local repository, ``git+<url>@<ref>#<path>``, or an
+        http(s) URL) or `repo` and `path` (and optionally `ref`).
+        """
+        structured = any(part is not None for part in (repo, ref, path))
+        if (etl_path is not None) == structured or (structured and (repo is None or path is None)):
+            raise ValueError("give either etl_path or repo and path (and optionally ref)")
+        body: dict[str, Any] = {"query_id": query_id}
+        if etl_path is not None:
+            body["etl_path"] = os.fspath(etl_path)
+        else:
+            body["etl"] = {"repo": repo, "path": path, **({"ref": ref} if ref else {})}
+        if name is not None:
+            body["name"] = name
+        payload = self._http.call("POST", "/extract/train", retry=True, body=body,
+                                  params=_flags(save, include_data))
+        return self._training(payload, query_id, payload.get("etl_id"))
+
+    def extract_realtime(self, query_id: str, etl_id: str, index_key: str, index_value: Scalar) -> pd.DataFrame:
+        """One entity's features from hot data, schema-checked by the service; warnings in ``.attrs``."""
+        body = {"query_id": query_id, "etl_id": etl_id, "index_key": index_key,
+                "index_value": _scalar(index_value)}
+        payload = self._http.call("POST", "/extract/realtime", retry=True, body=body)
+        frame = records_frame(payload["data"], self._schema("etls", etl_id))
+        if payload.get("warnings"):
+            frame.attrs["warnings"] = payload["warnings"]
+        return frame
+
+    def queries(self, offset: int = 0, limit: int = 50) -> Page:
+        """A page of saved queries."""
+        return _page(self._http.call("GET", "/queries", retry=True, params={"offset": offset, "limit": limit}))
+
+    def query(self, query_id: str) -> dict[str, Any]:
+        """One saved query: its SQL, schema and who saved it when."""
+        return self._http.call("GET", f"/queries/{quote(query_id, safe='')}", retry=True)
+
+    def etls(self, offset: int = 0, limit: int = 50, query_id: str | None = None) -> Page:
+        """A page of registered ETLs (without code), optionally only those of `query_id`."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if query_id is not None:
+            params["query_id"] = query_id
+        return _page(self._http.call("GET", "/etls", retry=True, params=params))
+
+    def etl(self, etl_id: str) -> dict[str, Any]:
+        """One ETL: its source (repository, commit, path), code and schema."""
+        return self._http.call("GET", f"/etls/{quote(etl_id, safe='')}", retry=True)
+
+    def skew(self, etl_id: str) -> dict[str, Any]:
+        """Training vs serving statistics per feature of an ETL, with the flagged features."""
+        return self._http.call("GET", f"/etls/{quote(etl_id, safe='')}/skew", retry=True)
+
+    # -- feature sets --------------------------------------------------------------------------
+
+    def create_feature_set(self, name: str, query_id: str, etl_id: str, features: list[str] | None = None,
+                           index_key: str | None = None, description: str = "",
+                           tags: list[str] | None = None) -> dict[str, Any]:
+        """A new version of `name` (or its newest version when the definition is unchanged)."""
+        body: dict[str, Any] = {"name": name, "query_id": query_id, "etl_id": etl_id, "description": description,
+                                "tags": list(tags or [])}
+        if features is not None:
+            body["features"] = list(features)
+        if index_key is not None:
+            body["index_key"] = index_key
+        return self._http.call("POST", "/feature-sets", retry=True, body=body)
+
+    def feature_sets(self, offset: int = 0, limit: int = 50) -> Page:
+        """The newest version of each feature set."""
+        return _page(self._http.call("GET", "/feature-sets", retry=True,
+                                     params={"offset": offset, "limit": limit}))
+
+    def feature_set_versions(self, name: str) -> list[dict[str, Any]]:
+        """Every version of a feature set, oldest first, with its stage."""
+        return self._http.call("GET", f"/feature-sets/{quote(name, safe='')}", retry=True)["versions"]
+
+    def set_stage(self, name: str, version: int, stage: str | None) -> dict[str, Any]:
+        """Mark a version "production" or "staging", or clear its stage with None."""
+        return self._http.call("PUT", f"/feature-sets/{quote(name, safe='')}/versions/{int(version)}/stage",
+                               retry=True, body={"stage": stage or "none"})
+
+    def feature_set_realtime(self, name: str, index_value: Scalar, version: int | None = None) -> pd.DataFrame:
+        """One entity's features of a feature set (default: its production version, else the newest)."""
+        body: dict[str, Any] = {"index_value": _scalar(index_value)}
+        if version is not None:
+            body["version"] = int(version)
+        payload = self._http.call("POST", f"/feature-sets/{quote(name, safe='')}/realtime", retry=True, body=body)
+        frame = records_frame(payload["data"], payload.get("schema"))
+        frame.attrs.update(version=payload["version"], warnings=payload.get("warnings", []))
+        return frame
+
+    def feature_set_train(self, name: str, version: int | None = None) -> pd.DataFrame:
+        """The training set of a feature-set version, its features only."""
+        body = {} if version is None else {"version": int(version)}
+        payload = self._http.call("POST", f"/feature-sets/{quote(name, safe='')}/train", retry=True, body=body)
+        frame = records_frame(payload["data"], payload.get("schema"))
+        frame.attrs["version"] = payload["version"]
+        return frame
+
+    def _training(self, payload: dict[str, Any], query_id: str | None, etl_id: str | None) -> TrainingResult:
+        schema = payload.get("schema")
+        saved_id = payload.get("etl_id") or payload.get("query_id")
+        if saved_id and schema:
+            self._schemas[saved_id] = schema
+        data = payload.get("data")
+        return TrainingResult(query_id, etl_id, schema, None if data is None else records_frame(data, schema))
+
+    def _schema(self, kind: str, record_id: str) -> list[Column] | None:
+        if record_id not in self._schemas:
+            record = self.query(record_id) if kind == "queries" else self.etl(record_id)
+            self._schemas[record_id] = record.get("schema") or []
+        return self._schemas[record_id]
+
+
+def _flags(save: bool, include_data: bool) -> dict[str, str]:
+    return {"save": str(bool(save)).lower(), "include_data": str(bool(include_data)).lower()}
+
+
+def _scalar(value: Any) -> Any:
+    """A JSON-ready entity key: numpy/pandas scalars become Python ones."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def _page(payload: dict[str, Any]) -> Page:
+    return Page(payload["items"], payload["total"], payload["offset"], payload["limit"])
