@@ -1,10 +1,11 @@
 """Catalog stores: the backend is picked by the scheme of `CATALOG_URL`."""
 from __future__ import annotations
 
-from catalog.base import Catalog, EtlRecord, EtlSource, Page, QueryRecord
+from catalog.base import ApiKeyRecord, Catalog, EtlRecord, EtlSource, FeatureSetRecord, Page, QueryRecord
 from common.urls import backend_registry
 
-__all__ = ["Catalog", "EtlRecord", "EtlSource", "Page", "QueryRecord", "open_catalog"]
+__all__ = ["ApiKeyRecord", "Catalog", "EtlRecord", "EtlSource", "FeatureSetRecord", "Page", "QueryRecord",
+           "open_catalog"]
 
 
 def _sql_catalog(url: str) -> Catalog:

@@ -71,7 +71,11 @@ class EtlRecord:
     schema: list[Column]
     created_by: str
     created_at: str
-    extra: dict[str, Any] = field(default_factory=dict)  # room for fitted state, expectations, stats
+    state: dict[str, Any] = field(default_factory=dict)  # what the ETL's fit() learned from the training set
+    expectations: dict[str, Any] = field(default_factory=dict)  # column -> rules, declared by the ETL
+    serving_policy: str = "reject"  # on an expectation violated while serving: "reject" (422) or "warn"
+    training_stats: dict[str, Any] = field(default_factory=dict)  # column -> statistics of the training output
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,12 +87,63 @@ class EtlRecord:
         return cls(**values)
 
 
+STAGES = ("production", "staging")
+
+
+@dataclass(frozen=True)
+class FeatureSetRecord:
+    """One immutable version of a named feature set; only `stage` is ever changed, by an explicit call."""
+
+    name: str
+    version: int
+    query_id: str
+    etl_id: str
+    index_key: str
+    features: list[str]
+    description: str
+    tags: list[str]
+    created_by: str
+    created_at: str
+    stage: str | None = None  # "production", "staging" or None; one version per stage and name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureSetRecord":
+        return cls(**_known_fields(cls, data))
+
+    def definition(self) -> tuple:
+        """What makes two versions the same (everything but version, stage, who and when)."""
+        return (self.query_id, self.etl_id, self.index_key, tuple(self.features), self.description,
+                tuple(self.tags))
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key: only the sha256 of its secret is stored."""
+
+    key_id: str
+    name: str
+    role: str  # "admin", "scientist" or "serving"
+    key_hash: str
+    created_at: str
+    revoked_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ApiKeyRecord":
+        return cls(**_known_fields(cls, data))
+
+
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Page(Generic[T]):
-    """One page of a listing, newest first."""
+    """One page of a listing, in the listing's order."""
 
     items: list[T]
     total: int
@@ -97,13 +152,15 @@ class Page(Generic[T]):
 
 
 class Catalog(ABC):
-    """Keeps saved queries and ETLs. Every backend must:
+    """Keeps saved queries, ETLs, feature sets, serving statistics and API keys. Every backend must:
 
-    - make `save_*` put-if-absent and atomic: the id's first record wins, is returned
-      to every later or concurrent caller, and a failed save leaves nothing behind;
-    - raise `common.errors.NotFound` from `get_*` for an unknown id;
-    - list newest first (by `created_at`, then id) with `offset`/`limit`; a negative offset or
-      limit is InvalidInput, `limit=0` returns only the total;
+    - make `save_query`, `save_etl` and `save_feature_set` put-if-absent and atomic: the id's
+      first record wins, is returned to every later or concurrent caller, and a failed save
+      leaves nothing behind (`save_serving_stats` replaces; `save_api_key` refuses duplicates);
+    - raise `common.errors.NotFound` from `get_query`/`get_etl` for an unknown id;
+    - list queries and ETLs newest first (by `created_at`, then id), feature sets by name
+      (code-point order), API keys oldest first; a negative offset or limit is InvalidInput,
+      `limit=0` returns only the total;
     - open without failing when the server is down (only a malformed URL fails); calls fail
       with BackendUnavailable until it is back, and then work again without a restart;
     - translate driver failures into `common.errors.BackendUnavailable("catalog", ...)`.
@@ -134,6 +191,59 @@ class Catalog(ABC):
     @abstractmethod
     def list_etls(self, offset: int = 0, limit: int = 50, query_id: str | None = None) -> Page[EtlRecord]:
         """A page of ETLs, newest first, optionally only those trained on `query_id`."""
+
+    # -- feature sets ------------------------------------------------------------------------
+
+    @abstractmethod
+    def save_feature_set(self, record: FeatureSetRecord) -> FeatureSetRecord:
+        """Store `record` unless (name, version) exists; return the stored record (put-if-absent).
+
+        The record is stored with stage None whatever `record.stage` says.
+        """
+
+    @abstractmethod
+    def feature_set_versions(self, name: str) -> list[FeatureSetRecord]:
+        """Every version of `name`, oldest first; [] when the name is unknown."""
+
+    @abstractmethod
+    def list_feature_sets(self, offset: int = 0, limit: int = 50) -> Page[FeatureSetRecord]:
+        """The newest version of each name, names in alphabetical order, paged over names."""
+
+    @abstractmethod
+    def set_feature_set_stage(self, name: str, version: int, stage: str | None) -> FeatureSetRecord:
+        """Give `version` the `stage` (taking it from any other version of `name`) or clear it.
+
+        NotFound for an unknown name or version, InvalidInput for a stage not in STAGES; the
+        change is atomic where the backend allows.
+        """
+
+    # -- serving statistics --------------------------------------------------------------------
+
+    @abstractmethod
+    def save_serving_stats(self, etl_id: str, stats: dict[str, Any]) -> None:
+        """Replace the persisted serving statistics of `etl_id` (a JSON-safe mapping)."""
+
+    @abstractmethod
+    def get_serving_stats(self, etl_id: str) -> dict[str, Any] | None:
+        """The persisted serving statistics of `etl_id`, or None."""
+
+    # -- API keys ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def save_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        """Store a new key; InvalidInput if its key_id or key_hash exists."""
+
+    @abstractmethod
+    def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The key with this hash (revoked or not), or None."""
+
+    @abstractmethod
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, oldest first."""
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: str, revoked_at: str) -> ApiKeyRecord:
+        """Mark the key revoked (idempotent: an already revoked key keeps its first time); NotFound if unknown."""
 
     @abstractmethod
     def ping(self) -> None:

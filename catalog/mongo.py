@@ -11,10 +11,18 @@ atomic, so in that mode writes are serialized with a lock; a real server
 enforces uniqueness itself.
 
 Documents are the record's fields with ``_id`` set to the record id; a unique
-index on ``queries.sql_hash`` makes the same SQL converge on one query.
+index on ``queries.sql_hash`` makes the same SQL converge on one query, one on
+``api_keys.key_hash`` refuses a second key with the same secret. Feature sets
+are ``_id = "name@version"``; a unique index on (name, stage), partial to string
+stages, keeps one version per stage and name. Serving statistics are
+``{"_id": etl_id, "updated_at", "stats"}``, replaced whole.
+
+Serving statistics are stored as their JSON round trip, so every backend gives
+back the same thing (string keys, lists for tuples).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -24,7 +32,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pymongo
 from pymongo import errors
 
-from catalog.base import Catalog, EtlRecord, Page, QueryRecord
+from catalog.base import (STAGES, ApiKeyRecord, Catalog, EtlRecord, FeatureSetRecord, Page, QueryRecord,
+                          utc_now)
 from common.errors import BackendUnavailable, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,9 @@ R = TypeVar("R")
 DEFAULT_DATABASE = "featurestore"
 DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000, "socketTimeoutMS": 10000}
 NEWEST_FIRST = [("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+OLDEST_FIRST = [("created_at", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)]
+ILLEGAL_OPERATION = 20  # a standalone server refusing a transaction
+STAGE_MOVE_ATTEMPTS = 5
 
 
 @contextmanager
@@ -61,8 +73,32 @@ def _client(url: str) -> tuple[Any, str, bool]:
         raise InvalidInput(f"CATALOG_URL: bad MongoDB URL {url!r}: {err}") from err
 
 
-def _record_doc(record: QueryRecord | EtlRecord, record_id: str) -> dict[str, Any]:
+def _record_doc(record: Any, record_id: str) -> dict[str, Any]:
     return {"_id": record_id, **record.to_dict()}
+
+
+def _check_paging(offset: int, limit: int) -> None:
+    if offset < 0 or limit < 0:
+        raise InvalidInput("offset and limit must not be negative", {"offset": offset, "limit": limit})
+
+
+def _feature_set_id(name: str, version: int) -> str:
+    return f"{name}@{version}"
+
+
+def _check_stage(stage: str | None) -> None:
+    if stage is not None and stage not in STAGES:
+        raise InvalidInput(f"stage must be one of {', '.join(STAGES)} or null, not {stage!r}", {"stage": stage})
+
+
+def _json_safe(stats: dict[str, Any]) -> dict[str, Any]:
+    """`stats` as JSON would give it back (what the SQL catalog stores), or InvalidInput."""
+    if not isinstance(stats, dict):
+        raise InvalidInput("serving statistics must be a JSON object", {"type": type(stats).__name__})
+    try:
+        return json.loads(json.dumps(stats))
+    except (TypeError, ValueError) as err:
+        raise InvalidInput(f"serving statistics are not JSON-safe: {err}") from err
 
 
 def _fields(doc: dict[str, Any]) -> dict[str, Any]:
@@ -70,14 +106,19 @@ def _fields(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class MongoCatalog(Catalog):
-    """Saved queries and ETLs in MongoDB collections ``queries`` and ``etls``."""
+    """Queries, ETLs, feature sets, serving statistics and API keys in MongoDB collections
+    ``queries``, ``etls``, ``feature_sets``, ``serving_stats`` and ``api_keys``."""
 
     def __init__(self, url: str):
         self._client, name, mock = _client(url)
         db = self._client[name]
         self._queries = db["queries"]
         self._etls = db["etls"]
+        self._feature_sets = db["feature_sets"]
+        self._serving_stats = db["serving_stats"]
+        self._api_keys = db["api_keys"]
         self._write_lock: AbstractContextManager[Any] = threading.Lock() if mock else nullcontext()
+        self._transactions: bool | None = False if mock else None  # None: not known until first tried
         self._indexes_ready = False
         try:
             self._ensure_indexes()
@@ -110,6 +151,114 @@ class MongoCatalog(Catalog):
         where = {} if query_id is None else {"query_id": query_id}
         return self._page(self._etls, offset, limit, where, EtlRecord.from_dict)
 
+    # -- feature sets --------------------------------------------------------
+
+    def save_feature_set(self, record: FeatureSetRecord) -> FeatureSetRecord:
+        key = _feature_set_id(record.name, record.version)
+        doc = {**_record_doc(record, key), "stage": None}
+        return FeatureSetRecord.from_dict(self._insert_or_get(self._feature_sets, doc, [{"_id": key}]))
+
+    def feature_set_versions(self, name: str) -> list[FeatureSetRecord]:
+        self._ensure_indexes()
+        with _translated():
+            docs = list(self._feature_sets.find({"name": name}).sort("version", pymongo.ASCENDING))
+        return [FeatureSetRecord.from_dict(_fields(doc)) for doc in docs]
+
+    def list_feature_sets(self, offset: int = 0, limit: int = 50) -> Page[FeatureSetRecord]:
+        _check_paging(offset, limit)
+        self._ensure_indexes()
+        newest_per_name = [{"$sort": {"name": pymongo.ASCENDING, "version": pymongo.DESCENDING}},
+                           {"$group": {"_id": "$name", "doc": {"$first": "$$ROOT"}}},
+                           {"$sort": {"_id": pymongo.ASCENDING}}]
+        with _translated():
+            counted = list(self._feature_sets.aggregate([{"$group": {"_id": "$name"}}, {"$count": "names"}]))
+            total = counted[0]["names"] if counted else 0
+            # $limit must be positive, so a zero limit reads nothing
+            groups = list(self._feature_sets.aggregate(
+                [*newest_per_name, {"$skip": offset}, {"$limit": limit}])) if limit else []
+        return Page([FeatureSetRecord.from_dict(_fields(group["doc"])) for group in groups], total, offset, limit)
+
+    def set_feature_set_stage(self, name: str, version: int, stage: str | None) -> FeatureSetRecord:
+        """Take `stage` from the other versions of `name` and set it on `version`, in one transaction
+        where the deployment has them (a replica set or mongos).
+
+        Not atomic on a standalone server or mongomock: there it is find + update_many + update_one
+        (under a lock for mongomock), so a reader may briefly see no version in `stage`. The unique
+        (name, stage) index still forbids two at once: a move that loses that race is redone.
+        """
+        _check_stage(stage)
+        self._ensure_indexes()
+        key = _feature_set_id(name, version)
+
+        def move(session: Any) -> dict[str, Any]:
+            if self._feature_sets.find_one({"_id": key}, session=session) is None:
+                raise NotFound(f"no feature set {name!r} version {version}", {"name": name, "version": version})
+            if stage is not None:
+                self._feature_sets.update_many({"name": name, "stage": stage, "_id": {"$ne": key}},
+                                               {"$set": {"stage": None}}, session=session)
+            self._feature_sets.update_one({"_id": key}, {"$set": {"stage": stage}}, session=session)
+            return self._feature_sets.find_one({"_id": key}, session=session)
+
+        attempts_left = STAGE_MOVE_ATTEMPTS
+        with _translated():
+            while True:
+                try:
+                    return FeatureSetRecord.from_dict(_fields(self._atomically(move)))
+                except errors.DuplicateKeyError:  # a concurrent move set `stage` on another version meanwhile
+                    attempts_left -= 1
+                    if not attempts_left:
+                        raise
+
+    # -- serving statistics --------------------------------------------------
+
+    def save_serving_stats(self, etl_id: str, stats: dict[str, Any]) -> None:
+        doc = {"updated_at": utc_now(), "stats": _json_safe(stats)}
+        self._ensure_indexes()
+        with _translated(), self._write_lock:
+            try:
+                self._serving_stats.replace_one({"_id": etl_id}, doc, upsert=True)
+            except errors.DuplicateKeyError:  # two upserts raced to insert; now there is one to replace
+                self._serving_stats.replace_one({"_id": etl_id}, doc, upsert=True)
+
+    def get_serving_stats(self, etl_id: str) -> dict[str, Any] | None:
+        self._ensure_indexes()
+        with _translated():
+            doc = self._serving_stats.find_one({"_id": etl_id})
+        return None if doc is None else doc["stats"]
+
+    # -- API keys ------------------------------------------------------------
+
+    def save_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        self._ensure_indexes()
+        with _translated(), self._write_lock:
+            try:
+                self._api_keys.insert_one(_record_doc(record, record.key_id))
+            except errors.DuplicateKeyError as clash:
+                raise InvalidInput("an API key with this key_id or key_hash exists",
+                                   {"key_id": record.key_id}) from clash
+        return record
+
+    def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        self._ensure_indexes()
+        with _translated():
+            doc = self._api_keys.find_one({"key_hash": key_hash})
+        return None if doc is None else ApiKeyRecord.from_dict(_fields(doc))
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        self._ensure_indexes()
+        with _translated():
+            docs = list(self._api_keys.find().sort(OLDEST_FIRST))
+        return [ApiKeyRecord.from_dict(_fields(doc)) for doc in docs]
+
+    def revoke_api_key(self, key_id: str, revoked_at: str) -> ApiKeyRecord:
+        self._ensure_indexes()
+        with _translated(), self._write_lock:
+            self._api_keys.update_one({"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": revoked_at}})
+            doc = self._api_keys.find_one({"_id": key_id})
+        if doc is None:
+            raise NotFound(f"no API key with id {key_id!r}", {"key_id": key_id})
+        return ApiKeyRecord.from_dict(_fields(doc))
+
     # -- health --------------------------------------------------------------
 
     def ping(self) -> None:
@@ -130,7 +279,31 @@ class MongoCatalog(Catalog):
             self._queries.create_index(NEWEST_FIRST, name="newest")
             self._etls.create_index(NEWEST_FIRST, name="newest")
             self._etls.create_index([("query_id", pymongo.ASCENDING), *NEWEST_FIRST], name="query_newest")
+            self._feature_sets.create_index([("name", pymongo.ASCENDING), ("version", pymongo.ASCENDING)],
+                                            name="name_version")
+            self._feature_sets.create_index([("name", pymongo.ASCENDING), ("stage", pymongo.ASCENDING)],
+                                            unique=True, partialFilterExpression={"stage": {"$type": "string"}},
+                                            name="one_version_per_stage")
+            self._api_keys.create_index("key_hash", unique=True, name="key_hash_unique")
+            self._api_keys.create_index(OLDEST_FIRST, name="oldest")
         self._indexes_ready = True
+
+    def _atomically(self, work: Callable[[Any], R]) -> R:
+        """`work(session)` in a transaction if the deployment supports them, else `work(None)`
+        (under the mongomock lock); a standalone server is detected on first use and remembered."""
+        if self._transactions is not False:
+            try:
+                with self._client.start_session() as session:
+                    result = session.with_transaction(work)
+                self._transactions = True
+                return result
+            except errors.OperationFailure as err:
+                if self._transactions or err.code != ILLEGAL_OPERATION:
+                    raise
+                log.info("MongoDB has no transactions here (standalone server); stage moves are not atomic")
+                self._transactions = False
+        with self._write_lock:
+            return work(None)
 
     def _insert_or_get(self, collection: Any, doc: dict[str, Any], same: list[dict[str, Any]]) -> dict[str, Any]:
         """Insert `doc`; on a duplicate key return the stored doc matching `same` first."""
@@ -156,8 +329,7 @@ class MongoCatalog(Catalog):
 
     def _page(self, collection: Any, offset: int, limit: int, where: dict[str, Any],
               parse: Callable[[dict[str, Any]], R]) -> Page[R]:
-        if offset < 0 or limit < 0:
-            raise InvalidInput("offset and limit must not be negative", {"offset": offset, "limit": limit})
+        _check_paging(offset, limit)
         self._ensure_indexes()
         with _translated():
             total = collection.count_documents(where)

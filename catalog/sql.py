@@ -6,6 +6,12 @@ migration. Tables are created on open; if the database cannot be reached then,
 the catalog still opens and retries on first use, so an outage shows up as
 ``BackendUnavailable`` from `ping()` and every call rather than as a crash.
 
+Two fields that change after a save live only in their column, not in ``doc``:
+a feature set's ``stage`` and an API key's ``revoked_at``; reads merge them in.
+A unique (name, stage) constraint keeps one version per stage and name (NULL
+stages never clash). Names are ordered by code point on every backend (PostgreSQL
+is told ``COLLATE "C"``), as MongoDB and SQLite do by default.
+
 SQLite runs in WAL mode with a busy timeout; ``sqlite:///:memory:`` shares one
 connection (StaticPool) and serializes writes with a lock.
 """
@@ -16,13 +22,16 @@ import logging
 import threading
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
-from catalog.base import Catalog, EtlRecord, Page, QueryRecord
+from catalog.base import (STAGES, ApiKeyRecord, Catalog, EtlRecord, FeatureSetRecord, Page, QueryRecord,
+                          utc_now)
 from common.errors import BackendUnavailable, InvalidInput, NotFound
 from common.urls import sqlalchemy_url
 
@@ -57,6 +66,40 @@ etls = sa.Table(
     sa.Index("ix_etls_newest", "created_at", "id"),
     sa.Index("ix_etls_query_newest", "query_id", "created_at", "id"),
 )
+
+feature_sets = sa.Table(
+    "feature_sets",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("stage", sa.String(32), nullable=True),  # the truth; `doc` has no stage
+    sa.Column("created_at", sa.String(64), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.UniqueConstraint("name", "stage", name="uq_feature_sets_one_version_per_stage"),
+)
+
+serving_stats = sa.Table(
+    "serving_stats",
+    metadata,
+    sa.Column("etl_id", sa.String(255), primary_key=True),
+    sa.Column("updated_at", sa.String(64), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(255), primary_key=True),
+    sa.Column("key_hash", sa.String(255), nullable=False, unique=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.String(64), nullable=False),
+    sa.Column("revoked_at", sa.String(64), nullable=True),  # the truth; `doc` has no revoked_at
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Index("ix_api_keys_oldest", "created_at", "key_id"),
+)
+
+# INSERT … ON CONFLICT DO UPDATE comes from the dialect's own insert()
+UPSERT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 @contextmanager
@@ -104,8 +147,43 @@ def _build_engine(url: str) -> tuple[sa.Engine, bool, Path | None]:
     return engine, in_memory, directory
 
 
+def _doc_without(record: Any, column_only: str) -> str:
+    """The record's JSON minus the field whose truth is a column."""
+    data = record.to_dict()
+    del data[column_only]
+    return json.dumps(data)
+
+
+def _check_paging(offset: int, limit: int) -> None:
+    if offset < 0 or limit < 0:
+        raise InvalidInput("offset and limit must not be negative", {"offset": offset, "limit": limit})
+
+
+def _feature_set(row: Any) -> FeatureSetRecord:
+    return FeatureSetRecord.from_dict({**json.loads(row.doc), "stage": row.stage})
+
+
+def _api_key(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord.from_dict({**json.loads(row.doc), "revoked_at": row.revoked_at})
+
+
+def _check_stage(stage: str | None) -> None:
+    if stage is not None and stage not in STAGES:
+        raise InvalidInput(f"stage must be one of {', '.join(STAGES)} or null, not {stage!r}", {"stage": stage})
+
+
+def _json_text(stats: dict[str, Any]) -> str:
+    if not isinstance(stats, dict):
+        raise InvalidInput("serving statistics must be a JSON object", {"type": type(stats).__name__})
+    try:
+        return json.dumps(stats)
+    except (TypeError, ValueError) as err:
+        raise InvalidInput(f"serving statistics are not JSON-safe: {err}") from err
+
+
 class SqlCatalog(Catalog):
-    """Saved queries and ETLs in a SQL database (``sqlite:///…`` or ``postgresql://…``)."""
+    """Queries, ETLs, feature sets, serving statistics and API keys in a SQL database
+    (``sqlite:///…`` or ``postgresql://…``)."""
 
     def __init__(self, url: str):
         self._engine, shared, self._directory = _build_engine(url)
@@ -122,9 +200,9 @@ class SqlCatalog(Catalog):
     def save_query(self, record: QueryRecord) -> QueryRecord:
         row = {"id": record.query_id, "name": record.name, "sql_hash": record.sql_hash,
                "created_at": record.created_at, "doc": json.dumps(record.to_dict())}
-        doc = self._insert_or_get(queries, row, [queries.c.id == record.query_id,
-                                                 queries.c.sql_hash == record.sql_hash])
-        return QueryRecord.from_dict(doc)
+        stored = self._insert_or_get(queries, row, [queries.c.id == record.query_id,
+                                                    queries.c.sql_hash == record.sql_hash])
+        return QueryRecord.from_dict(json.loads(stored.doc))
 
     def get_query(self, query_id: str) -> QueryRecord:
         return QueryRecord.from_dict(self._get(queries, query_id, "query"))
@@ -137,7 +215,8 @@ class SqlCatalog(Catalog):
     def save_etl(self, record: EtlRecord) -> EtlRecord:
         row = {"id": record.etl_id, "name": record.name, "query_id": record.query_id,
                "created_at": record.created_at, "doc": json.dumps(record.to_dict())}
-        return EtlRecord.from_dict(self._insert_or_get(etls, row, [etls.c.id == record.etl_id]))
+        stored = self._insert_or_get(etls, row, [etls.c.id == record.etl_id])
+        return EtlRecord.from_dict(json.loads(stored.doc))
 
     def get_etl(self, etl_id: str) -> EtlRecord:
         return EtlRecord.from_dict(self._get(etls, etl_id, "etl"))
@@ -145,6 +224,117 @@ class SqlCatalog(Catalog):
     def list_etls(self, offset: int = 0, limit: int = 50, query_id: str | None = None) -> Page[EtlRecord]:
         where = None if query_id is None else etls.c.query_id == query_id
         return self._page(etls, offset, limit, where, EtlRecord.from_dict)
+
+    # -- feature sets --------------------------------------------------------
+
+    def save_feature_set(self, record: FeatureSetRecord) -> FeatureSetRecord:
+        row = {"name": record.name, "version": record.version, "stage": None, "created_at": record.created_at,
+               "doc": _doc_without(record, "stage")}
+        this = (feature_sets.c.name == record.name) & (feature_sets.c.version == record.version)
+        return _feature_set(self._insert_or_get(feature_sets, row, [this]))
+
+    def feature_set_versions(self, name: str) -> list[FeatureSetRecord]:
+        self._ensure_schema()
+        versions = (sa.select(feature_sets.c.doc, feature_sets.c.stage).where(feature_sets.c.name == name)
+                    .order_by(feature_sets.c.version))
+        with _translated(), self._engine.connect() as conn:
+            return [_feature_set(row) for row in conn.execute(versions)]
+
+    def list_feature_sets(self, offset: int = 0, limit: int = 50) -> Page[FeatureSetRecord]:
+        _check_paging(offset, limit)
+        self._ensure_schema()
+        fs = feature_sets.c
+        newest = (sa.select(fs.name, sa.func.max(fs.version).label("version")).group_by(fs.name)
+                  .order_by(self._by_code_point(fs.name)).offset(offset).limit(limit).subquery())
+        items = (sa.select(fs.doc, fs.stage)
+                 .join(newest, (fs.name == newest.c.name) & (fs.version == newest.c.version))
+                 .order_by(self._by_code_point(fs.name)))
+        with _translated(), self._engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count(sa.distinct(fs.name)))).scalar_one()
+            rows = conn.execute(items).all() if limit else []
+        return Page([_feature_set(row) for row in rows], total, offset, limit)
+
+    def set_feature_set_stage(self, name: str, version: int, stage: str | None) -> FeatureSetRecord:
+        """One transaction: take `stage` from the other versions of `name`, then set it on `version`.
+
+        On PostgreSQL the oldest version's row is locked first, a per-name mutex (versions are
+        never deleted): concurrent moves queue instead of both clearing before either sets, and
+        locking one row cannot deadlock as locking all of them in scan order did. SQLite
+        serializes writers anyway.
+        """
+        _check_stage(stage)
+        self._ensure_schema()
+        fs = feature_sets.c
+        this = (fs.name == name) & (fs.version == version)
+        with _translated(), self._write_lock, self._engine.begin() as conn:
+            if self._engine.dialect.name == "postgresql":
+                conn.execute(sa.select(fs.version).where(fs.name == name).order_by(fs.version).limit(1)
+                             .with_for_update())
+            if stage is not None:
+                conn.execute(feature_sets.update().where((fs.name == name) & (fs.stage == stage) & ~this)
+                             .values(stage=None))
+            if conn.execute(feature_sets.update().where(this).values(stage=stage)).rowcount == 0:
+                raise NotFound(f"no feature set {name!r} version {version}", {"name": name, "version": version})
+            return _feature_set(conn.execute(sa.select(fs.doc, fs.stage).where(this)).one())
+
+    # -- serving statistics --------------------------------------------------
+
+    def save_serving_stats(self, etl_id: str, stats: dict[str, Any]) -> None:
+        """Upsert with the dialect's INSERT … ON CONFLICT DO UPDATE: concurrent callers never clash."""
+        self._ensure_schema()
+        insert = UPSERT_INSERTS[self._engine.dialect.name](serving_stats).values(
+            etl_id=etl_id, updated_at=utc_now(), doc=_json_text(stats))
+        upsert = insert.on_conflict_do_update(index_elements=[serving_stats.c.etl_id],
+                                              set_={"updated_at": insert.excluded.updated_at,
+                                                    "doc": insert.excluded.doc})
+        with _translated(), self._write_lock, self._engine.begin() as conn:
+            conn.execute(upsert)
+
+    def get_serving_stats(self, etl_id: str) -> dict[str, Any] | None:
+        self._ensure_schema()
+        with _translated(), self._engine.connect() as conn:
+            doc = conn.execute(sa.select(serving_stats.c.doc).where(serving_stats.c.etl_id == etl_id)).scalar()
+        return None if doc is None else json.loads(doc)
+
+    # -- API keys ------------------------------------------------------------
+
+    def save_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        row = {"key_id": record.key_id, "key_hash": record.key_hash, "role": record.role,
+               "created_at": record.created_at, "revoked_at": record.revoked_at,
+               "doc": _doc_without(record, "revoked_at")}
+        self._ensure_schema()
+        try:
+            with _translated(), self._write_lock, self._engine.begin() as conn:
+                conn.execute(api_keys.insert().values(**row))
+        except exc.IntegrityError as clash:
+            raise InvalidInput("an API key with this key_id or key_hash exists",
+                               {"key_id": record.key_id}) from clash
+        return record
+
+    def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        self._ensure_schema()
+        with _translated(), self._engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys.c.doc, api_keys.c.revoked_at)
+                               .where(api_keys.c.key_hash == key_hash)).first()
+        return None if row is None else _api_key(row)
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        self._ensure_schema()
+        oldest_first = (sa.select(api_keys.c.doc, api_keys.c.revoked_at)
+                        .order_by(api_keys.c.created_at, api_keys.c.key_id))
+        with _translated(), self._engine.connect() as conn:
+            return [_api_key(row) for row in conn.execute(oldest_first)]
+
+    def revoke_api_key(self, key_id: str, revoked_at: str) -> ApiKeyRecord:
+        self._ensure_schema()
+        this = api_keys.c.key_id == key_id
+        with _translated(), self._write_lock, self._engine.begin() as conn:
+            not_yet = this & api_keys.c.revoked_at.is_(None)  # the first revocation's time is kept
+            conn.execute(api_keys.update().where(not_yet).values(revoked_at=revoked_at))
+            row = conn.execute(sa.select(api_keys.c.doc, api_keys.c.revoked_at).where(this)).first()
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}", {"key_id": key_id})
+        return _api_key(row)
 
     # -- health --------------------------------------------------------------
 
@@ -172,21 +362,26 @@ class SqlCatalog(Catalog):
                 metadata.create_all(self._engine, checkfirst=True)
             self._schema_ready = True
 
-    def _insert_or_get(self, table: sa.Table, row: dict[str, Any], same: list[Any]) -> dict[str, Any]:
-        """Insert `row`; if a unique key clashes, return the stored doc that matches `same` first."""
+    def _insert_or_get(self, table: sa.Table, row: dict[str, Any], same: list[Any]) -> Any:
+        """Insert `row`; if a unique key clashes, return the stored row that matches `same` first
+        (either way a row with attributes named like the table's columns)."""
         self._ensure_schema()
         with _translated(), self._write_lock:
             try:
                 with self._engine.begin() as conn:
                     conn.execute(table.insert().values(**row))
-                return json.loads(row["doc"])
+                return SimpleNamespace(**row)
             except exc.IntegrityError as clash:
                 with self._engine.connect() as conn:
                     for condition in same:
-                        doc = conn.execute(sa.select(table.c.doc).where(condition)).scalar()
-                        if doc is not None:
-                            return json.loads(doc)
+                        stored = conn.execute(sa.select(table).where(condition)).first()
+                        if stored is not None:
+                            return stored
                 raise clash
+
+    def _by_code_point(self, column: Any) -> Any:
+        """`column` for ORDER BY in code point order: PostgreSQL would otherwise use the database's locale."""
+        return column.collate("C") if self._engine.dialect.name == "postgresql" else column
 
     def _get(self, table: sa.Table, key: str, kind: str) -> dict[str, Any]:
         self._ensure_schema()
@@ -198,8 +393,7 @@ class SqlCatalog(Catalog):
 
     def _page(self, table: sa.Table, offset: int, limit: int, where: Any,
               parse: Callable[[dict[str, Any]], R]) -> Page[R]:
-        if offset < 0 or limit < 0:
-            raise InvalidInput("offset and limit must not be negative", {"offset": offset, "limit": limit})
+        _check_paging(offset, limit)
         self._ensure_schema()
         count = sa.select(sa.func.count()).select_from(table)
         items = (sa.select(table.c.doc).order_by(table.c.created_at.desc(), table.c.id.desc())

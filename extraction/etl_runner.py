@@ -9,21 +9,19 @@ and code that no longer matches its recorded hash is ``etl_tampered`` (500).
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import itertools
 import linecache
-import math
 import sys
 import threading
 import types
 from collections import OrderedDict
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
 from common.errors import EtlFailed, EtlTampered, InvalidEtl
+from common.jsonsafe import json_safe
 from extraction.etl_contract import install_compat_module
 
 
@@ -149,25 +147,6 @@ def _guarded(etl_key: str, call: Callable[[], Any]) -> Any:
         ) from exc
 
 
-def json_safe(value: Any) -> Any:
-    """`value` with numpy/pandas scalars and arrays turned into plain JSON values (NaN → None)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.ndarray, pd.Series, pd.Index)):
-        return [json_safe(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
 def _filename(etl_key: str) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
+from common.jsonsafe import json_safe
 from extraction.schema import logical_type
 
 TOP_CATEGORIES = 20
@@ -101,7 +102,7 @@ class ServingWindow:
         """A JSON-safe snapshot, for the catalog."""
         with self._lock:
             return {"size": self.size, "outcomes": dict(self.outcomes),
-                    "values": {c: [_plain(v) for v in values] for c, values in self._values.items()}}
+                    "values": {c: json_safe(list(values)) for c, values in self._values.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], size: int) -> "ServingWindow":
@@ -110,10 +111,6 @@ class ServingWindow:
         for column, values in data.get("values", {}).items():
             window._values[column] = deque(values, maxlen=size)
         return window
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def skew_report(training: dict[str, dict[str, Any]], window: ServingWindow, thresholds: dict[str, float],

@@ -1,36 +1,22 @@
-"""One contract suite for every catalog backend, opened through `open_catalog`."""
+"""One contract suite for every catalog backend, opened through `open_catalog`.
+
+The `catalog` fixture comes from tests/fixtures_catalog.py; feature sets, serving
+statistics and API keys have their own files over the same fixture.
+"""
 from __future__ import annotations
 
 import dataclasses
 import sys
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
-from catalog import Catalog, EtlRecord, EtlSource, QueryRecord, open_catalog
+from catalog import ApiKeyRecord, Catalog, EtlRecord, EtlSource, FeatureSetRecord, QueryRecord, open_catalog
 from common.errors import InvalidInput, NotFound
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres), "mongomock"]
-DURABLE_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def _backend_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path}/nested/dir/catalog.db"
-    if backend == "postgresql":
-        return request.getfixturevalue("pg_database_url")
-    return f"mongomock://local/fs_test_{uuid.uuid4().hex}"
-
-
-@pytest.fixture(params=BACKENDS)
-def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
-    opened = open_catalog(_backend_url(request.param, request, tmp_path))
-    yield opened
-    opened.close()
+from tests.fixtures_catalog import DURABLE_BACKENDS, catalog_url
 
 
 def make_query(n: int, created_at: str = "2024-05-01T12:00:00Z", **changes: Any) -> QueryRecord:
@@ -63,6 +49,29 @@ def make_etl(n: int, query_id: str = "q0001", created_at: str = "2024-05-01T12:0
     return dataclasses.replace(record, **changes)
 
 
+def make_feature_set(name: str = "spend", version: int = 1, created_at: str = "2024-05-01T12:00:00Z",
+                     **changes: Any) -> FeatureSetRecord:
+    record = FeatureSetRecord(
+        name=name,
+        version=version,
+        query_id="q0001",
+        etl_id="e0001",
+        index_key="customer_id",
+        features=["spend_7d", "visits_30d"],
+        description=f"{name} v{version}: spend per customer ☕",
+        tags=["payments", "ü"],
+        created_by="carol",
+        created_at=created_at,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def make_api_key(n: int, created_at: str = "2024-05-01T12:00:00Z", **changes: Any) -> ApiKeyRecord:
+    record = ApiKeyRecord(key_id=f"k{n:04d}", name=f"key {n}", role="scientist", key_hash=f"{n:064x}",
+                          created_at=created_at)
+    return dataclasses.replace(record, **changes)
+
+
 # -- round trips --------------------------------------------------------------
 
 
@@ -85,6 +94,28 @@ def test_etl_round_trip(catalog: Catalog, source: EtlSource) -> None:
     assert fetched == record
     assert isinstance(fetched.source, EtlSource)
     assert fetched.extra["fitted"]["bins"] == [0, 1, 2]
+
+
+def test_etl_round_trip_with_fitted_state_expectations_and_stats(catalog: Catalog) -> None:
+    record = make_etl(
+        1,
+        state={"mean": {"amount": 12.5}, "vocab": ["a", "b", "ü"], "bins": [[0, 1.5], [1.5, None]], "fitted": True},
+        expectations={"spend_7d": {"not_null": True, "between": [0, 1e6]}, "country": {"in": ["FR", "DE"]}},
+        serving_policy="warn",
+        training_stats={"spend_7d": {"count": 1000, "mean": 3.25, "quantiles": {"0.5": 2.0, "0.99": 40.0},
+                                     "nulls": 0}, "country": {"top": [["FR", 600], ["DE", 400]]}},
+    )
+    assert catalog.save_etl(record) == record
+    assert catalog.get_etl("e0001") == record
+    assert catalog.list_etls().items == [record]
+    assert catalog.save_etl(make_etl(1, state={"other": 1}, serving_policy="reject")) == record  # first wins
+
+
+def test_etl_new_fields_default(catalog: Catalog) -> None:
+    catalog.save_etl(make_etl(1))
+    fetched = catalog.get_etl("e0001")
+    new_fields = (fetched.state, fetched.expectations, fetched.serving_policy, fetched.training_stats)
+    assert new_fields == ({}, {}, "reject", {})
 
 
 @pytest.mark.parametrize("get", [lambda c: c.get_query("q9999"), lambda c: c.get_etl("e9999")],
@@ -222,7 +253,7 @@ def test_ping_answers(catalog: Catalog) -> None:
 
 @pytest.mark.parametrize("backend", DURABLE_BACKENDS)
 def test_records_survive_close_and_reopen(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    url = _backend_url(backend, request, tmp_path)
+    url = catalog_url(backend, request, tmp_path)
     first = open_catalog(url)
     query, etl = make_query(1), make_etl(1)
     first.save_query(query)
@@ -235,6 +266,36 @@ def test_records_survive_close_and_reopen(backend: str, request: pytest.FixtureR
         assert reopened.get_etl("e0001") == etl
         assert reopened.save_query(make_query(2, sql_hash=query.sql_hash)) == query  # unique index survived too
         assert reopened.list_queries().total == 1
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("backend", DURABLE_BACKENDS)
+def test_feature_sets_stats_and_keys_survive_close_and_reopen(backend: str, request: pytest.FixtureRequest,
+                                                               tmp_path: Path) -> None:
+    url = catalog_url(backend, request, tmp_path)
+    first = open_catalog(url)
+    for version in (1, 2):
+        first.save_feature_set(make_feature_set(version=version))
+    first.set_feature_set_stage("spend", 1, "production")
+    stats = {"rows": 3, "columns": {"spend_7d": {"mean": 1.5, "nulls": [0, 1]}}}
+    first.save_serving_stats("e0001", stats)
+    first.save_api_key(make_api_key(1))
+    first.revoke_api_key("k0001", "2024-06-01T00:00:00.000+00:00")
+    first.close()
+
+    reopened = open_catalog(url)
+    try:
+        versions = reopened.feature_set_versions("spend")
+        assert [(r.version, r.stage) for r in versions] == [(1, "production"), (2, None)]
+        assert reopened.save_feature_set(make_feature_set(version=1, created_by="mallory")).created_by == "carol"
+        assert reopened.set_feature_set_stage("spend", 2, "production").stage == "production"
+        assert [r.stage for r in reopened.feature_set_versions("spend")] == [None, "production"]
+        assert reopened.get_serving_stats("e0001") == stats
+        revoked = make_api_key(1, revoked_at="2024-06-01T00:00:00.000+00:00")
+        assert reopened.find_api_key(revoked.key_hash) == revoked
+        with pytest.raises(InvalidInput):  # the unique key_hash survived too
+            reopened.save_api_key(make_api_key(2, key_hash=revoked.key_hash))
     finally:
         reopened.close()
 
