@@ -39,6 +39,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HOST", "127.0.0.1", "Address the server listens on."),
     Setting("PORT", 8080, "Port the server listens on.", int),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
+    Setting("AUTH", "on", "API-key authentication: 'on', or 'off' for local development only (announced "
+            "loudly at start).", lambda text: "off" if text.strip().lower() in ("off", "0", "false", "no") else "on"),
+    Setting("ADMIN_KEY", None, "With AUTH on: an admin API key to create (by its hash) at start, so a "
+            "deployment needs no interactive step."),
+    Setting("QUERY_TIMEOUT_SECONDS", 30.0, "Time limit of one SQL statement on the warehouse or realtime store; "
+            "past it the request gets 400 query_timeout.", float),
+    Setting("ETL_TIMEOUT_SECONDS", 30.0, "Time limit of one ETL run (fit or transform); past it 422.", float),
+    Setting("ETL_ISOLATION", "inprocess", "Where ETL code runs: 'inprocess' (fastest) or 'process' (warm worker "
+            "processes with time and memory limits and no network)."),
+    Setting("ETL_WORKERS", 2, "Worker processes for ETL_ISOLATION=process.", int),
+    Setting("ETL_WORKER_MEMORY_MB", 2048, "Address-space limit of each ETL worker process.", int),
     Setting("MAX_RESPONSE_ROWS", 100_000, "Most rows a JSON response may carry; longer results get 400.", int),
     Setting("MAX_PUBLISH_FLOWS", 100_000, "Most flows one publish call may generate.", int),
     Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger gets 413.", int),
