@@ -25,14 +25,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, startup_seconds: float = 30.0) -> Iterator[str]:
-    """Run the service on embedded backends under `data_dir`; yield its base URL once /v1.0/health answers."""
+def running_server(data_dir: Path, startup_seconds: float = 30.0, **settings: str) -> Iterator[str]:
+    """Run the service on embedded backends under `data_dir` (authentication off unless `settings` say
+    otherwise); yield its base URL once /v1.0/health answers."""
     port = free_port()
-    env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port)}
+    env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "off",
+           **settings}
     for name in ("CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL"):
         env.pop(name, None)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
+    running_server.last_log = log_path  # type: ignore[attr-defined]
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)

@@ -1,56 +1,23 @@
 """`python -m app` as a newcomer runs it: a real process on a free loopback port, stopped by its PID."""
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from app.settings import SETTINGS, settings_table
+from tests.fixtures_server import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "HOST": "127.0.0.1", "PORT": str(port)}
-    for name in ("CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL"):
-        env.pop(name, None)
-    log = open(tmp_path / "server.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                requests.get(f"{base}/v1.0/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        yield base, tmp_path / "server.log"
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+    with running_server(tmp_path / "data") as base:
+        yield base, running_server.last_log
 
 
 @pytest.mark.slow
