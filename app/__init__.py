@@ -65,6 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.extensions["feature_service"] = build_service(settings)
     app.extensions["feature_sets"] = FeatureSets(app.extensions["feature_service"])
+    _set_up_auth(settings, app.extensions["feature_service"].catalog)
     app.register_blueprint(build_blueprint())
 
     @app.errorhandler(HTTPException)
@@ -77,6 +78,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return redirect(f"{API_PREFIX}/docs")
 
     return app
+
+
+def _set_up_auth(settings: Mapping[str, Any], catalog: Any) -> None:
+    """Register ADMIN_KEY, or say loudly that nothing is protected."""
+    from app.auth import ensure_admin_key
+
+    if settings["AUTH"] == "off":
+        log.warning("AUTH=off: every endpoint is open to anyone who can reach %s:%s. For local development only.",
+                    settings["HOST"], settings["PORT"])
+    elif settings["ADMIN_KEY"]:
+        record = ensure_admin_key(catalog, settings["ADMIN_KEY"])
+        log.info("ADMIN_KEY registered as admin key %s%s", record.key_id,
+                 " (revoked: it will not work)" if record.revoked_at else "")
 
 
 def close_app(app: Flask) -> None:

@@ -60,7 +60,9 @@ def widened_integers(series: pd.Series) -> bool:
         return False
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     present = values[~np.isnan(values)]
-    return len(present) < len(values) and bool(np.all(np.isfinite(present) & (np.mod(present, 1) == 0)))
+    if not 0 < len(present) < len(values) or not np.all(np.isfinite(present)):
+        return False
+    return bool(np.all(np.mod(present, 1) == 0))
 
 
 def column_type(series: pd.Series) -> Column:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint
 from flask_restx import Api
 
-from app.api import etls, feature_sets, health, publish, queries
+from app.api import etls, feature_sets, health, keys, publish, queries
 from app.api.common import install_error_handlers, install_json_representation
 
 API_PREFIX = "/v1.0"
@@ -15,10 +15,13 @@ def build_blueprint() -> Blueprint:
     blueprint = Blueprint("api", __name__, url_prefix=API_PREFIX)
     api = Api(blueprint, version="1.0", title="Feature store",
               description="Saved SQL queries and git-versioned ETLs, served from hot data with the exact "
-                          "code and schema they were trained with.", doc="/docs")
+                          "code and schema they were trained with. Send an API key as "
+                          "'Authorization: Bearer <key>' (roles: admin, scientist, serving).", doc="/docs",
+              authorizations={"bearer": {"type": "apiKey", "in": "header", "name": "Authorization"}},
+              security="bearer")
     install_json_representation(api)
     install_error_handlers(api)
-    for module in (publish, queries, etls, feature_sets, health):
+    for module in (publish, queries, etls, feature_sets, keys, health):
         for namespace in module.NAMESPACES:
             api.add_namespace(namespace)
     return blueprint

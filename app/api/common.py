@@ -29,12 +29,6 @@ def service() -> FeatureService:
     return current_app.extensions["feature_service"]
 
 
-def caller() -> str:
-    """Who is asking, for `created_by` (the X-User header until authentication exists)."""
-    user = request.headers.get("X-User", "anonymous").strip()[:200]
-    return user or "anonymous"
-
-
 def json_body(model: Model) -> dict[str, Any]:
     """The request's JSON object, validated against `model` (unknown fields refused)."""
     body = request.get_json(force=True, silent=True)

@@ -6,7 +6,8 @@ from typing import Any
 from flask import request
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import Scalar, caller, checked_id, json_body, page_dict, paging, query_flag, service
+from app.api.common import Scalar, checked_id, json_body, page_dict, paging, query_flag, service
+from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.queries import FLAGS, column
 from app.jsonio import frame_records
 from app.service import EtlLocation
@@ -75,6 +76,7 @@ class ExtractTrain(Resource):
     @extract_ns.response(404, "unknown query_id")
     @extract_ns.response(422, "the ETL raised or returned something else than a DataFrame")
     @extract_ns.response(502, "the git or HTTP remote could not be reached")
+    @allow(*SCIENTIST)
     def post(self):
         """Fetch an ETL from git, run it on the saved query's warehouse result; save=true registers it."""
         body = json_body(train_request)
@@ -95,6 +97,7 @@ class ExtractRealtime(Resource):
     @extract_ns.response(404, "unknown id, or no hot rows for the entity")
     @extract_ns.response(409, "serving output differs from the training schema (details: the diff)")
     @extract_ns.response(422, "the ETL raised, or its expectations failed under the 'reject' policy")
+    @allow(*SERVING)
     def post(self):
         """One entity's features from hot data, by the saved query and ETL, schema-checked."""
         body = json_body(realtime_request)
@@ -109,6 +112,7 @@ class EtlList(Resource):
     @etls_ns.doc(params={"offset": "rows to skip", "limit": "page size (1-500)",
                          "query_id": "only ETLs trained on this query"})
     @etls_ns.response(200, "a page of ETLs, newest first", etl_page)
+    @allow(*SCIENTIST)
     def get(self):
         """List registered ETLs (without their code)."""
         query_id = request.args.get("query_id")
@@ -121,6 +125,7 @@ class EtlList(Resource):
 class EtlItem(Resource):
     @etls_ns.response(200, "the ETL with its source code", etl_record)
     @etls_ns.response(404, "unknown etl_id")
+    @allow(*SCIENTIST)
     def get(self, etl_id: str):
         """Read one ETL, its source code included."""
         return service().get_etl(checked_id("etl", etl_id)).to_dict()
@@ -130,6 +135,7 @@ class EtlItem(Resource):
 class EtlSkew(Resource):
     @etls_ns.response(200, "per feature: training vs serving statistics, with flags past the thresholds")
     @etls_ns.response(404, "unknown etl_id")
+    @allow(*SCIENTIST)
     def get(self, etl_id: str):
         """Compare the training statistics with a rolling window of what serving returned."""
         return service().skew(checked_id("etl", etl_id))

@@ -7,7 +7,8 @@ from typing import Any
 from flask import current_app
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import Scalar, caller, checked_id, json_body, page_dict, paging
+from app.api.common import Scalar, checked_id, json_body, page_dict, paging
+from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
 from app.jsonio import frame_records
 from catalog.base import FeatureSetRecord
@@ -65,6 +66,7 @@ class FeatureSetList(Resource):
     @ns.response(200, "the definition equals the newest version, which is returned", version_model)
     @ns.response(400, "features or index_key not columns of the ETL/query, or the ETL belongs to another query")
     @ns.response(404, "unknown query or ETL")
+    @allow(*SCIENTIST)
     def post(self):
         """Create version 1 of a name, or its next version; versions are immutable."""
         body = json_body(create_request)
@@ -75,6 +77,7 @@ class FeatureSetList(Resource):
         return _version(record), 201 if created else 200
 
     @ns.response(200, "the newest version of each name, alphabetical")
+    @allow(*SCIENTIST)
     def get(self):
         """List feature sets (newest version of each)."""
         offset, limit = paging()
@@ -85,6 +88,7 @@ class FeatureSetList(Resource):
 class FeatureSetVersions(Resource):
     @ns.response(200, "every version with its stage")
     @ns.response(404, "unknown name")
+    @allow(*SCIENTIST)
     def get(self, name: str):
         """All versions of a feature set, oldest first, with their stage."""
         return {"name": name, "versions": [_version(r) for r in feature_sets().versions(checked_name(name))]}
@@ -95,6 +99,7 @@ class FeatureSetStage(Resource):
     @ns.expect(stage_request)
     @ns.response(200, "the version with its new stage", version_model)
     @ns.response(404, "unknown name or version")
+    @allow(*SCIENTIST)
     def put(self, name: str, version: int):
         """Mark a version production or staging (taking the mark from the other versions), or clear it."""
         stage = json_body(stage_request)["stage"]
@@ -107,6 +112,7 @@ class FeatureSetRealtime(Resource):
     @ns.response(200, "the entity's features of the set")
     @ns.response(404, "unknown name or version, or no hot rows for the entity")
     @ns.response(409, "serving output differs from the training schema")
+    @allow(*SERVING)
     def post(self, name: str):
         """One entity's features by feature-set name (default: the production version, else the newest)."""
         body = json_body(realtime_request)
@@ -120,6 +126,7 @@ class FeatureSetRealtime(Resource):
 class FeatureSetTrain(Resource):
     @ns.expect(train_request)
     @ns.response(200, "the training set of the version")
+    @allow(*SCIENTIST)
     def post(self, name: str):
         """The training set of a version: its ETL and fitted state over the warehouse, its features only."""
         body = json_body(train_request)

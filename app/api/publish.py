@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask_restx import Namespace, Resource, fields
 
 from app.api.common import query_int, service
+from app.auth import ADMIN, allow
 from common.errors import InvalidInput
 
 ns = Namespace("publish", description="Generate demo quote→bind→pay→policy flows")
@@ -21,6 +22,7 @@ class Publish(Resource):
                     "seed": {"description": "seed for a reproducible batch", "type": "integer"}})
     @ns.response(200, "rows written per table", counts)
     @ns.response(400, "n_flows missing or out of range")
+    @allow(*ADMIN)
     def put(self):
         """Generate N flows and write each to the warehouse and the realtime store."""
         fs = service()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import Scalar, caller, checked_id, json_body, page_dict, paging, query_flag, service
+from app.api.common import Scalar, checked_id, json_body, page_dict, paging, query_flag, service
+from app.auth import SCIENTIST, SERVING, allow, caller
 from app.jsonio import frame_records
 from catalog.base import QueryRecord
 from extraction.schema import frame_schema
@@ -48,6 +49,7 @@ class QueryTrain(Resource):
     @query_ns.doc(params=FLAGS)
     @query_ns.response(200, "the result, and the query id when saved", train_response)
     @query_ns.response(400, "not a single read-only SELECT, or the warehouse rejected it")
+    @allow(*SCIENTIST)
     def post(self):
         """Run a query on the warehouse; with save=true keep it (same SQL, same id)."""
         body = json_body(train_request)
@@ -65,6 +67,7 @@ class QueryRealtime(Resource):
     @query_ns.response(200, "the entity's rows from hot data", rows_response)
     @query_ns.response(404, "unknown query_id")
     @query_ns.response(409, "serving output differs from the training schema")
+    @allow(*SERVING)
     def post(self):
         """Run a saved query on the realtime store for one entity."""
         body = json_body(realtime_request)
@@ -77,6 +80,7 @@ class QueryRealtime(Resource):
 class QueryList(Resource):
     @queries_ns.doc(params={"offset": "rows to skip", "limit": "page size (1-500)"})
     @queries_ns.response(200, "a page of saved queries, newest first", query_page)
+    @allow(*SCIENTIST)
     def get(self):
         """List saved queries."""
         offset, limit = paging()
@@ -87,6 +91,7 @@ class QueryList(Resource):
 class QueryItem(Resource):
     @queries_ns.response(200, "the saved query", query_record)
     @queries_ns.response(404, "unknown query_id")
+    @allow(*SCIENTIST)
     def get(self, query_id: str):
         """Read one saved query."""
         return service().get_query(checked_id("query", query_id)).to_dict()

@@ -1,0 +1,490 @@
+"""One warehouse suite over DuckDB (a file) and PostgreSQL, then hydration of the realtime stores from each.
+
+Tests that write get a fresh warehouse (a new PostgreSQL database each); tests that only read share one
+filled warehouse per backend, so the suite creates a few dozen databases rather than a hundred.
+"""
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+
+from common.errors import InvalidInput, InvalidQuery, ResultTooLarge
+from demo.flows import TABLES, TIME_COLUMNS, generate_flows
+from extraction.schema import frame_schema
+from extraction.sql import prepare_query
+from extraction.warehouse import DuckDBWarehouse, SqlAlchemyWarehouse, Warehouse, open_warehouse
+from realtime import open_realtime_store
+from realtime.base import RealtimeStore
+from realtime.duckdb_store import DuckDBRealtimeStore
+from realtime.sqlite_store import SqliteRealtimeStore
+from tests.conftest import JsonClient
+from tests.fixtures_pg import ADMIN_DATABASE
+
+NOW = 1_700_000_000
+DAY = 86400
+BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
+REALTIME_URLS = ["sqlite:///:memory:", "duckdb:///:memory:"]
+ID_COLUMNS = {"users": "user_id", "quotes": "quote_id", "transactions": "transaction_id", "policies": "policy_id"}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def warehouse_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "duckdb":
+        return f"duckdb:///{tmp_path}/nested/warehouse.db"
+    return request.getfixturevalue("pg_database_url")
+
+
+@pytest.fixture
+def open_wh(warehouse_url: str) -> Iterator[Callable[[], Warehouse]]:
+    """Open the test's warehouse URL (several times, to test reopening); all are closed afterwards."""
+    opened: list[Warehouse] = []
+
+    def make() -> Warehouse:
+        opened.append(open_warehouse(warehouse_url))
+        return opened[-1]
+
+    yield make
+    for warehouse in opened:
+        warehouse.close()
+
+
+@pytest.fixture
+def warehouse(open_wh: Callable[[], Warehouse]) -> Warehouse:
+    return open_wh()
+
+
+@pytest.fixture(scope="module")
+def flows() -> dict[str, pd.DataFrame]:
+    return generate_flows(120, seed=7, now=NOW)
+
+
+# More quotes than one DuckDB chunk (2048 rows), so a row limit is crossed in a later chunk.
+SHARED_FLOWS = 2_100
+
+
+@pytest.fixture(scope="module")
+def shared_flows() -> dict[str, pd.DataFrame]:
+    return generate_flows(SHARED_FLOWS, seed=9, now=NOW)
+
+
+@pytest.fixture(scope="module")
+def pg_module_database_url(pg_server_url: str) -> Iterator[str]:
+    """Like pg_database_url, for one module: a uniquely named database, dropped afterwards."""
+    name = f"fs_test_{uuid.uuid4().hex}"
+    admin = f"{pg_server_url}/{ADMIN_DATABASE}"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(pgsql.Identifier(name)))
+    try:
+        yield f"{pg_server_url}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           shared_flows: dict[str, pd.DataFrame]) -> Iterator[Warehouse]:
+    """A warehouse holding `shared_flows`, shared by the tests that only read."""
+    if request.param == "duckdb":
+        url = f"duckdb:///{tmp_path_factory.mktemp('warehouse')}/warehouse.db"
+    else:
+        url = request.getfixturevalue("pg_module_database_url")
+    opened = open_warehouse(url)
+    opened.append(shared_flows)
+    yield opened
+    opened.close()
+
+
+def _plain(frame: Any) -> pd.DataFrame:
+    """Arrow or pandas, any dtypes, as object columns with None for missing: comparable across engines."""
+    if not isinstance(frame, pd.DataFrame):
+        frame = frame.to_pandas()
+    return pd.DataFrame({name: [_plain_value(v) for v in frame[name]] for name in frame.columns},
+                        columns=list(frame.columns), dtype=object)
+
+
+def _plain_value(value: Any) -> Any:
+    if pd.isna(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def _rows(frame: Any, key: str) -> list[dict[str, Any]]:
+    return _plain(frame).sort_values(key, kind="stable").to_dict("records")
+
+
+def _counts(warehouse: Warehouse) -> dict[str, int]:
+    return {table: int(warehouse.query(f"SELECT count(*) AS n FROM {table}")["n"].iloc[0]) for table in TABLES}
+
+
+def test_the_url_picks_the_backend(warehouse: Warehouse, backend: str) -> None:
+    expected = {"duckdb": (DuckDBWarehouse, "duckdb"), "postgresql": (SqlAlchemyWarehouse, "postgres")}[backend]
+    assert (type(warehouse), warehouse.dialect) == expected
+    warehouse.ping()
+    assert _counts(warehouse) == {table: 0 for table in TABLES}
+
+
+def test_append_then_query_reads_the_same_rows(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    written = warehouse.append(flows)
+    assert written == {table: len(frame) for table, frame in flows.items()}
+    for table, key in ID_COLUMNS.items():
+        read = warehouse.query(f"SELECT * FROM {table}")
+        assert list(read.columns) == [name for name, _ in TABLES[table]]
+        assert _rows(read, key) == _rows(flows[table], key), table
+
+
+def test_appends_accumulate(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    warehouse.append(flows)
+    warehouse.append(generate_flows(30, seed=8, now=NOW))
+    assert _counts(warehouse)["quotes"] == len(flows["quotes"]) + 30
+
+
+@pytest.mark.parametrize("max_rows", [0, 1, 2047, 2048, SHARED_FLOWS - 1])
+def test_max_rows_refuses_longer_results(filled: Warehouse, max_rows: int) -> None:
+    with pytest.raises(ResultTooLarge) as caught:
+        filled.query("SELECT * FROM quotes", max_rows=max_rows)
+    assert caught.value.details == {"max_rows": max_rows} and caught.value.status == 400
+
+
+@pytest.mark.parametrize("max_rows", [SHARED_FLOWS, 5000])
+def test_max_rows_allows_results_up_to_the_limit(filled: Warehouse, max_rows: int) -> None:
+    assert len(filled.query("SELECT quote_id FROM quotes", max_rows=max_rows)) == SHARED_FLOWS
+
+
+def test_max_rows_zero_on_an_empty_result_keeps_the_columns(filled: Warehouse) -> None:
+    empty = filled.query("SELECT quote_id, is_paid FROM quotes WHERE quote_id = 'nobody'", max_rows=0)
+    assert empty.empty and list(empty.columns) == ["quote_id", "is_paid"]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM no_such_table",
+    "SELECT no_such_column FROM quotes",
+    "SELEC 1",
+    "SELECT * FROM quotes WHERE",
+    "SELECT quote_id FROM quotes GROUP BY user_id",
+])
+def test_bad_sql_is_an_invalid_query(filled: Warehouse, sql: str) -> None:
+    with pytest.raises(InvalidQuery):
+        filled.query(sql)
+    assert len(filled.query("SELECT quote_id FROM quotes")) == SHARED_FLOWS  # the connection survives
+
+
+@pytest.mark.parametrize("days", [None, 3, 1])
+def test_recent_rows_returns_only_the_window(filled: Warehouse, shared_flows: dict[str, pd.DataFrame],
+                                             days: int | None) -> None:
+    flows, warehouse = shared_flows, filled
+    since = None if days is None else NOW - days * DAY
+    for table, key in ID_COLUMNS.items():
+        frame, time_column = flows[table], TIME_COLUMNS[table]
+        expected = frame if since is None else frame[frame[time_column] >= since]
+        got = _plain(warehouse.recent_rows(table, time_column, since))
+        assert sorted(got[key]) == sorted(expected[key]), (table, days)
+        assert list(got.columns) == [name for name, _ in TABLES[table]]
+        if since is not None:
+            assert 0 < len(got) < len(frame) and (got[time_column] >= since).all()
+
+
+def test_recent_rows_of_the_future_is_empty(filled: Warehouse) -> None:
+    assert len(_plain(filled.recent_rows("quotes", "creation_date", NOW + 1))) == 0
+
+
+def _wrong_type(batch: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every table, the last one with a text column where the database has BIGINT."""
+    return {**batch, "policies": batch["policies"].assign(purchase_time="not a number")}
+
+
+def test_append_is_atomic(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    warehouse.append(flows)
+    before = {table: _rows(warehouse.query(f"SELECT * FROM {table}"), key) for table, key in ID_COLUMNS.items()}
+    with pytest.raises(InvalidInput):  # a 400 (InvalidQuery on both backends for this batch), not a 503
+        warehouse.append(_wrong_type(generate_flows(40, seed=99, now=NOW)))
+    after = {table: _rows(warehouse.query(f"SELECT * FROM {table}"), key) for table, key in ID_COLUMNS.items()}
+    assert after == before
+    warehouse.append(generate_flows(10, seed=100, now=NOW))  # the writer is usable after the failure
+    assert _counts(warehouse)["quotes"] == len(flows["quotes"]) + 10
+
+
+BAD_BATCHES: dict[str, Callable[[dict[str, pd.DataFrame]], dict[str, Any]]] = {
+    "text into BIGINT": _wrong_type,
+    "text into BOOLEAN": lambda b: {**b, "quotes": b["quotes"].assign(is_paid="maybe")},
+    "unknown table": lambda b: {**b, "no_such_table": b["users"]},
+    "unknown column": lambda b: {**b, "policies": b["policies"].assign(no_such_column=1)},
+}
+# (backend, bad batch) -> the 400 the warehouse raises. DuckDB reports every refusal of the INSERT as
+# InvalidQuery ("the warehouse rejected the query"); PostgreSQL's own refusal of a value is InvalidQuery too,
+# while what is checked before the INSERT (table and column names) or by SQLAlchemy's Boolean processor
+# is InvalidInput. Both are 400s; InvalidQuery is a subclass of InvalidInput.
+BAD_BATCH_ERRORS: dict[tuple[str, str], tuple[type[InvalidInput], str]] = {
+    ("duckdb", "text into BIGINT"): (InvalidQuery, "Could not convert string 'not a number'"),
+    ("duckdb", "text into BOOLEAN"): (InvalidQuery, "Could not convert string 'maybe'"),
+    ("duckdb", "unknown table"): (InvalidQuery, "no_such_table"),
+    ("duckdb", "unknown column"): (InvalidQuery, "no_such_column"),
+    ("postgresql", "text into BIGINT"): (InvalidQuery, "not a number"),
+    ("postgresql", "text into BOOLEAN"): (InvalidInput, "Not a boolean value: 'maybe'"),
+    ("postgresql", "unknown table"): (InvalidInput, r"no such warehouse table\(s\): \['no_such_table'\]"),
+    ("postgresql", "unknown column"): (InvalidInput, r"policies has no column\(s\) \['no_such_column'\]"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_BATCHES))
+def test_a_bad_batch_is_invalid_input_and_writes_nothing(warehouse: Warehouse, backend: str, bad: str) -> None:
+    """Every table is in the batch, the bad one among them: the whole batch is refused with a 400."""
+    expected, message = BAD_BATCH_ERRORS[backend, bad]
+    with pytest.raises(InvalidInput, match=message) as caught:
+        warehouse.append(BAD_BATCHES[bad](generate_flows(20, seed=5, now=NOW)))
+    assert type(caught.value) is expected and caught.value.status == 400
+    assert _counts(warehouse) == {table: 0 for table in TABLES}
+    warehouse.append(generate_flows(3, seed=6, now=NOW))  # the writer is usable after the refusal
+    assert _counts(warehouse)["quotes"] == 3
+
+
+def test_rows_survive_reopening_the_url(open_wh: Callable[[], Warehouse], flows: dict[str, pd.DataFrame]) -> None:
+    first = open_wh()
+    first.append(flows)
+    first.close()
+    second = open_wh()
+    for table, key in ID_COLUMNS.items():
+        assert _rows(second.query(f"SELECT * FROM {table}"), key) == _rows(flows[table], key), table
+    second.append(generate_flows(5, seed=6, now=NOW))
+    assert _counts(second)["quotes"] == len(flows["quotes"]) + 5
+
+
+UNVALIDATED_WRITES = {
+    "delete": "DELETE FROM users",
+    "update": "UPDATE users SET name = 'mallory'",
+    "drop": "DROP TABLE users",
+    "delete in a CTE": "WITH gone AS (DELETE FROM users RETURNING *) SELECT count(*) AS n FROM gone",
+    "commit first": "COMMIT; DELETE FROM users",
+}
+# The warehouse's own refusal, past prepare_query: PostgreSQL runs user SQL on sessions with
+# default_transaction_read_only=on; DuckDB's engine lets through only what DuckDB's parser calls one SELECT.
+WRITE_REFUSALS = {"postgresql": "read-only transaction", "duckdb": "runs exactly one SELECT statement"}
+UNVALIDATED_WRITE_BUGS = {
+    ("duckdb", "delete in a CTE"): (
+        "BUG extraction/engines.py:92-97 (DuckDBEngine.query): duckdb's extract_statements types "
+        "'WITH gone AS (DELETE FROM users RETURNING *) SELECT ...' as a SELECT statement, and DuckDB "
+        "(2.0) runs the DELETE: the warehouse connection is read-write, so every user is deleted "
+        "(same for UPDATE/INSERT in a CTE); only prepare_query refuses it"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNVALIDATED_WRITES))
+def test_unvalidated_writes_are_refused_and_change_nothing(warehouse: Warehouse, backend: str, name: str,
+                                                            flows: dict[str, pd.DataFrame],
+                                                            request: pytest.FixtureRequest) -> None:
+    """prepare_query refuses these; the warehouse must not rely on it alone."""
+    if (backend, name) in UNVALIDATED_WRITE_BUGS:
+        request.applymarker(pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                                              reason=UNVALIDATED_WRITE_BUGS[backend, name]))
+    warehouse.append(flows)
+    before = {table: _rows(warehouse.query(f"SELECT * FROM {table}"), key) for table, key in ID_COLUMNS.items()}
+    with pytest.raises(InvalidQuery, match=WRITE_REFUSALS[backend]) as caught:
+        warehouse.query(UNVALIDATED_WRITES[name])
+    assert caught.value.status == 400
+    after = {table: _rows(warehouse.query(f"SELECT * FROM {table}"), key) for table, key in ID_COLUMNS.items()}
+    assert after == before and len(after["users"]) == len(flows["users"]) > 0
+
+
+# -- DuckDB: no way out of the database -----------------------------------------------------------------
+
+@pytest.fixture
+def duckdb_warehouse(tmp_path: Path) -> Iterator[Warehouse]:
+    opened = open_warehouse(f"duckdb:///{tmp_path}/warehouse.db")
+    yield opened
+    opened.close()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_parquet('http://127.0.0.1:9/x.parquet')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT * FROM read_text('/etc/hostname')",
+])
+def test_duckdb_external_access_is_off(duckdb_warehouse: Warehouse, sql: str) -> None:
+    with pytest.raises(InvalidQuery, match="disabled"):
+        duckdb_warehouse.query(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "SET enable_external_access = true",
+    "SET GLOBAL enable_external_access = true",
+    "RESET enable_external_access",
+    "SET lock_configuration = false",
+    "PRAGMA enable_external_access",
+])
+def test_duckdb_configuration_is_locked(duckdb_warehouse: Warehouse, sql: str) -> None:
+    with pytest.raises(InvalidQuery):
+        duckdb_warehouse.query(sql)
+    setting = duckdb_warehouse.query("SELECT current_setting('enable_external_access') AS on_")
+    assert setting["on_"].tolist() == [False]
+    with pytest.raises(InvalidQuery, match="disabled"):
+        duckdb_warehouse.query("SELECT * FROM glob('/etc/*')")
+
+
+@pytest.mark.parametrize("template", [
+    "COPY users TO '{path}'",
+    "COPY (SELECT * FROM users) TO '{path}' (FORMAT parquet)",
+    "ATTACH '{path}' AS other",
+    "EXPORT DATABASE '{path}'",
+    "SELECT 1; COPY users TO '{path}'",
+])
+def test_duckdb_writes_no_files(duckdb_warehouse: Warehouse, tmp_path: Path, template: str) -> None:
+    """Refused by the one-SELECT check (or, were it to pass, by the disabled external access)."""
+    target = tmp_path / "escaped"
+    before = sorted(path.name for path in tmp_path.iterdir())
+    with pytest.raises(InvalidQuery, match="runs exactly one SELECT statement|disabled"):
+        duckdb_warehouse.query(template.format(path=target))
+    assert not target.exists() and sorted(path.name for path in tmp_path.iterdir()) == before
+    assert duckdb_warehouse.query("SELECT database_name FROM duckdb_databases() WHERE NOT internal")[
+        "database_name"].tolist() == ["warehouse"]
+
+
+# -- realtime stores hydrated from each warehouse -----------------------------------------------------------
+
+@pytest.fixture(params=REALTIME_URLS)
+def realtime(request: pytest.FixtureRequest) -> Iterator[RealtimeStore]:
+    store = open_realtime_store(request.param)
+    yield store
+    store.close()
+
+
+def _realtime_rows(store: RealtimeStore, warehouse: Warehouse, sql: str) -> pd.DataFrame:
+    """All rows of `sql` (which selects `1 AS k`) from the realtime store, through its lookup path."""
+    return store.lookup(prepare_query(sql, warehouse.dialect), "k", 1, 10**6)
+
+
+@pytest.mark.parametrize("days", [None, 3, 1])
+def test_hydrate_keeps_only_the_window(filled: Warehouse, realtime: RealtimeStore,
+                                       shared_flows: dict[str, pd.DataFrame], days: int | None) -> None:
+    flows, warehouse = shared_flows, filled
+    written = realtime.hydrate(warehouse, None if days is None else days * DAY, now=NOW)
+    since = NOW - days * DAY if days is not None else None
+    for table, key in ID_COLUMNS.items():
+        frame, time_column = flows[table], TIME_COLUMNS[table]
+        expected = frame if since is None else frame[frame[time_column] >= since]
+        got = _realtime_rows(realtime, warehouse, f"SELECT {key}, {time_column}, 1 AS k FROM {table}")
+        assert sorted(got[key]) == sorted(expected[key]), (table, days)
+        assert written[table] == len(expected)
+
+
+def test_hydrate_an_empty_window(filled: Warehouse, realtime: RealtimeStore) -> None:
+    assert realtime.hydrate(filled, 10, now=NOW + 30 * DAY) == {table: 0 for table in TABLES}
+    assert _realtime_rows(realtime, filled, "SELECT quote_id, 1 AS k FROM quotes").empty
+
+
+TYPED_QUERIES = {
+    **{table: f"SELECT *, 1 AS k FROM {table}" for table in TABLES},
+    "join": ("SELECT q.quote_id, q.is_binded AND q.is_paid AS bound_and_paid, u.name, u.creation_date AS joined, "
+             "p.policy_type, t.successful, 1 AS k FROM quotes q LEFT JOIN users u ON u.user_id = q.user_id "
+             "LEFT JOIN policies p ON p.quote_id = q.quote_id LEFT JOIN transactions t ON t.ref_id = q.quote_id"),
+    "aggregates": ("SELECT q.quote_type, count(*) AS n, max(q.binding_date) AS last_binding, "
+                   "min(q.creation_date) AS first_created, avg(q.creation_date) AS mean_created, "
+                   "bool_or(q.is_paid) AS any_paid, 1 AS k FROM quotes q GROUP BY q.quote_type"),
+    "sum": "SELECT q.quote_type, sum(q.creation_date) AS total, 1 AS k FROM quotes q GROUP BY q.quote_type",
+    "division": "SELECT q.quote_id, q.creation_date / 3600 AS hours, 1 AS k FROM quotes q",
+}
+TYPE_BUGS = {
+    ("postgres", "sqlite", "sum"): (
+        "OPEN extraction/sql.py:128-132 (_duckdb_sum_widening, dialect 'duckdb' only): PostgreSQL's SUM(bigint) "
+        "is NUMERIC, read as Float64 ('float'), but the SQLite store types the same sum 'integer' and returns "
+        "int64. The values are equal and the save-time and serving checks accept it (a served integer may "
+        "stand for a trained float), so the query is served, with another dtype than training"),
+    ("postgres", "duckdb", "division"): (
+        "OPEN extraction/sql.py:49-51 (sql_for): PostgreSQL's integer '/' is transpiled to DuckDB's '/' "
+        "unchanged, which divides as float: training gives 472222 (integer), serving 472222.22 (float). "
+        "The save-time check does not see it (sqlglot types both sides 'integer'), so every realtime call "
+        "of such a saved query is a 409 schema_mismatch"),
+}
+
+
+@pytest.mark.parametrize("name", list(TYPED_QUERIES))
+def test_realtime_types_and_values_equal_the_warehouse(filled: Warehouse, realtime: RealtimeStore, name: str,
+                                                       request: pytest.FixtureRequest) -> None:
+    bug = TYPE_BUGS.get((filled.dialect, realtime.dialect, name))
+    if bug:
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=bug))
+    warehouse = filled
+    realtime.hydrate(warehouse, None)
+    prepared = prepare_query(TYPED_QUERIES[name], warehouse.dialect)
+    trained = warehouse.query(prepared.sql_for(warehouse.dialect))
+    served = _realtime_rows(realtime, warehouse, TYPED_QUERIES[name])
+    assert frame_schema(served) == frame_schema(trained)
+    key = list(trained.columns)[0]
+    served_rows, trained_rows = _rows(served, key), _rows(trained, key)
+    assert len(served_rows) == len(trained_rows) > 0
+    for got, expected in zip(served_rows, trained_rows):
+        assert got.keys() == expected.keys()
+        for column, value in expected.items():
+            if isinstance(value, float) or isinstance(got[column], float):
+                assert got[column] == pytest.approx(value, rel=1e-12), (column, got, expected)
+            else:
+                assert got[column] == value, (column, got, expected)
+
+
+@pytest.mark.parametrize("store, url", [
+    (DuckDBRealtimeStore, "duckdb:///some/file.db"),
+    (DuckDBRealtimeStore, "duckdb:///{tmp}/realtime.db"),
+    (SqliteRealtimeStore, "sqlite:///some/file.db"),
+    (SqliteRealtimeStore, "sqlite:///{tmp}/realtime.db"),
+])
+def test_realtime_store_refuses_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: type,
+                                       url: str) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative file, if created, lands here
+    with pytest.raises(InvalidInput, match="in-memory"):
+        store(url.format(tmp=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the two open type issues, end to end: clean answers, never a 500 -------------------------------------
+
+@pytest.mark.postgres
+def test_postgres_integer_sum_on_the_sqlite_store_is_served_with_the_trained_values(
+        make_app: Callable[..., Any], pg_database_url: str) -> None:
+    """The face of the ('postgres', 'sqlite', 'sum') issue above: the values agree, only the dtype does not."""
+    api = JsonClient(make_app(WAREHOUSE_URL=pg_database_url, REALTIME_URL="sqlite:///:memory:").test_client())
+    api.put("/v1.0/publish?n_flows=200&seed=1")
+    sql = "SELECT quote_type, sum(creation_date) AS total FROM quotes GROUP BY quote_type"
+    trained = api.post("/v1.0/query/train?save=true", {"query": sql})
+    assert trained["query_id"] and trained["schema"] == [{"name": "quote_type", "type": "string"},
+                                                         {"name": "total", "type": "float"}]
+    assert len(trained["data"]) == 4
+    for row in trained["data"]:
+        served = api.post("/v1.0/query/realtime", {"query_id": trained["query_id"], "index_key": "quote_type",
+                                                   "index_value": row["quote_type"]})["data"]
+        assert len(served) == 1 and served[0]["quote_type"] == row["quote_type"]
+        assert served[0]["total"] == row["total"] > 0
+
+
+@pytest.mark.postgres
+def test_postgres_integer_division_on_the_duckdb_store_is_a_409_not_a_wrong_value(
+        make_app: Callable[..., Any], pg_database_url: str) -> None:
+    """The face of the ('postgres', 'duckdb', 'division') issue above: the schema check stops the float.
+
+    When that issue is fixed this call answers 200 with the trained row; update this test with it.
+    """
+    api = JsonClient(make_app(WAREHOUSE_URL=pg_database_url, REALTIME_URL="duckdb:///:memory:").test_client())
+    api.put("/v1.0/publish?n_flows=50&seed=1")
+    sql = "SELECT quote_id, creation_date / 3600 AS hours FROM quotes"
+    trained = api.post("/v1.0/query/train?save=true", {"query": sql})
+    assert trained["schema"] == [{"name": "quote_id", "type": "string"}, {"name": "hours", "type": "integer"}]
+    row = trained["data"][0]
+    assert isinstance(row["hours"], int)
+    error = api.post("/v1.0/query/realtime", {"query_id": trained["query_id"], "index_key": "quote_id",
+                                              "index_value": row["quote_id"]}, 409)
+    assert error["code"] == "schema_mismatch"
+    assert error["details"]["type_changed"] == [{"name": "hours", "trained": "integer", "served": "float"}]
