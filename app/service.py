@@ -7,6 +7,7 @@ function for both outputs. Records are immutable, so they are cached by id.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -83,6 +84,16 @@ class EtlLocation:
     path: str | None = None
 
 
+def query_id_of(prepared: PreparedQuery) -> str:
+    """A query's id: derived from its normalized SQL, so the same query always has the same id."""
+    return "q_" + prepared.sql_hash[:16]
+
+
+def etl_id_of(query_id: str, code_sha256: str) -> str:
+    """An ETL's id: derived from the query it runs on and its exact code."""
+    return "e_" + hashlib.sha256(f"{query_id}:{code_sha256}".encode()).hexdigest()[:16]
+
+
 def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
     """Turn `index_value` into the type of the key column, or raise InvalidInput."""
     try:
@@ -126,22 +137,40 @@ class FeatureService:
     # -- queries ---------------------------------------------------------------------------------
 
     def train_query(self, sql: str, name: str | None, save: bool, include_data: bool = True,
-                    created_by: str = "anonymous") -> tuple[QueryRecord | None, pd.DataFrame | None]:
-        """Run `sql` on the warehouse; with `save`, keep it (idempotently) with its output schema."""
+                    created_by: str = "anonymous"
+                    ) -> tuple[QueryRecord | None, list[dict[str, str]], pd.DataFrame | None]:
+        """Run `sql` on the warehouse; with `save`, keep it (idempotently) with its output schema.
+
+        Returns the stored record (None unless saved), the output schema and the rows (None
+        unless `include_data`).
+        """
         prepared = prepare_query(sql, self.warehouse.dialect)
         training_sql = prepared.sql_for(self.warehouse.dialect)
         if include_data:
             frame = self.warehouse.query(training_sql, max_rows=self.options.max_response_rows)
         else:
             frame = self.warehouse.query(f"SELECT * FROM ({training_sql}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
+        schema = frame_schema(frame)
         record = None
         if save:
-            schema = frame_schema(frame)
             self._check_servable(prepared, schema)
             record = self.catalog.save_query(QueryRecord(
-                query_id="q_" + prepared.sql_hash[:16], name=name or "unnamed", sql=sql,
-                sql_hash=prepared.sql_hash, schema=schema, created_by=created_by, created_at=utc_now()))
-        return record, frame if include_data else None
+                query_id=query_id_of(prepared), name=name or "unnamed", sql=sql, sql_hash=prepared.sql_hash,
+                schema=schema, created_by=created_by, created_at=utc_now()))
+        return record, record.schema if record else schema, frame if include_data else None
+
+    def plan_query(self, sql: str) -> dict[str, Any]:
+        """What saving `sql` would do, without saving: its id, whether it exists, its schema.
+
+        Runs the same checks as a save (parse, a sample on the warehouse, the realtime store).
+        """
+        prepared = prepare_query(sql, self.warehouse.dialect)
+        sample = self.warehouse.query(
+            f"SELECT * FROM ({prepared.sql_for(self.warehouse.dialect)}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
+        schema = frame_schema(sample)
+        self._check_servable(prepared, schema)
+        query_id = query_id_of(prepared)
+        return {"query_id": query_id, "exists": self._exists(self.get_query, query_id), "schema": schema}
 
     def realtime_query(self, query_id: str, index_key: str, index_value: Any) -> pd.DataFrame:
         """The saved query over hot data for one entity, checked against its training schema."""
@@ -165,7 +194,7 @@ class FeatureService:
         and keep it with its state, schema and statistics."""
         query = self.get_query(query_id)
         fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
-        etl_id = "e_" + hashlib.sha256(f"{query_id}:{fetched.code_sha256}".encode()).hexdigest()[:16]
+        etl_id = etl_id_of(query_id, fetched.code_sha256)
         expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
         validate_expectations(expectations)
         raw = self.warehouse.query(prepare_query(query.sql, self.warehouse.dialect).sql_for(self.warehouse.dialect))
@@ -188,6 +217,15 @@ class FeatureService:
                 schema=frame_schema(features), created_by=created_by, created_at=utc_now(), state=state,
                 expectations=expectations, serving_policy=policy, training_stats=frame_stats(features)))
         return record, features if include_data else None
+
+    def plan_etl(self, query_id: str, location: EtlLocation) -> dict[str, Any]:
+        """What registering an ETL would do, without running or saving it: its id, whether it exists,
+        and the exact source (the query need not be saved yet)."""
+        fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
+        etl_id = etl_id_of(query_id, fetched.code_sha256)
+        validate_expectations(self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)[0])
+        return {"etl_id": etl_id, "exists": self._exists(self.get_etl, etl_id),
+                "source": dataclasses.asdict(fetched.source), "code_sha256": fetched.code_sha256}
 
     def etl_training_set(self, etl_id: str) -> pd.DataFrame:
         """A registered ETL's training set now: its stored code and fitted state on the warehouse."""
@@ -267,6 +305,14 @@ class FeatureService:
         return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable", "checks": checks}
 
     # -- shared steps ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _exists(get: Callable[[str], Any], record_id: str) -> bool:
+        try:
+            get(record_id)
+            return True
+        except NotFound:
+            return False
 
     def _lookup(self, record: QueryRecord, index_key: str, index_value: Any) -> pd.DataFrame:
         types = {column["name"]: column["type"] for column in record.schema}

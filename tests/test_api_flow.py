@@ -156,3 +156,29 @@ def test_openapi_document_and_docs(api):
     assert spec["basePath"] == "/v1.0"
     assert api.client.get("/v1.0/docs").status_code == 200
     assert api.client.get("/docs").status_code == 302
+
+
+def test_plan_says_what_a_save_would_do_and_saves_nothing(api, repo):
+    api.put("/v1.0/publish?n_flows=20&seed=1")
+    planned = api.post("/v1.0/query/plan", {"query": FOUR_TABLE_QUERY})
+    assert planned["exists"] is False and planned["query_id"].startswith("q_")
+    assert api.get("/v1.0/queries")["total"] == 0
+    etl_plan = api.post("/v1.0/extract/plan", {"query_id": planned["query_id"],
+                                               "etl_path": str(repo.file("etls/quote_features.py"))})
+    assert etl_plan["exists"] is False and etl_plan["source"]["commit"] == repo.head_sha
+    assert api.get("/v1.0/etls")["total"] == 0
+
+    saved = api.post("/v1.0/query/train?save=true&include_data=false", {"query": FOUR_TABLE_QUERY})
+    assert saved["query_id"] == planned["query_id"] and saved["schema"] == planned["schema"]
+    registered = api.post("/v1.0/extract/train?save=true&include_data=false", {
+        "query_id": planned["query_id"], "etl_path": str(repo.file("etls/quote_features.py"))})
+    assert registered["etl_id"] == etl_plan["etl_id"]
+    assert api.post("/v1.0/query/plan", {"query": FOUR_TABLE_QUERY})["exists"] is True
+    assert api.post("/v1.0/extract/plan", {"query_id": planned["query_id"],
+                                           "etl_path": str(repo.file("etls/quote_features.py"))})["exists"] is True
+    assert api.post("/v1.0/query/plan", {"query": "DELETE FROM users"}, 400)["code"] == "invalid_query"
+
+
+def test_schema_without_data_or_save(api):
+    body = api.post("/v1.0/query/train?include_data=false", {"query": "SELECT 1 AS one"})
+    assert body == {"query_id": None, "schema": [{"name": "one", "type": "integer"}], "data": None}

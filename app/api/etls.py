@@ -42,6 +42,10 @@ realtime_request = extract_ns.model("ExtractRealtimeRequest", {
     "index_key": fields.String(required=True, max_length=200),
     "index_value": Scalar(required=True),
 })
+plan_model = extract_ns.model("EtlPlan", {
+    "etl_id": fields.String, "exists": fields.Boolean, "code_sha256": fields.String,
+    "source": fields.Raw(description="kind, url, repo, ref, commit, path"),
+})
 source = etls_ns.model("EtlSource", {name: fields.String for name in ("kind", "url", "repo", "ref", "commit", "path")})
 etl_record = etls_ns.model("EtlRecord", {
     "etl_id": fields.String, "name": fields.String, "query_id": fields.String, "source": fields.Nested(source),
@@ -86,6 +90,19 @@ class ExtractTrain(Resource):
         return {"etl_id": record.etl_id if record else None,
                 "schema": record.schema if record else None,
                 "data": frame_records(frame) if frame is not None else None}
+
+
+@extract_ns.route("/plan")
+class ExtractPlan(Resource):
+    @extract_ns.expect(train_request)
+    @extract_ns.response(200, "what registering would do: the id, whether it exists, the exact source", plan_model)
+    @extract_ns.response(400, "the ETL cannot be fetched or loaded")
+    @extract_ns.response(502, "the git or HTTP remote could not be reached")
+    @allow(*SCIENTIST)
+    def post(self):
+        """Fetch and load an ETL, and say its id and whether it is registered, without running or saving it."""
+        body = json_body(train_request)
+        return service().plan_etl(checked_id("query", body["query_id"]), _location(body))
 
 
 @extract_ns.route("/realtime")

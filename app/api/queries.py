@@ -7,7 +7,6 @@ from app.api.common import Scalar, checked_id, json_body, page_dict, paging, que
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.jsonio import frame_records
 from catalog.base import QueryRecord
-from extraction.schema import frame_schema
 
 query_ns = Namespace("query", description="Run SQL on the warehouse (train) or on hot data (realtime)")
 queries_ns = Namespace("queries", description="Saved queries in the catalog")
@@ -24,6 +23,9 @@ train_response = query_ns.model("QueryTrainResponse", {
     "query_id": fields.String(description="null unless save=true"),
     "schema": fields.List(fields.Nested(column)),
     "data": fields.List(fields.Raw, description="result rows; null when include_data=false"),
+})
+plan_response = query_ns.model("QueryPlan", {
+    "query_id": fields.String, "exists": fields.Boolean, "schema": fields.List(fields.Nested(column)),
 })
 realtime_request = query_ns.model("QueryRealtimeRequest", {
     "query_id": fields.String(required=True, max_length=64),
@@ -54,11 +56,21 @@ class QueryTrain(Resource):
         """Run a query on the warehouse; with save=true keep it (same SQL, same id)."""
         body = json_body(train_request)
         include_data = query_flag("include_data", True)
-        record, frame = service().train_query(body["query"], body.get("query_name"), query_flag("save", False),
-                                              include_data, caller())
-        schema = record.schema if record else frame_schema(frame)
+        record, schema, frame = service().train_query(body["query"], body.get("query_name"),
+                                                      query_flag("save", False), include_data, caller())
         return {"query_id": record.query_id if record else None, "schema": schema,
                 "data": frame_records(frame) if frame is not None else None}
+
+
+@query_ns.route("/plan")
+class QueryPlan(Resource):
+    @query_ns.expect(train_request)
+    @query_ns.response(200, "what saving would do: the id, whether it exists, the schema", plan_response)
+    @query_ns.response(400, "the query would be refused")
+    @allow(*SCIENTIST)
+    def post(self):
+        """Check a query as a save would, and say its id and whether it is saved, without saving."""
+        return service().plan_query(json_body(train_request)["query"])
 
 
 @query_ns.route("/realtime")
