@@ -18,6 +18,8 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def _default(value: Any) -> Any:
+    if value is pd.NA or value is pd.NaT:  # NaT is a datetime too: test it first
+        return None
     if isinstance(value, (pd.Timestamp, dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, (pd.Timedelta, dt.timedelta)):
@@ -28,8 +30,6 @@ def _default(value: Any) -> Any:
         return float(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
-    if value is pd.NA or value is pd.NaT:
-        return None
     return str(value)
 
 
@@ -39,8 +39,9 @@ def dumps(payload: Any) -> bytes:
 
 
 def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of `frame` as dicts whose values orjson (with `dumps`) can encode."""
+    """The rows of `frame` as dicts that `dumps` encodes (NaN → null by orjson; NA, NaT by `_default`)."""
     if frame.empty:
         return []
-    safe = frame.astype(object).where(frame.notna(), None)
-    return safe.to_dict("records")
+    names = [str(name) for name in frame.columns]
+    columns = [column.tolist() for _, column in frame.items()]
+    return [dict(zip(names, row)) for row in zip(*columns)]

@@ -35,6 +35,13 @@ _INFERRED = {
 def logical_type(series: pd.Series) -> str:
     """The logical type of a column, judged from its dtype and, for objects, its values."""
     dtype = series.dtype
+    if isinstance(dtype, np.dtype) and len(series):  # fast paths for plain numpy columns (the serving path)
+        if dtype.kind == "b":
+            return "boolean"
+        if dtype.kind in "iu":
+            return "integer"
+        if dtype.kind == "f":
+            return "null" if np.isnan(series.to_numpy()).all() else "float"
     if isinstance(dtype, pd.CategoricalDtype):
         return logical_type(pd.Series(dtype.categories)) if len(dtype.categories) else "null"
     if series.isna().all():
@@ -73,14 +80,21 @@ def column_type(series: pd.Series) -> Column:
 
 def frame_schema(frame: pd.DataFrame) -> list[Column]:
     """Column names and logical types of `frame`, in column order (repeated names each listed)."""
-    return [{"name": str(name), "type": logical_type(frame.iloc[:, position])}
-            for position, name in enumerate(frame.columns)]
+    return [{"name": str(name), "type": logical_type(column)} for name, column in frame.items()]
 
 
 def served_schema(frame: pd.DataFrame) -> list[Column]:
-    """Like `frame_schema`, marking float columns that may be null-widened integers."""
-    return [{"name": str(name), **column_type(frame.iloc[:, position])}
-            for position, name in enumerate(frame.columns)]
+    """Like `frame_schema`, marking float columns that may be null-widened integers.
+
+    On the request path: numpy bool and integer columns are typed from their dtype alone.
+    """
+    schema = []
+    for position, (name, dtype) in enumerate(frame.dtypes.items()):
+        if len(frame) and isinstance(dtype, np.dtype) and dtype.kind in "biu":
+            schema.append({"name": str(name), "type": "boolean" if dtype.kind == "b" else "integer"})
+        else:
+            schema.append({"name": str(name), **column_type(frame.iloc[:, position])})
+    return schema
 
 
 @dataclass

@@ -110,9 +110,11 @@ def test_listing_pages_newest_first(api):
 
 
 def test_timestamps_and_nulls_are_json_safe(api):
-    body = api.post("/v1.0/query/train", {"query": "SELECT TIMESTAMP '2024-05-01 12:30:00' AS at, "
-                                                   "CAST(NULL AS DOUBLE) AS nothing, 'NaN'::DOUBLE AS nan"})
-    assert body["data"] == [{"at": "2024-05-01T12:30:00", "nothing": None, "nan": None}]
+    body = api.post("/v1.0/query/train", {"query": "SELECT * FROM (VALUES (TIMESTAMP '2024-05-01 12:30:00', "
+                                                   "CAST(NULL AS DOUBLE), 'NaN'::DOUBLE, NULL::INTEGER, 'x'), "
+                                                   "(NULL, 1.5, 2.5, 3, NULL)) AS t(at, nothing, nan, n, s)"})
+    assert body["data"] == [{"at": "2024-05-01T12:30:00", "nothing": None, "nan": None, "n": None, "s": "x"},
+                            {"at": None, "nothing": 1.5, "nan": 2.5, "n": 3, "s": None}]
 
 
 def test_restart_keeps_catalog_and_rehydrates_hot_data(make_app, tmp_path, repo):

@@ -34,13 +34,24 @@ def json_body(model: Model) -> dict[str, Any]:
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
-    schema = {**model.__schema__, "additionalProperties": False, "definitions": _definitions(model)}
-    errors = sorted(jsonschema.Draft4Validator(schema).iter_errors(body), key=lambda e: list(e.path))
+    errors = sorted(_validator(model).iter_errors(body), key=lambda e: list(e.path))
     if errors:
         raise InvalidInput("the request body is not valid", {"errors": [
             {"field": ".".join(str(p) for p in error.path) or None, "message": error.message[:300]}
             for error in errors[:20]]})
     return body
+
+
+_validators: dict[str, jsonschema.Draft4Validator] = {}
+
+
+def _validator(model: Model) -> jsonschema.Draft4Validator:
+    """The model's JSON-schema validator, built once (models are module-level constants)."""
+    validator = _validators.get(model.name)
+    if validator is None:
+        schema = {**model.__schema__, "additionalProperties": False, "definitions": _definitions(model)}
+        validator = _validators[model.name] = jsonschema.Draft4Validator(schema)
+    return validator
 
 
 def _definitions(model: Model) -> dict[str, Any]:
