@@ -198,7 +198,10 @@ class FeatureService:
         expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
         validate_expectations(expectations)
         raw = self.warehouse.query(prepare_query(query.sql, self.warehouse.dialect).sql_for(self.warehouse.dialect))
-        state = self.runner.fit(etl_id, fetched.code, fetched.code_sha256, raw)
+        # A registered ETL keeps the state it was first fitted with (that is what serving uses), so
+        # registering it again returns training rows computed with that state, never a refit.
+        registered = self._registered_etl(etl_id)
+        state = registered.state if registered else self.runner.fit(etl_id, fetched.code, fetched.code_sha256, raw)
         features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw, state)
         violations = check_expectations(features, expectations)
         if violations:
@@ -305,6 +308,12 @@ class FeatureService:
         return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable", "checks": checks}
 
     # -- shared steps ----------------------------------------------------------------------------
+
+    def _registered_etl(self, etl_id: str) -> EtlRecord | None:
+        try:
+            return self.get_etl(etl_id)
+        except NotFound:
+            return None
 
     @staticmethod
     def _exists(get: Callable[[str], Any], record_id: str) -> bool:

@@ -159,3 +159,17 @@ def test_skew_report_counts_schema_mismatches_and_stays_bounded(make_app, tmp_pa
     assert report["outcomes"]["served"] == 30 and report["window_size"] == 10
     assert report["features"]["minutes_to_bind_z"]["samples"] == 10
     assert report["flagged"] == []  # fewer than SKEW_MIN_SAMPLES in the window: nothing is flagged
+
+
+def test_registering_again_after_new_data_keeps_the_first_fitted_state(api, repo):
+    trained = train_walkthrough(api, repo, etl=FITTED, n_flows=200)
+    first_state = api.get(f"/v1.0/etls/{trained['etl_id']}")["state"]
+    api.put("/v1.0/publish?n_flows=300&seed=99")  # more data: a refit would move the mean and std
+    again = api.post("/v1.0/extract/train?save=true", {"query_id": trained["query_id"],
+                                                       "etl_path": str(repo.file(FITTED))})
+    assert again["etl_id"] == trained["etl_id"]
+    assert api.get(f"/v1.0/etls/{trained['etl_id']}")["state"] == first_state
+    rows = {row["user_id"]: row for row in again["data"]}
+    for user_id, row in list(trained["features_by_user"].items())[:10]:
+        assert rows[user_id] == row  # same state: same training values as the first registration
+        assert serve(api, trained, user_id)["data"] == [row]
