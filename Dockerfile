@@ -10,9 +10,11 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY app ./app
 COPY catalog ./catalog
+COPY client ./client
 COPY common ./common
 COPY demo ./demo
 COPY extraction ./extraction
+COPY featurerepo ./featurerepo
 COPY realtime ./realtime
 
 USER featurestore

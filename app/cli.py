@@ -1,4 +1,4 @@
-"""One command line for the service: ``python -m app [serve|keys|publish] …``.
+"""One command line for the service: ``python -m app [serve|keys|publish|plan|apply] …``.
 
 With no subcommand it serves (so ``python -m app`` runs the service). Every
 subcommand reads the same settings (environment variables) as the server.
@@ -85,6 +85,69 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan(args: argparse.Namespace) -> int:
+    """Show what `apply` would change in the catalog for a feature repo (featurerepo/)."""
+    run_plan = _repo_command("run_plan")
+    return run_plan(args) if run_plan else 1
+
+
+def apply(args: argparse.Namespace) -> int:
+    """Register a feature repo in the catalog through the service's API (featurerepo/)."""
+    run_apply = _repo_command("run_apply")
+    return run_apply(args) if run_apply else 1
+
+
+def _repo_command(name: str) -> Callable[[argparse.Namespace], int] | None:
+    """A runner of featurerepo.cli, imported only when used: the service image needs neither it nor the
+    client (and pandas-free imports keep `serve` and `keys` quick)."""
+    try:
+        from featurerepo import cli, service_client  # noqa: F401 - the client comes with service_client
+    except ModuleNotFoundError as exc:
+        print(f"error: plan and apply need the featurerepo and client packages of the project ({exc})",
+              file=sys.stderr)
+        return None
+    return getattr(cli, name)
+
+
+REPO_EPILOG = """a feature repo is a folder inside a git repository:
+  featurestore.toml        [service] url; [etls.<name>] query = "<query>"; [feature_sets.<name>]
+                           etl, features, index_key, description, tags, stage; optional
+                           [queries.<name>] file and [git] url, ref (register ETLs from a remote)
+  queries/<name>.sql       one query per file, saved under its file name
+  etls/<name>.py           ETL scripts; the service reads them at the committed HEAD and
+                           refuses uncommitted changes
+  (example: examples/feature_repo)
+
+lines: + create   ~ change (new id or version, or a stage)   = unchanged   ! error   ? not checked
+
+service: --url, else $FEATURESTORE_URL, else [service] url, else http://127.0.0.1:8080
+API key: --api-key, else $FEATURESTORE_API_KEY (never from the file)
+"""
+PLAN_EXIT = """
+exit status: 0 the plan succeeded (changes or not), 1 an error,
+             2 with --detailed-exitcode when the plan has changes
+"""
+APPLY_EXIT = """
+exit status: 0 applied (or nothing to do), 1 an error (nothing is applied when the plan has
+errors; after a failed step, what was done before it stays and `apply` again continues)
+"""
+
+
+def _repo_parser(commands: Any, name: str, summary: str, exits: str) -> argparse.ArgumentParser:
+    """`plan` or `apply`: the arguments they share."""
+    sub = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                              epilog=REPO_EPILOG + exits, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("repo_dir", nargs="?", default=".", metavar="REPO_DIR",
+                     help="the feature repo folder, holding featurestore.toml (default: .)")
+    sub.add_argument("--url", help="the service's base URL (overrides $FEATURESTORE_URL and the file)")
+    sub.add_argument("--api-key", metavar="KEY", help="API key (default: $FEATURESTORE_API_KEY)")
+    sub.add_argument("--git-ref", metavar="REF", help="with [git] url: register ETLs at this branch, tag or "
+                                                      "commit (overrides [git] ref)")
+    sub.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="seconds to wait for each call; registering an ETL runs it (default: 600)")
+    return sub
+
+
 def _redacted(url: str) -> str:
     """A URL with any password replaced, for logs."""
     scheme, sep, rest = url.partition("://")
@@ -97,7 +160,7 @@ def _redacted(url: str) -> str:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m app", description="The feature store service.",
                                    epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = root.add_subparsers(dest="command", metavar="{serve,keys,publish}")
+    commands = root.add_subparsers(dest="command", metavar="{serve,keys,publish,plan,apply}")
     commands.add_parser("serve", help="run the service (the default)", epilog=_settings_help(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     key_parser = commands.add_parser("keys", help="create, list or revoke API keys")
@@ -112,10 +175,17 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("n_flows", type=int)
     pub.add_argument("--seed", type=int)
     pub.add_argument("--batch", type=int, default=50_000, help="flows per transaction")
+    repo_plan = _repo_parser(commands, "plan", "show what `apply` would change in the catalog for a feature "
+                             "repo (changes nothing)", PLAN_EXIT)
+    repo_plan.add_argument("--detailed-exitcode", action="store_true",
+                           help="exit 2 (not 0) when the plan has changes, as terraform does")
+    _repo_parser(commands, "apply", "register a feature repo's queries, ETLs and feature sets in the catalog "
+                 "(idempotent)", APPLY_EXIT)
     return root
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": serve, "keys": keys, "publish": publish}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": serve, "keys": keys, "publish": publish,
+                                                            "plan": plan, "apply": apply}
 
 
 def main(argv: list[str] | None = None) -> int:

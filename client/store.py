@@ -142,6 +142,15 @@ class FeatureStore:
         """One ETL: its source (repository, commit, path), code and schema."""
         return self._http.call("GET", f"/etls/{quote(etl_id, safe='')}", retry=True)
 
+    def plan_query(self, sql: str) -> dict[str, Any]:
+        """``{query_id, exists, schema}`` of `sql`, checked as a save would check it; nothing is saved."""
+        return self._http.call("POST", "/query/plan", retry=True, body={"query": sql})
+
+    def plan_etl(self, query_id: str, location: dict[str, Any]) -> dict[str, Any]:
+        """``{etl_id, exists, source, code_sha256}`` of the ETL at `location` (``{"etl_path": …}`` or
+        ``{"etl": {repo, ref, path}}``); nothing is run or saved."""
+        return self._http.call("POST", "/extract/plan", retry=True, body={"query_id": query_id, **location})
+
     def skew(self, etl_id: str) -> dict[str, Any]:
         """Training vs serving statistics per feature of an ETL, with the flagged features."""
         return self._http.call("GET", f"/etls/{quote(etl_id, safe='')}/skew", retry=True)
