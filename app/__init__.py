@@ -5,7 +5,6 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-import orjson
 from flask import Flask, redirect
 from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
@@ -17,13 +16,13 @@ log = logging.getLogger("featurestore")
 
 
 class OrjsonProvider(JSONProvider):
-    """Flask's JSON through orjson: fast, and deep nesting is a clean parse error, not a crash."""
+    """Flask's JSON through orjson, strict on input (see `jsonio.strict_loads`)."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         return jsonio.dumps(obj).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return orjson.loads(s)
+        return jsonio.strict_loads(s)
 
 
 def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService, imported lazily

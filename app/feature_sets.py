@@ -16,6 +16,16 @@ from catalog.base import STAGES, FeatureSetRecord, utc_now
 from common.errors import InvalidInput, NotFound, ResultTooLarge
 
 
+MAX_VERSION = 2**31 - 1
+
+
+def _check_version(name: str, version: int | None) -> None:
+    """A version outside what any catalog can hold names nothing (404)."""
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        shown = str(version)[:30]
+        raise NotFound(f"feature set {name!r} has no version {shown}", {"name": name, "version": shown})
+
+
 class FeatureSets:
     """Create, resolve, stage and serve feature-set versions."""
 
@@ -37,7 +47,7 @@ class FeatureSets:
             raise InvalidInput("features must be distinct output columns of the ETL",
                                {"unknown": unknown, "columns": columns})
         query_columns = [c["name"] for c in self.service.get_query(query_id).schema]
-        key = index_key or query_columns[0]
+        key = query_columns[0] if index_key is None else index_key
         if key not in query_columns:
             raise InvalidInput(f"index_key {key!r} is not an output column of query {query_id}",
                                {"index_key": key, "columns": query_columns})
@@ -68,6 +78,7 @@ class FeatureSets:
     def resolve(self, name: str, version: int | None = None) -> FeatureSetRecord:
         """The version asked for; else the one marked production; else the newest."""
         versions = self.versions(name)
+        _check_version(name, version)
         if version is not None:
             for record in versions:
                 if record.version == version:
@@ -77,6 +88,7 @@ class FeatureSets:
         return production[0] if production else versions[-1]
 
     def set_stage(self, name: str, version: int, stage: str | None) -> FeatureSetRecord:
+        _check_version(name, version)
         if stage is not None and stage not in STAGES:
             raise InvalidInput(f"stage must be one of {list(STAGES)} or null", {"stage": stage})
         return self.catalog.set_feature_set_stage(name, version, stage)

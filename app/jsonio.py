@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,43 @@ def _default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
     return str(value)
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """Parse a request body, refusing (ValueError) what JSON parsers disagree on.
+
+    orjson first: it refuses NaN/Infinity, lone surrogates and nesting deeper than 1024
+    without recursion. Then, for objects, a second pass refuses duplicate keys (which
+    parsers resolve differently: the first, the last, or an error) and NUL characters.
+    """
+    value = orjson.loads(text)
+    if isinstance(value, (dict, list)):
+        json.loads(text, object_pairs_hook=_unique_keys)
+        _refuse_nul(value)
+    elif isinstance(value, str):
+        _refuse_nul(value)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate keys in a JSON object: {sorted({k for k in keys if keys.count(k) > 1})}")
+    return dict(pairs)
+
+
+def _refuse_nul(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("NUL characters are not allowed in JSON strings")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def dumps(payload: Any) -> bytes:

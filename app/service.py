@@ -189,7 +189,7 @@ class FeatureService:
 
     def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
                   include_data: bool = True, created_by: str = "anonymous"
-                  ) -> tuple[EtlRecord | None, pd.DataFrame | None]:
+                  ) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
         """Fetch the ETL, fit and run it on the query's full warehouse result, check its expectations,
         and keep it with its state, schema and statistics."""
         query = self.get_query(query_id)
@@ -213,13 +213,14 @@ class FeatureService:
                                  "save with include_data=false", {"rows": len(features),
                                                                   "max_rows": self.options.max_response_rows})
         record = None
+        schema = frame_schema(features)
         if save:
             record = self.catalog.save_etl(EtlRecord(
                 etl_id=etl_id, name=name or PurePosixPath(fetched.source.path or fetched.source.url).stem,
                 query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
-                schema=frame_schema(features), created_by=created_by, created_at=utc_now(), state=state,
+                schema=schema, created_by=created_by, created_at=utc_now(), state=state,
                 expectations=expectations, serving_policy=policy, training_stats=frame_stats(features)))
-        return record, features if include_data else None
+        return record, record.schema if record else schema, features if include_data else None
 
     def plan_etl(self, query_id: str, location: EtlLocation) -> dict[str, Any]:
         """What registering an ETL would do, without running or saving it: its id, whether it exists,

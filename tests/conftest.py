@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from app import close_app, create_app
 
-pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_git", "tests.fixtures_catalog"]
+pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_git", "tests.fixtures_catalog", "tests.fixtures_pgserver"]
 
 ERROR_KEYS = {"code", "message", "details"}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonschema
 from flask import current_app, make_response, request
-from flask_restx import Api, Model, fields
+from flask_restx import Api, Model, Namespace, fields
 from werkzeug.exceptions import HTTPException
 
 from app import jsonio
@@ -16,6 +16,39 @@ from common.errors import FeatureStoreError, InvalidInput
 
 log = logging.getLogger(__name__)
 ID_PATTERN = {"query": re.compile(r"^q_[0-9a-f]{16}$"), "etl": re.compile(r"^e_[0-9a-f]{16}$")}
+
+
+class NullableString(fields.String):
+    """A string that may be null (Swagger 2.0 spells it x-nullable)."""
+
+    def schema(self) -> dict[str, Any]:
+        return {**super().schema(), "x-nullable": True}
+
+
+class NullableList(fields.List):
+    """A list that may be null."""
+
+    def schema(self) -> dict[str, Any]:
+        return {**super().schema(), "x-nullable": True}
+
+
+class NullableInteger(fields.Integer):
+    """An integer that may be null."""
+
+    def schema(self) -> dict[str, Any]:
+        return {**super().schema(), "x-nullable": True}
+
+
+ERROR_FIELDS = {"code": fields.String(required=True, example="invalid_input"),
+                "message": fields.String(required=True),
+                "details": fields.Raw(required=True, description="structured context; {} when none")}
+PAGING = {"offset": {"description": "rows to skip", "type": "integer", "minimum": 0, "default": 0},
+          "limit": {"description": "page size", "type": "integer", "minimum": 1, "maximum": 500, "default": 50}}
+
+
+def with_errors(ns: Namespace) -> Any:
+    """Declare the one error shape as every operation's default response (a class decorator)."""
+    return ns.response("default", "an error: {code, message, details}", ns.model("Error", ERROR_FIELDS))
 
 
 class Scalar(fields.Raw):
@@ -31,7 +64,10 @@ def service() -> FeatureService:
 
 def json_body(model: Model) -> dict[str, Any]:
     """The request's JSON object, validated against `model` (unknown fields refused)."""
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = jsonio.strict_loads(request.get_data(cache=True) or b"null")
+    except ValueError as error:  # orjson's JSONDecodeError is a ValueError too
+        raise InvalidInput(f"the request body is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
     errors = sorted(_validator(model).iter_errors(body), key=lambda e: list(e.path))
@@ -77,10 +113,9 @@ def query_int(name: str, default: int | None, low: int, high: int) -> int | None
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"query parameter {name} must be an integer", {"parameter": name}) from None
+    if not re.fullmatch(r"-?[0-9]{1,20}", raw):
+        raise InvalidInput(f"query parameter {name} must be an integer", {"parameter": name})
+    value = int(raw)
     if not low <= value <= high:
         raise InvalidInput(f"query parameter {name} must be between {low} and {high}",
                            {"parameter": name, "min": low, "max": high})
@@ -89,7 +124,7 @@ def query_int(name: str, default: int | None, low: int, high: int) -> int | None
 
 def checked_id(kind: str, value: Any) -> str:
     """An id of the right shape, else 400 (an unknown but well-formed id is a 404 later)."""
-    if not isinstance(value, str) or not ID_PATTERN[kind].match(value):
+    if not isinstance(value, str) or not ID_PATTERN[kind].fullmatch(value):
         raise InvalidInput(f"{value!r} is not a valid {kind} id", {f"{kind}_id": str(value)[:100]})
     return value
 

@@ -6,7 +6,8 @@ from typing import Any
 from flask import request
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import Scalar, checked_id, json_body, page_dict, paging, query_flag, service
+from app.api.common import (PAGING, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+                             query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.queries import FLAGS, column
 from app.jsonio import frame_records
@@ -19,12 +20,12 @@ etls_ns = Namespace("etls", description="Registered ETLs in the catalog")
 NAMESPACES = [extract_ns, etls_ns]
 
 etl_location = extract_ns.model("EtlLocation", {
-    "repo": fields.String(required=True, max_length=2000, description="a clonable URL or local path"),
+    "repo": fields.String(required=True, min_length=1, max_length=2000, description="a clonable URL or local path"),
     "ref": fields.String(max_length=250, description="branch, tag or commit (default HEAD)"),
-    "path": fields.String(required=True, max_length=1000, description="the .py file inside the repository"),
+    "path": fields.String(required=True, min_length=1, max_length=1000, description="the .py file inside the repository"),
 })
 train_request = extract_ns.model("ExtractTrainRequest", {
-    "query_id": fields.String(required=True, max_length=64),
+    "query_id": fields.String(required=True, min_length=1, max_length=64),
     "etl_path": fields.String(max_length=4000, description=(
         "a path or file:// URL of a .py file in a local git repository, git+<repo-url>@<ref>#<path>, "
         "or an http(s) URL of a .py file")),
@@ -32,21 +33,21 @@ train_request = extract_ns.model("ExtractTrainRequest", {
     "name": fields.String(max_length=200),
 })
 train_response = extract_ns.model("ExtractTrainResponse", {
-    "etl_id": fields.String(description="null unless save=true"),
+    "etl_id": NullableString(description="null unless save=true"),
     "schema": fields.List(fields.Nested(column)),
-    "data": fields.List(fields.Raw, description="feature rows; null when include_data=false"),
+    "data": NullableList(fields.Raw, description="feature rows; null when include_data=false"),
 })
 realtime_request = extract_ns.model("ExtractRealtimeRequest", {
-    "query_id": fields.String(required=True, max_length=64),
-    "etl_id": fields.String(required=True, max_length=64),
-    "index_key": fields.String(required=True, max_length=200),
+    "query_id": fields.String(required=True, min_length=1, max_length=64),
+    "etl_id": fields.String(required=True, min_length=1, max_length=64),
+    "index_key": fields.String(required=True, min_length=1, max_length=200),
     "index_value": Scalar(required=True),
 })
 plan_model = extract_ns.model("EtlPlan", {
     "etl_id": fields.String, "exists": fields.Boolean, "code_sha256": fields.String,
     "source": fields.Raw(description="kind, url, repo, ref, commit, path"),
 })
-source = etls_ns.model("EtlSource", {name: fields.String for name in ("kind", "url", "repo", "ref", "commit", "path")})
+source = etls_ns.model("EtlSource", {name: NullableString for name in ("kind", "url", "repo", "ref", "commit", "path")})
 etl_record = etls_ns.model("EtlRecord", {
     "etl_id": fields.String, "name": fields.String, "query_id": fields.String, "source": fields.Nested(source),
     "code_sha256": fields.String, "schema": fields.List(fields.Nested(column)), "created_by": fields.String,
@@ -72,6 +73,7 @@ def _summary(record: EtlRecord) -> dict[str, Any]:
 
 
 @extract_ns.route("/train")
+@with_errors(extract_ns)
 class ExtractTrain(Resource):
     @extract_ns.expect(train_request)
     @extract_ns.doc(params=FLAGS)
@@ -84,15 +86,15 @@ class ExtractTrain(Resource):
     def post(self):
         """Fetch an ETL from git, run it on the saved query's warehouse result; save=true registers it."""
         body = json_body(train_request)
-        record, frame = service().train_etl(
+        record, schema, frame = service().train_etl(
             checked_id("query", body["query_id"]), _location(body), body.get("name"), query_flag("save", False),
             query_flag("include_data", True), caller())
-        return {"etl_id": record.etl_id if record else None,
-                "schema": record.schema if record else None,
+        return {"etl_id": record.etl_id if record else None, "schema": schema,
                 "data": frame_records(frame) if frame is not None else None}
 
 
 @extract_ns.route("/plan")
+@with_errors(extract_ns)
 class ExtractPlan(Resource):
     @extract_ns.expect(train_request)
     @extract_ns.response(200, "what registering would do: the id, whether it exists, the exact source", plan_model)
@@ -106,6 +108,7 @@ class ExtractPlan(Resource):
 
 
 @extract_ns.route("/realtime")
+@with_errors(extract_ns)
 class ExtractRealtime(Resource):
     @extract_ns.expect(realtime_request)
     @extract_ns.response(200, "the entity's features, in training column order", extract_ns.model(
@@ -125,9 +128,9 @@ class ExtractRealtime(Resource):
 
 
 @etls_ns.route("")
+@with_errors(etls_ns)
 class EtlList(Resource):
-    @etls_ns.doc(params={"offset": "rows to skip", "limit": "page size (1-500)",
-                         "query_id": "only ETLs trained on this query"})
+    @etls_ns.doc(params={**PAGING, "query_id": {"description": "only ETLs trained on this query", "type": "string"}})
     @etls_ns.response(200, "a page of ETLs, newest first", etl_page)
     @allow(*SCIENTIST)
     def get(self):
@@ -139,6 +142,7 @@ class EtlList(Resource):
 
 
 @etls_ns.route("/<string:etl_id>")
+@with_errors(etls_ns)
 class EtlItem(Resource):
     @etls_ns.response(200, "the ETL with its source code", etl_record)
     @etls_ns.response(404, "unknown etl_id")
@@ -149,8 +153,13 @@ class EtlItem(Resource):
 
 
 @etls_ns.route("/<string:etl_id>/skew")
+@with_errors(etls_ns)
 class EtlSkew(Resource):
-    @etls_ns.response(200, "per feature: training vs serving statistics, with flags past the thresholds")
+    @etls_ns.response(200, "per feature: training vs serving statistics, with flags past the thresholds",
+                      etls_ns.model("SkewReport", {
+                          "etl_id": fields.String, "outcomes": fields.Raw, "window_size": fields.Integer,
+                          "min_samples": fields.Integer, "thresholds": fields.Raw,
+                          "flagged": fields.List(fields.String), "features": fields.Raw}))
     @etls_ns.response(404, "unknown etl_id")
     @allow(*SCIENTIST)
     def get(self, etl_id: str):

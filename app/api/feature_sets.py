@@ -7,7 +7,8 @@ from typing import Any
 from flask import current_app
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import Scalar, checked_id, json_body, page_dict, paging
+from app.api.common import (PAGING, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+                             with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
 from app.jsonio import frame_records
@@ -19,12 +20,13 @@ NAMESPACES = [ns]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 create_request = ns.model("FeatureSetCreate", {
-    "name": fields.String(required=True, max_length=100, pattern=NAME.pattern),
-    "query_id": fields.String(required=True, max_length=64),
-    "etl_id": fields.String(required=True, max_length=64),
+    "name": fields.String(required=True, min_length=1, max_length=100, pattern=NAME.pattern),
+    "query_id": fields.String(required=True, min_length=1, max_length=64),
+    "etl_id": fields.String(required=True, min_length=1, max_length=64),
     "features": fields.List(fields.String(max_length=200), max_items=1000,
                             description="output columns of the ETL to serve (default: all)"),
-    "index_key": fields.String(max_length=200, description="the entity key column (default: the query's first)"),
+    "index_key": fields.String(min_length=1, max_length=200,
+                               description="the entity key column (default: the query's first)"),
     "description": fields.String(max_length=2000),
     "tags": fields.List(fields.String(max_length=100), max_items=50),
 })
@@ -32,7 +34,7 @@ version_model = ns.model("FeatureSetVersion", {
     "name": fields.String, "version": fields.Integer, "query_id": fields.String, "etl_id": fields.String,
     "index_key": fields.String, "features": fields.List(fields.String), "description": fields.String,
     "tags": fields.List(fields.String), "created_by": fields.String, "created_at": fields.String,
-    "stage": fields.String(description="production, staging or null"),
+    "stage": NullableString(description="production, staging or null"),
 })
 realtime_request = ns.model("FeatureSetRealtime", {
     "index_value": Scalar(required=True),
@@ -50,7 +52,7 @@ def feature_sets() -> FeatureSets:
 
 
 def checked_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidInput(f"{name[:100]!r} is not a valid feature set name", {"pattern": NAME.pattern})
     return name
 
@@ -60,6 +62,7 @@ def _version(record: FeatureSetRecord) -> dict[str, Any]:
 
 
 @ns.route("")
+@with_errors(ns)
 class FeatureSetList(Resource):
     @ns.expect(create_request)
     @ns.response(201, "a new version", version_model)
@@ -76,7 +79,10 @@ class FeatureSetList(Resource):
             caller())
         return _version(record), 201 if created else 200
 
-    @ns.response(200, "the newest version of each name, alphabetical")
+    @ns.doc(params=PAGING)
+    @ns.response(200, "the newest version of each name, alphabetical", ns.model("FeatureSetPage", {
+        "items": fields.List(fields.Nested(version_model)), "total": fields.Integer, "offset": fields.Integer,
+        "limit": fields.Integer}))
     @allow(*SCIENTIST)
     def get(self):
         """List feature sets (newest version of each)."""
@@ -85,8 +91,10 @@ class FeatureSetList(Resource):
 
 
 @ns.route("/<string:name>")
+@with_errors(ns)
 class FeatureSetVersions(Resource):
-    @ns.response(200, "every version with its stage")
+    @ns.response(200, "every version with its stage", ns.model("FeatureSetVersions", {
+        "name": fields.String, "versions": fields.List(fields.Nested(version_model))}))
     @ns.response(404, "unknown name")
     @allow(*SCIENTIST)
     def get(self, name: str):
@@ -95,6 +103,7 @@ class FeatureSetVersions(Resource):
 
 
 @ns.route("/<string:name>/versions/<int:version>/stage")
+@with_errors(ns)
 class FeatureSetStage(Resource):
     @ns.expect(stage_request)
     @ns.response(200, "the version with its new stage", version_model)
@@ -107,9 +116,12 @@ class FeatureSetStage(Resource):
 
 
 @ns.route("/<string:name>/realtime")
+@with_errors(ns)
 class FeatureSetRealtime(Resource):
     @ns.expect(realtime_request)
-    @ns.response(200, "the entity's features of the set")
+    @ns.response(200, "the entity's features of the set", ns.model("FeatureSetRows", {
+        "name": fields.String, "version": fields.Integer, "schema": fields.List(fields.Raw),
+        "data": fields.List(fields.Raw), "warnings": fields.List(fields.Raw)}))
     @ns.response(404, "unknown name or version, or no hot rows for the entity")
     @ns.response(409, "serving output differs from the training schema")
     @allow(*SERVING)
@@ -123,9 +135,13 @@ class FeatureSetRealtime(Resource):
 
 
 @ns.route("/<string:name>/train")
+@with_errors(ns)
 class FeatureSetTrain(Resource):
     @ns.expect(train_request)
-    @ns.response(200, "the training set of the version")
+    @ns.response(200, "the training set of the version", ns.model("FeatureSetTrainingSet", {
+        "name": fields.String, "version": fields.Integer, "schema": fields.List(fields.Raw),
+        "data": fields.List(fields.Raw)}))
+    @ns.response(404, "unknown name or version")
     @allow(*SCIENTIST)
     def post(self, name: str):
         """The training set of a version: its ETL and fitted state over the warehouse, its features only."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import service
+from app.api.common import service, with_errors
 
 ns = Namespace("health", description="Backend checks")
 NAMESPACES = [ns]
@@ -14,6 +14,7 @@ health = ns.model("Health", {"status": fields.String(enum=["ok", "unavailable"])
 
 
 @ns.route("")
+@with_errors(ns)
 class Health(Resource):
     @ns.response(200, "every backend answers", health)
     @ns.response(503, "a backend does not answer: the error shape, details.checks as above")

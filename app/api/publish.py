@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import query_int, service
+from app.api.common import NullableInteger, query_int, service, with_errors
 from app.auth import ADMIN, allow
 from common.errors import InvalidInput
 
@@ -11,12 +11,13 @@ ns = Namespace("publish", description="Generate demo quote→bind→pay→policy
 NAMESPACES = [ns]
 
 counts = ns.model("PublishCounts", {
-    "n_flows": fields.Integer, "seed": fields.Integer,
+    "n_flows": fields.Integer, "seed": NullableInteger,
     "written": fields.Raw(description="rows written per table", example={"users": 80, "quotes": 100}),
 })
 
 
 @ns.route("")
+@with_errors(ns)
 class Publish(Resource):
     @ns.doc(params={"n_flows": {"description": "how many flows to generate", "type": "integer", "required": True},
                     "seed": {"description": "seed for a reproducible batch", "type": "integer"}})

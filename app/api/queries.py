@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import Scalar, checked_id, json_body, page_dict, paging, query_flag, service
+from app.api.common import (PAGING, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+                             query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.jsonio import frame_records
 from catalog.base import QueryRecord
@@ -20,16 +21,16 @@ train_request = query_ns.model("QueryTrainRequest", {
     "query_name": fields.String(max_length=200, description="a name to find it by"),
 })
 train_response = query_ns.model("QueryTrainResponse", {
-    "query_id": fields.String(description="null unless save=true"),
+    "query_id": NullableString(description="null unless save=true"),
     "schema": fields.List(fields.Nested(column)),
-    "data": fields.List(fields.Raw, description="result rows; null when include_data=false"),
+    "data": NullableList(fields.Raw, description="result rows; null when include_data=false"),
 })
 plan_response = query_ns.model("QueryPlan", {
     "query_id": fields.String, "exists": fields.Boolean, "schema": fields.List(fields.Nested(column)),
 })
 realtime_request = query_ns.model("QueryRealtimeRequest", {
-    "query_id": fields.String(required=True, max_length=64),
-    "index_key": fields.String(required=True, max_length=200, description="an output column of the query"),
+    "query_id": fields.String(required=True, min_length=1, max_length=64),
+    "index_key": fields.String(required=True, min_length=1, max_length=200, description="an output column of the query"),
     "index_value": Scalar(required=True, description="the entity's key (always a bound parameter)"),
 })
 rows_response = query_ns.model("RowsResponse", {"data": fields.List(fields.Raw)})
@@ -46,6 +47,7 @@ FLAGS = {"save": {"description": "keep the query in the catalog", "type": "boole
 
 
 @query_ns.route("/train")
+@with_errors(query_ns)
 class QueryTrain(Resource):
     @query_ns.expect(train_request)
     @query_ns.doc(params=FLAGS)
@@ -63,6 +65,7 @@ class QueryTrain(Resource):
 
 
 @query_ns.route("/plan")
+@with_errors(query_ns)
 class QueryPlan(Resource):
     @query_ns.expect(train_request)
     @query_ns.response(200, "what saving would do: the id, whether it exists, the schema", plan_response)
@@ -74,6 +77,7 @@ class QueryPlan(Resource):
 
 
 @query_ns.route("/realtime")
+@with_errors(query_ns)
 class QueryRealtime(Resource):
     @query_ns.expect(realtime_request)
     @query_ns.response(200, "the entity's rows from hot data", rows_response)
@@ -89,8 +93,9 @@ class QueryRealtime(Resource):
 
 
 @queries_ns.route("")
+@with_errors(queries_ns)
 class QueryList(Resource):
-    @queries_ns.doc(params={"offset": "rows to skip", "limit": "page size (1-500)"})
+    @queries_ns.doc(params=PAGING)
     @queries_ns.response(200, "a page of saved queries, newest first", query_page)
     @allow(*SCIENTIST)
     def get(self):
@@ -100,6 +105,7 @@ class QueryList(Resource):
 
 
 @queries_ns.route("/<string:query_id>")
+@with_errors(queries_ns)
 class QueryItem(Resource):
     @queries_ns.response(200, "the saved query", query_record)
     @queries_ns.response(404, "unknown query_id")
