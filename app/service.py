@@ -21,7 +21,7 @@ from catalog.base import Catalog, EtlRecord, Page, QueryRecord, utc_now
 from app.serving_stats import ServingStats
 from common.errors import (EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch)
-from demo.flows import generate_flows
+from demo.flows import TABLES, generate_flows
 from extraction.etl_runner import EtlRunner
 from extraction.etl_source import EtlFetcher
 from extraction.expectations import check_expectations, validate_expectations
@@ -150,7 +150,7 @@ class FeatureService:
             frame = self.warehouse.query(training_sql, max_rows=self.options.max_response_rows)
         else:
             frame = self.warehouse.query(f"SELECT * FROM ({training_sql}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
-        schema = frame_schema(frame)
+        schema = self._query_schema(prepared, frame)
         record = None
         if save:
             self._check_servable(prepared, schema)
@@ -167,7 +167,7 @@ class FeatureService:
         prepared = prepare_query(sql, self.warehouse.dialect)
         sample = self.warehouse.query(
             f"SELECT * FROM ({prepared.sql_for(self.warehouse.dialect)}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
-        schema = frame_schema(sample)
+        schema = self._query_schema(prepared, sample)
         self._check_servable(prepared, schema)
         query_id = query_id_of(prepared)
         return {"query_id": query_id, "exists": self._exists(self.get_query, query_id), "schema": schema}
@@ -309,6 +309,14 @@ class FeatureService:
         return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable", "checks": checks}
 
     # -- shared steps ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _query_schema(prepared: PreparedQuery, frame: pd.DataFrame) -> list[dict[str, str]]:
+        """The result's logical types; a column with no values to judge (say, no rows yet) takes the
+        type sqlglot infers from the tables' declared types, so its key can still be served."""
+        inferred = dict(prepared.output_types(TABLES) or [])
+        return [dict(column, type=inferred.get(column["name"]) or "null") if column["type"] == "null" else column
+                for column in frame_schema(frame)]
 
     def _registered_etl(self, etl_id: str) -> EtlRecord | None:
         try:

@@ -187,6 +187,8 @@ class SqlCatalog(Catalog):
 
     def __init__(self, url: str):
         self._engine, shared, self._directory = _build_engine(url)
+        database = self._engine.url.database or ""
+        self._file = Path(database).expanduser() if self._directory is not None else None
         self._write_lock: AbstractContextManager[Any] = threading.Lock() if shared else nullcontext()
         self._schema_lock = threading.Lock()
         self._schema_ready = False
@@ -266,7 +268,7 @@ class SqlCatalog(Catalog):
         self._ensure_schema()
         fs = feature_sets.c
         this = (fs.name == name) & (fs.version == version)
-        with _translated(), self._write_lock, self._engine.begin() as conn:
+        with _translated(), self._write_lock, self._writing() as conn:
             if self._engine.dialect.name == "postgresql":
                 conn.execute(sa.select(fs.version).where(fs.name == name).order_by(fs.version).limit(1)
                              .with_for_update())
@@ -287,7 +289,7 @@ class SqlCatalog(Catalog):
         upsert = insert.on_conflict_do_update(index_elements=[serving_stats.c.etl_id],
                                               set_={"updated_at": insert.excluded.updated_at,
                                                     "doc": insert.excluded.doc})
-        with _translated(), self._write_lock, self._engine.begin() as conn:
+        with _translated(), self._write_lock, self._writing() as conn:
             conn.execute(upsert)
 
     def get_serving_stats(self, etl_id: str) -> dict[str, Any] | None:
@@ -304,7 +306,7 @@ class SqlCatalog(Catalog):
                "doc": _doc_without(record, "revoked_at")}
         self._ensure_schema()
         try:
-            with _translated(), self._write_lock, self._engine.begin() as conn:
+            with _translated(), self._write_lock, self._writing() as conn:
                 conn.execute(api_keys.insert().values(**row))
         except exc.IntegrityError as clash:
             raise InvalidInput("an API key with this key_id or key_hash exists",
@@ -328,7 +330,7 @@ class SqlCatalog(Catalog):
     def revoke_api_key(self, key_id: str, revoked_at: str) -> ApiKeyRecord:
         self._ensure_schema()
         this = api_keys.c.key_id == key_id
-        with _translated(), self._write_lock, self._engine.begin() as conn:
+        with _translated(), self._write_lock, self._writing() as conn:
             not_yet = this & api_keys.c.revoked_at.is_(None)  # the first revocation's time is kept
             conn.execute(api_keys.update().where(not_yet).values(revoked_at=revoked_at))
             row = conn.execute(sa.select(api_keys.c.doc, api_keys.c.revoked_at).where(this)).first()
@@ -339,6 +341,7 @@ class SqlCatalog(Catalog):
     # -- health --------------------------------------------------------------
 
     def ping(self) -> None:
+        self._check_file()
         with _translated(), self._engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
@@ -346,6 +349,19 @@ class SqlCatalog(Catalog):
         self._engine.dispose()
 
     # -- helpers -------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """A SQLite file deleted under a running service: pooled connections would go on writing to
+        the unlinked file and every save would vanish at the next start, so refuse instead."""
+        if self._file is not None and self._schema_ready and not self._file.exists():
+            raise BackendUnavailable("catalog", f"the catalog file {self._file} is missing")
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """A write transaction, after checking the SQLite file is still there."""
+        self._check_file()
+        with self._engine.begin() as conn:
+            yield conn
 
     def _ensure_schema(self) -> None:
         """Create missing tables once; a concurrent creator elsewhere is not an error."""
@@ -368,7 +384,7 @@ class SqlCatalog(Catalog):
         self._ensure_schema()
         with _translated(), self._write_lock:
             try:
-                with self._engine.begin() as conn:
+                with self._writing() as conn:
                     conn.execute(table.insert().values(**row))
                 return SimpleNamespace(**row)
             except exc.IntegrityError as clash:

@@ -195,14 +195,22 @@ class EtlFetcher:
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with lock, open(self.cache_dir / f"{key}.lock", "a+b") as lock_file:
-            if fcntl is not None:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield self.cache_dir / key
-            finally:
+        # Waiting for another fetch of the same remote counts against this request's time limit:
+        # callers queued behind a hung remote fail after `timeout`, not after their turn plus it.
+        if not lock.acquire(timeout=self.timeout):
+            raise UpstreamUnavailable(f"the git remote {_redact(remote)} is busy with another fetch that has "
+                                      f"not finished within {self.timeout:g} s", {"remote": _redact(remote)})
+        try:
+            with open(self.cache_dir / f"{key}.lock", "a+b") as lock_file:
                 if fcntl is not None:
-                    fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+                    fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield self.cache_dir / key
+                finally:
+                    if fcntl is not None:
+                        fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        finally:
+            lock.release()
 
     def _update_clone(self, remote: str, clone_dir: Path, ref: str | None, local: bool) -> git.Repo:
         """Clone `remote` bare into `clone_dir`, or fetch into it; a cached full SHA needs no network."""

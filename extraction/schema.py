@@ -35,12 +35,12 @@ _INFERRED = {
 def logical_type(series: pd.Series) -> str:
     """The logical type of a column, judged from its dtype and, for objects, its values."""
     dtype = series.dtype
-    if isinstance(dtype, np.dtype) and len(series):  # fast paths for plain numpy columns (the serving path)
-        if dtype.kind == "b":
+    if isinstance(dtype, np.dtype):  # fast paths for plain numpy columns (the serving path)
+        if dtype.kind == "b":  # numpy bools and ints cannot hold a missing value: the dtype is the type
             return "boolean"
         if dtype.kind in "iu":
             return "integer"
-        if dtype.kind == "f":
+        if dtype.kind == "f" and len(series):
             return "null" if np.isnan(series.to_numpy()).all() else "float"
     if isinstance(dtype, pd.CategoricalDtype):
         return logical_type(pd.Series(dtype.categories)) if len(dtype.categories) else "null"

@@ -177,11 +177,6 @@ def test_concurrent_publishes_never_show_a_torn_flow(make_app, realtime_url):
     assert warehouse == final["data"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG extraction/schema.py:47-48 (logical_type: an all-missing column is 'null', so an empty result types "
-    "every column 'null'), recorded by app/service.py:153-159 (train_query saves that schema) and used by "
-    "app/service.py:116 (_coerce_index_value turns the key into a string for 'null'): a query saved before "
-    "its tables have rows never serves an integer key"))
 def test_query_saved_before_any_publish_serves_rows_published_later(api):
     query_id = api.post("/v1.0/query/train?save=true", {"query": READ_QUERIES["policy_quote"]})["query_id"]
     written = api.put(f"/v1.0/publish?n_flows={FLOWS}&seed=1")["written"]

@@ -319,10 +319,6 @@ def test_sqlite_catalog_file_missing_then_created(make_app, tmp_path):
     assert api.get("/v1.0/health")["status"] == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG catalog/sql.py:341-343 (ping) and 365-378 (_insert_or_get): pooled SQLite connections keep writing "
-    "to a catalog file deleted while the service runs; saves answer 200, health says ok, and every save "
-    "is lost at the next start"))
 def test_sqlite_catalog_file_deleted_while_running(make_app, tmp_path):
     directory = tmp_path / "catalog"
     api = JsonClient(sqlite_catalog_app(make_app, directory).test_client())
@@ -427,10 +423,6 @@ def test_http_etl_url_that_never_answers_is_502_within_the_timeout(remote_setup,
     assert api.get("/v1.0/etls")["total"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG extraction/etl_source.py:192-198 (_repo_lock): registrations of one remote queue on its cache lock "
-    "with no time limit, each then spending the full REMOTE_TIMEOUT_SECONDS, so the n-th concurrent request "
-    "to a hung remote answers after n × the timeout"))
 def test_concurrent_registrations_from_a_hung_git_remote_each_answer_within_the_timeout(remote_setup, silent_port):
     build, _ = remote_setup
     timeout = 1.0
