@@ -30,14 +30,15 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     from app.service import FeatureService, ServiceOptions
     from app.serving_stats import ServingStats
     from catalog import open_catalog
-    from extraction.etl_runner import EtlRunner
+    from extraction.etl_isolation import open_etl_runner
     from extraction.etl_source import EtlFetcher
     from extraction.warehouse import open_warehouse
     from realtime import open_realtime_store
 
     catalog = open_catalog(settings["CATALOG_URL"])
-    warehouse = open_warehouse(settings["WAREHOUSE_URL"])
-    realtime = open_realtime_store(settings["REALTIME_URL"])
+    timeout = settings["QUERY_TIMEOUT_SECONDS"] or None
+    warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout)
+    realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=timeout)
     window_days = settings["REALTIME_WINDOW_DAYS"]
     hydrated = realtime.hydrate(warehouse, int(window_days * 86400) if window_days > 0 else None)
     log.info("realtime store hydrated from the warehouse: %s", hydrated)
@@ -45,7 +46,10 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
                          settings["REMOTE_TIMEOUT_SECONDS"])
     stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
     stats.start()
-    return FeatureService(catalog, warehouse, realtime, fetcher, EtlRunner(), stats,
+    runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
+                             workers=settings["ETL_WORKERS"], memory_mb=settings["ETL_WORKER_MEMORY_MB"],
+                             threads=settings["THREADS"])
+    return FeatureService(catalog, warehouse, realtime, fetcher, runner, stats,
                           ServiceOptions.from_settings(settings))
 
 
@@ -97,5 +101,6 @@ def close_app(app: Flask) -> None:
     service = app.extensions.get("feature_service")
     if service is not None:
         service.stats.stop()
+        service.runner.close()
         for backend in (service.catalog, service.warehouse, service.realtime):
             backend.close()

@@ -80,6 +80,7 @@ def publish(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     finally:
         service.stats.stop()
+        service.runner.close()
         for backend in (service.catalog, service.warehouse, service.realtime):
             backend.close()
     return 0

@@ -100,11 +100,12 @@ class FeatureSets:
         frame, warnings = self.service.realtime_etl(record.query_id, record.etl_id, record.index_key, index_value)
         return record, frame[record.features], warnings
 
-    def training_set(self, name: str, version: int | None = None) -> tuple[FeatureSetRecord, pd.DataFrame]:
+    def training_set(self, name: str, version: int | None = None, row_limit: bool = True
+                     ) -> tuple[FeatureSetRecord, pd.DataFrame]:
         """The set's training set: the stored ETL and state over the warehouse, its features only."""
         record = self.resolve(name, version)
         frame = self.service.etl_training_set(record.etl_id)
-        if len(frame) > self.service.options.max_response_rows:
+        if row_limit and len(frame) > self.service.options.max_response_rows:
             raise ResultTooLarge(f"the training set has {len(frame)} rows, more than a JSON response may carry",
                                  {"rows": len(frame), "max_rows": self.service.options.max_response_rows})
         return record, frame[record.features]

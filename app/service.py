@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import pandas as pd
 
@@ -159,6 +159,15 @@ class FeatureService:
                 schema=schema, created_by=created_by, created_at=utc_now()))
         return record, record.schema if record else schema, frame if include_data else None
 
+    def query_batches(self, sql: str, name: str | None, save: bool, created_by: str = "anonymous"
+                      ) -> tuple[QueryRecord | None, Any, Iterator[Any]]:
+        """Like `train_query`, but the rows come as Arrow record batches straight from the warehouse,
+        with no row limit: (the record if saved, the Arrow schema, the batches)."""
+        record = self.train_query(sql, name, True, False, created_by)[0] if save else None
+        prepared = prepare_query(sql, self.warehouse.dialect)
+        schema, batches = self.warehouse.query_batches(prepared.sql_for(self.warehouse.dialect))
+        return record, schema, batches
+
     def plan_query(self, sql: str) -> dict[str, Any]:
         """What saving `sql` would do, without saving: its id, whether it exists, its schema.
 
@@ -188,7 +197,7 @@ class FeatureService:
     # -- ETLs ------------------------------------------------------------------------------------
 
     def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
-                  include_data: bool = True, created_by: str = "anonymous"
+                  include_data: bool = True, created_by: str = "anonymous", row_limit: bool = True
                   ) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
         """Fetch the ETL, fit and run it on the query's full warehouse result, check its expectations,
         and keep it with its state, schema and statistics."""
@@ -207,7 +216,7 @@ class FeatureService:
         if violations:
             raise ExpectationsFailed(f"the training output breaks {len(violations)} expectation(s) of the ETL",
                                      {"stage": "train", "violations": violations})
-        if include_data and len(features) > self.options.max_response_rows:
+        if include_data and row_limit and len(features) > self.options.max_response_rows:
             raise ResultTooLarge(f"the training set has {len(features)} rows, more than the "
                                  f"{self.options.max_response_rows} a JSON response may carry; "
                                  "save with include_data=false", {"rows": len(features),

@@ -1,7 +1,7 @@
 """Backend URLs: a scheme picks a builder; `dialect+driver` reduces to the dialect."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from common.errors import InvalidInput
 
@@ -23,10 +23,13 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def backend_registry(setting: str, builders: dict[str, Callable[[str], T]]) -> Callable[[str], T]:
-    """A function that opens a backend from its URL, failing clearly on an unknown scheme."""
+def backend_registry(setting: str, builders: dict[str, Callable[..., T]]) -> Callable[..., T]:
+    """A function that opens a backend from its URL, failing clearly on an unknown scheme.
 
-    def open_backend(url: str) -> T:
+    Keyword options (e.g. ``statement_timeout=30.0``) go to the builder unchanged: ``builder(url, **options)``.
+    """
+
+    def open_backend(url: str, **options: Any) -> T:
         scheme = url_scheme(url)
         if scheme == "postgres":
             scheme = "postgresql"
@@ -34,7 +37,7 @@ def backend_registry(setting: str, builders: dict[str, Callable[[str], T]]) -> C
         if builder is None:
             known = ", ".join(sorted(builders))
             raise InvalidInput(f"{setting}: unknown scheme {scheme!r} in {url!r}; known: {known}")
-        return builder(url)
+        return builder(url, **options)
 
     return open_backend
 

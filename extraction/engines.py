@@ -6,14 +6,25 @@ each batch in one transaction, so a reader never sees half a batch. External
 access (files, URLs, extensions) is switched off and the configuration locked
 before any user SQL runs. `SqlAlchemyEngine` serves any SQLAlchemy warehouse
 URL; user queries run in read-only transactions.
+
+With a `statement_timeout`, one shared watchdog thread interrupts a user
+statement still running at its deadline; the caller gets InvalidQuery with code
+``query_timeout`` and the thread's cursor is replaced. The service's own writes
+and bulk reads (append, hydration) run without a limit.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import threading
+import time
 from typing import Any, Iterator, Sequence
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from common.errors import BackendUnavailable, InvalidQuery, ResultTooLarge
 
@@ -32,11 +43,51 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class DuckDBEngine:
-    """A DuckDB database shared by threads: `path` is a file or ``:memory:``."""
+def checked_timeout(seconds: float | None) -> float | None:
+    """A statement time limit in seconds: None (no limit) or a positive finite number."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+        raise ValueError(f"statement_timeout must be a positive number of seconds or None, not {seconds!r}")
+    return float(seconds)
 
-    def __init__(self, path: str, role: str):
+
+def query_timeout(role: str, seconds: float) -> InvalidQuery:
+    """The error of a statement stopped at its time limit (400 ``query_timeout``)."""
+    return InvalidQuery(f"the {role} stopped the query at its time limit of {seconds:g} s",
+                        {"timeout_seconds": seconds}, code="query_timeout")
+
+
+def python_columns(frame: Any, names: list[Any]) -> list[list[Any]]:
+    """The columns of a DataFrame or Arrow table as lists of plain Python values, None for missing (bulk writes).
+
+    Arrow converts whole columns in C (pandas' own Arrow-backed strings without a copy); numpy
+    integers and booleans without missing values take numpy's faster `tolist`.
+    """
+    if hasattr(frame, "to_pydict"):  # Arrow
+        return [frame.column(name).to_pylist() for name in names]
+    columns = []
+    for name in names:
+        series = frame[name]
+        if isinstance(series.dtype, np.dtype) and series.dtype.kind in "biu":
+            columns.append(series.to_numpy().tolist())
+        else:  # NaN, None, pd.NA and NaT all become None
+            try:
+                columns.append(pa.array(series, from_pandas=True).to_pylist())
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects: one by one
+                columns.append(series.astype(object).where(series.notna(), None).tolist())
+    return columns
+
+
+class DuckDBEngine:
+    """A DuckDB database shared by threads: `path` is a file or ``:memory:``.
+
+    `statement_timeout` (seconds, None for no limit) bounds each `query`.
+    """
+
+    def __init__(self, path: str, role: str, statement_timeout: float | None = None):
         self.role = role
+        self.statement_timeout = checked_timeout(statement_timeout)
         self._write_lock = threading.Lock()
         self._local = threading.local()
         try:
@@ -88,17 +139,55 @@ class DuckDBEngine:
         return {table: len(frame) for table, frame in frames.items()}
 
     def query(self, sql: str, params: Sequence[Any] = (), max_rows: int | None = None) -> pd.DataFrame:
-        """Run one SELECT statement (DuckDB's own parser checks it too); with `max_rows`, refuse longer results."""
+        """Run one SELECT statement (DuckDB's own parser checks it too); with `max_rows`, refuse longer results.
+
+        It runs in a transaction that is always rolled back, so even a write that slipped past
+        both parsers (DuckDB runs a DELETE inside a CTE) leaves nothing behind.
+        """
         with self._translated():
-            cursor = self._cursor()
-            statements = cursor.extract_statements(sql)
-            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-                kinds = [statement.type.name for statement in statements]
-                raise InvalidQuery(f"the {self.role} runs exactly one SELECT statement, not {kinds}")
-            cursor = cursor.execute(sql, list(params))
-            if max_rows is None:
-                return cursor.df()
-            return _bounded_frame(_duckdb_chunks(cursor), max_rows)
+            cursor = self._checked_select(sql)
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                with self._time_limit(cursor):
+                    result = cursor.execute(sql, list(params))
+                    if max_rows is None:
+                        return result.df()
+                    return _bounded_frame(_duckdb_chunks(result), max_rows)
+            finally:
+                _rollback(cursor)
+
+    def batches(self, sql: str, rows: int) -> tuple[Any, Iterator[Any]]:
+        """Run one SELECT and stream it as Arrow record batches of `rows`: (schema, batches).
+
+        The statement starts under the time limit; the stream itself is read at the caller's pace.
+        """
+        with self._translated():
+            cursor = self._checked_select(sql)
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                with self._time_limit(cursor):
+                    reader = cursor.sql(sql).to_arrow_reader(rows)
+            except BaseException:
+                _rollback(cursor)
+                raise
+
+        def stream() -> Iterator[Any]:
+            try:
+                with self._translated():
+                    yield from reader
+            finally:
+                _rollback(cursor)
+
+        return reader.schema, stream()
+
+    def _checked_select(self, sql: str) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor, once DuckDB's own parser agrees `sql` is exactly one SELECT."""
+        cursor = self._cursor()
+        statements = cursor.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            kinds = [statement.type.name for statement in statements]
+            raise InvalidQuery(f"the {self.role} runs exactly one SELECT statement, not {kinds}")
+        return cursor
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement and return an Arrow table (for bulk copies)."""
@@ -114,6 +203,102 @@ class DuckDBEngine:
 
     def _translated(self) -> "_DuckDBErrors":
         return _DuckDBErrors(self.role)
+
+    def _time_limit(self, cursor: duckdb.DuckDBPyConnection) -> "_TimeLimit":
+        return _TimeLimit(self, cursor)
+
+    def _replace_cursor(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        """Drop this thread's cursor (after an interrupt); the next statement gets a fresh one."""
+        if getattr(self._local, "cursor", None) is cursor:
+            self._local.cursor = None
+        try:
+            cursor.close()
+        except duckdb.Error:
+            pass
+
+
+class _TimeLimit:
+    """Run one statement under the engine's time limit; an interrupt by the watchdog is query_timeout."""
+
+    __slots__ = ("engine", "cursor", "watch")
+
+    def __init__(self, engine: DuckDBEngine, cursor: duckdb.DuckDBPyConnection):
+        self.engine, self.cursor, self.watch = engine, cursor, None
+
+    def __enter__(self) -> None:
+        if self.engine.statement_timeout is not None:
+            self.watch = _WATCHDOG.start(self.cursor, self.engine.statement_timeout)
+
+    def __exit__(self, kind: type | None, error: BaseException | None, _tb: Any) -> bool:
+        if self.watch is None or not _WATCHDOG.finish(self.watch):
+            return False
+        self.engine._replace_cursor(self.cursor)  # interrupted: a fresh cursor for the next statement
+        if isinstance(error, duckdb.InterruptException):
+            raise query_timeout(self.engine.role, self.engine.statement_timeout) from None
+        return False  # it finished just before the interrupt landed, or failed for another reason
+
+
+class _Watch:
+    """One statement under watch: its cursor, and whether the watchdog interrupted it."""
+
+    __slots__ = ("cursor", "running", "fired")
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection):
+        self.cursor: duckdb.DuckDBPyConnection | None = cursor
+        self.running, self.fired = True, False
+
+
+class _Watchdog:
+    """One daemon thread for the process that interrupts DuckDB statements still running at their deadline.
+
+    Starting and finishing a watch costs a lock and a heap push; finished watches are dropped when
+    their deadline passes. The thread wakes at most every `GRANULARITY` seconds, so a statement may
+    run that much past its limit.
+    """
+
+    GRANULARITY = 0.01
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._deadlines: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def start(self, cursor: duckdb.DuckDBPyConnection, seconds: float) -> _Watch:
+        watch = _Watch(cursor)
+        deadline = time.monotonic() + seconds
+        with self._condition:
+            first = not self._deadlines or deadline < self._deadlines[0][0]
+            heapq.heappush(self._deadlines, (deadline, next(self._order), watch))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="duckdb-statement-watchdog", daemon=True)
+                self._thread.start()
+            elif first:
+                self._condition.notify()
+        return watch
+
+    def finish(self, watch: _Watch) -> bool:
+        """Stop watching; True if the statement was interrupted."""
+        with self._condition:
+            watch.running, watch.cursor = False, None  # the heap keeps the entry until its deadline, not the cursor
+            return watch.fired
+
+    def _run(self) -> None:
+        with self._condition:
+            while True:
+                now = time.monotonic()
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    watch = heapq.heappop(self._deadlines)[2]
+                    if watch.running and watch.cursor is not None:
+                        watch.fired = True
+                        watch.cursor.interrupt()
+                if self._deadlines:
+                    self._condition.wait(max(self._deadlines[0][0] - now, self.GRANULARITY))
+                else:
+                    self._condition.wait()
+
+
+_WATCHDOG = _Watchdog()
 
 
 class _DuckDBErrors:
@@ -131,6 +316,13 @@ class _DuckDBErrors:
         if isinstance(error, _DUCKDB_BAD_QUERY):
             raise InvalidQuery(f"the {self.role} rejected the query: {error}") from None
         raise BackendUnavailable(self.role, error) from None
+
+
+def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cursor.execute("ROLLBACK")
+    except duckdb.Error:  # interrupted and replaced by the time limit, or no transaction left
+        pass
 
 
 def _duckdb_chunks(cursor: duckdb.DuckDBPyConnection) -> Iterator[pd.DataFrame]:

@@ -19,7 +19,9 @@ class RealtimeStore(ABC):
     parameter; return the DataFrame dtypes the warehouse's DuckDB engine would
     (bool/boolean, int64/Int64, float64, str), so ETLs see the same input online and
     offline; write each batch in one transaction (no reader sees half a flow); and
-    keep nothing on disk: `hydrate` rebuilds it from the warehouse.
+    keep nothing on disk: `hydrate` rebuilds it from the warehouse. A store built with
+    ``statement_timeout=seconds`` stops any `lookup`, `check` or query running longer with
+    InvalidQuery code ``query_timeout`` (400) and keeps answering; its own writes have no limit.
     """
 
     dialect: str  # the sqlglot dialect saved queries are transpiled to

@@ -26,10 +26,11 @@ class DuckDBRealtimeStore(RealtimeStore):
 
     dialect = "duckdb"
 
-    def __init__(self, url: str = "duckdb:///:memory:"):
+    def __init__(self, url: str = "duckdb:///:memory:", *, statement_timeout: float | None = None):
+        """`statement_timeout`: seconds a lookup, check or query may run (None: no limit); appends have none."""
         if duckdb_path(url) != ":memory:":
             raise InvalidInput(f"REALTIME_URL must be an in-memory database (duckdb:///:memory:), not {url!r}")
-        self.engine = DuckDBEngine(":memory:", ROLE)
+        self.engine = DuckDBEngine(":memory:", ROLE, statement_timeout=statement_timeout)
         self.engine.create_tables(TABLES, INDEX_COLUMNS)
 
     def append(self, frames: dict[str, Any]) -> dict[str, int]:

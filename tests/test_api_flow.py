@@ -184,3 +184,14 @@ def test_plan_says_what_a_save_would_do_and_saves_nothing(api, repo):
 def test_schema_without_data_or_save(api):
     body = api.post("/v1.0/query/train?include_data=false", {"query": "SELECT 1 AS one"})
     assert body == {"query_id": None, "schema": [{"name": "one", "type": "integer"}], "data": None}
+
+
+@pytest.mark.parametrize("isolation", ["process"])
+def test_walkthrough_with_isolated_etl_workers(make_app, tmp_path, repo, isolation):
+    api = JsonClient(make_app(tmp_path / "data", ETL_ISOLATION=isolation, ETL_WORKERS=1,
+                              ETL_WORKER_MEMORY_MB=1024).test_client())
+    trained = train_walkthrough(api, repo, etl="etls/fitted_features.py")
+    user_id, offline = next(iter(trained["features_by_user"].items()))
+    online = api.post("/v1.0/extract/realtime", {"query_id": trained["query_id"], "etl_id": trained["etl_id"],
+                                                 "index_key": "user_id", "index_value": user_id})["data"]
+    assert online == [offline]

@@ -10,6 +10,7 @@ from app.api.common import (PAGING, NullableList, NullableString, Scalar, checke
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.queries import FLAGS, column
+from app.arrowio import arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from app.service import EtlLocation
 from catalog.base import EtlRecord
@@ -86,9 +87,12 @@ class ExtractTrain(Resource):
     def post(self):
         """Fetch an ETL from git, run it on the saved query's warehouse result; save=true registers it."""
         body = json_body(train_request)
+        arrow = wants_arrow()
         record, schema, frame = service().train_etl(
             checked_id("query", body["query_id"]), _location(body), body.get("name"), query_flag("save", False),
-            query_flag("include_data", True), caller())
+            arrow or query_flag("include_data", True), caller(), row_limit=not arrow)
+        if arrow:
+            return arrow_response(*frame_batches(frame), {"X-Etl-Id": record.etl_id} if record else {})
         return {"etl_id": record.etl_id if record else None, "schema": schema,
                 "data": frame_records(frame) if frame is not None else None}
 

@@ -11,6 +11,7 @@ from app.api.common import (PAGING, NullableString, Scalar, checked_id, json_bod
                              with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
+from app.arrowio import arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import FeatureSetRecord
 from common.errors import InvalidInput
@@ -146,6 +147,9 @@ class FeatureSetTrain(Resource):
     def post(self, name: str):
         """The training set of a version: its ETL and fitted state over the warehouse, its features only."""
         body = json_body(train_request)
-        record, frame = feature_sets().training_set(checked_name(name), body.get("version"))
+        arrow = wants_arrow()
+        record, frame = feature_sets().training_set(checked_name(name), body.get("version"), row_limit=not arrow)
+        if arrow:
+            return arrow_response(*frame_batches(frame), {"X-Feature-Set-Version": str(record.version)})
         return {"name": record.name, "version": record.version, "schema": feature_sets().schema(record),
                 "data": frame_records(frame)}

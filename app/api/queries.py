@@ -6,6 +6,7 @@ from flask_restx import Namespace, Resource, fields
 from app.api.common import (PAGING, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
+from app.arrowio import arrow_response, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import QueryRecord
 
@@ -43,7 +44,10 @@ query_page = queries_ns.model("QueryPage", {
     "offset": fields.Integer, "limit": fields.Integer,
 })
 FLAGS = {"save": {"description": "keep the query in the catalog", "type": "boolean", "default": False},
-         "include_data": {"description": "return the rows", "type": "boolean", "default": True}}
+         "include_data": {"description": "return the rows", "type": "boolean", "default": True},
+         "format": {"description": "'arrow': stream the rows as Arrow IPC (no row limit; ids in X-Query-Id / "
+                                   "X-Etl-Id headers); also Accept: application/vnd.apache.arrow.stream",
+                    "type": "string", "enum": ["json", "arrow"], "default": "json"}}
 
 
 @query_ns.route("/train")
@@ -57,6 +61,10 @@ class QueryTrain(Resource):
     def post(self):
         """Run a query on the warehouse; with save=true keep it (same SQL, same id)."""
         body = json_body(train_request)
+        if wants_arrow():
+            record, schema, batches = service().query_batches(body["query"], body.get("query_name"),
+                                                              query_flag("save", False), caller())
+            return arrow_response(schema, batches, {"X-Query-Id": record.query_id} if record else {})
         include_data = query_flag("include_data", True)
         record, schema, frame = service().train_query(body["query"], body.get("query_name"),
                                                       query_flag("save", False), include_data, caller())
