@@ -78,9 +78,16 @@ class FeatureStore:
         return self._http.call("PUT", "/publish", retry=False, params=params)
 
     def query_train(self, query: str, name: str | None = None, save: bool = False,
-                    include_data: bool = True) -> TrainingResult:
-        """Run SQL on the warehouse; `save` keeps it (same SQL, same `query_id`)."""
+                    include_data: bool = True, arrow: bool = False) -> TrainingResult:
+        """Run SQL on the warehouse; `save` keeps it (same SQL, same `query_id`).
+
+        `arrow=True` streams the rows as Arrow IPC (no row limit, read straight into a DataFrame).
+        """
         body = {"query": query, **({"query_name": name} if name is not None else {})}
+        if arrow:
+            table, headers = self._http.call("POST", "/query/train", retry=True, body=body,
+                                             params={**_flags(save, True), "format": "arrow"})
+            return TrainingResult(headers.get("X-Query-Id"), None, None, table.to_pandas())
         payload = self._http.call("POST", "/query/train", retry=True, body=body,
                                   params=_flags(save, include_data))
         return self._training(payload, payload.get("query_id"), None)
@@ -93,7 +100,8 @@ class FeatureStore:
 
     def extract_train(self, query_id: str, etl_path: str | os.PathLike[str] | None = None, *,
                       repo: str | None = None, ref: str | None = None, path: str | None = None,
-                      name: str | None = None, save: bool = False, include_data: bool = True) -> TrainingResult:
+                      name: str | None = None, save: bool = False, include_data: bool = True,
+                      arrow: bool = False) -> TrainingResult:
         """Run an ETL from git on a saved query's result; `save` registers it (`etl_id`).
 
         Give `etl_path` (a file in a local repository, ``git+<url>@<ref>#<path>``, or an
@@ -109,6 +117,10 @@ class FeatureStore:
             body["etl"] = {"repo": repo, "path": path, **({"ref": ref} if ref else {})}
         if name is not None:
             body["name"] = name
+        if arrow:
+            table, headers = self._http.call("POST", "/extract/train", retry=True, body=body,
+                                             params={**_flags(save, True), "format": "arrow"})
+            return TrainingResult(query_id, headers.get("X-Etl-Id"), None, table.to_pandas())
         payload = self._http.call("POST", "/extract/train", retry=True, body=body,
                                   params=_flags(save, include_data))
         return self._training(payload, query_id, payload.get("etl_id"))
@@ -193,9 +205,15 @@ class FeatureStore:
         frame.attrs.update(version=payload["version"], warnings=payload.get("warnings", []))
         return frame
 
-    def feature_set_train(self, name: str, version: int | None = None) -> pd.DataFrame:
-        """The training set of a feature-set version, its features only."""
+    def feature_set_train(self, name: str, version: int | None = None, arrow: bool = False) -> pd.DataFrame:
+        """The training set of a feature-set version, its features only (`arrow`: streamed, no row limit)."""
         body = {} if version is None else {"version": int(version)}
+        if arrow:
+            table, headers = self._http.call("POST", f"/feature-sets/{quote(name, safe='')}/train", retry=True,
+                                             body=body, params={"format": "arrow"})
+            frame = table.to_pandas()
+            frame.attrs["version"] = int(headers["X-Feature-Set-Version"])
+            return frame
         payload = self._http.call("POST", f"/feature-sets/{quote(name, safe='')}/train", retry=True, body=body)
         frame = records_frame(payload["data"], payload.get("schema"))
         frame.attrs["version"] = payload["version"]

@@ -71,9 +71,16 @@ class Transport:
         self.session.close()
 
 
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
 def _payload(response: requests.Response) -> Any:
     if not response.ok:
         raise error_from_response(response)
+    if response.headers.get("Content-Type", "").startswith(ARROW_STREAM):
+        import pyarrow as pa  # only clients that ask for Arrow need pyarrow
+
+        return pa.ipc.open_stream(response.content).read_all(), response.headers
     try:
         return response.json()
     except ValueError:

@@ -384,3 +384,13 @@ def test_feature_sets_and_skew_through_the_client(store, trained):
     assert report["etl_id"] == etl_id and report["outcomes"]["served"] >= 1
     with pytest.raises(client.NotFound):
         store.feature_set_realtime("no-such-set", user)
+
+
+@pytest.mark.slow
+def test_training_sets_as_arrow_through_the_client(store, trained):
+    as_arrow = store.extract_train(trained.query.query_id, trained.repo.file("etls/quote_features.py"),
+                                   save=True, arrow=True)
+    assert as_arrow.etl_id == trained.extract.etl_id
+    pd.testing.assert_frame_equal(as_arrow.data, trained.extract.data, check_dtype=False)
+    rows = store.query_train(FOUR_TABLE_QUERY, arrow=True)
+    assert rows.query_id is None and len(rows.data) == len(trained.query.data)

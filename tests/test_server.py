@@ -42,3 +42,25 @@ def test_readme_settings_table_is_current():
     readme = (ROOT / "README.md").read_text()
     start, end = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
     assert readme[readme.index(start) + len(start):readme.index(end)] == settings_table()
+
+
+@pytest.mark.slow
+def test_worker_threads_share_one_realtime_store(tmp_path):
+    """The production server runs one process with THREADS workers: a publish through one connection
+    is what every other worker serves at once (no per-worker copy to fall out of step)."""
+    import concurrent.futures
+
+    with running_server(tmp_path / "data", THREADS="4") as base:
+        session = requests.Session()
+        query = {"query": "SELECT count(*) AS quotes, 1 AS k FROM quotes"}
+        query_id = session.post(f"{base}/v1.0/query/train?save=true", json=query, timeout=10).json()["query_id"]
+        lookup = {"query_id": query_id, "index_key": "k", "index_value": 1}
+
+        def count(_: int) -> int:
+            with requests.Session() as own:  # its own connection: likely another worker thread
+                return own.post(f"{base}/v1.0/query/realtime", json=lookup, timeout=10).json()["data"][0]["quotes"]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for published in (50, 100, 150):
+                session.put(f"{base}/v1.0/publish", params={"n_flows": 50}, timeout=30).raise_for_status()
+                assert set(pool.map(count, range(16))) == {published}
