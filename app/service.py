@@ -270,7 +270,9 @@ class FeatureService:
         except SchemaMismatch:
             window.record(None, "schema_mismatch")
             raise
-        features = features[[column["name"] for column in etl.schema]]
+        names = [column["name"] for column in etl.schema]
+        if list(features.columns) != names:  # reorder only when needed: a copy costs ~0.2 ms per request
+            features = features[names]
         violations = check_expectations(features, etl.expectations)
         if violations:
             window.record(None, "expectation_violations")

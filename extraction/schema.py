@@ -89,11 +89,15 @@ def served_schema(frame: pd.DataFrame) -> list[Column]:
     On the request path: numpy bool and integer columns are typed from their dtype alone.
     """
     schema = []
+    unique = frame.columns.is_unique
     for position, (name, dtype) in enumerate(frame.dtypes.items()):
         if len(frame) and isinstance(dtype, np.dtype) and dtype.kind in "biu":
             schema.append({"name": str(name), "type": "boolean" if dtype.kind == "b" else "integer"})
+        elif len(frame) and isinstance(dtype, pd.StringDtype):
+            column = frame[name] if unique else frame.iloc[:, position]
+            schema.append({"name": str(name), "type": "null" if column.isna().all() else "string"})
         else:
-            schema.append({"name": str(name), **column_type(frame.iloc[:, position])})
+            schema.append({"name": str(name), **column_type(frame[name] if unique else frame.iloc[:, position])})
     return schema
 
 
