@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import pytest
 import requests
 
 from demo.flows import generate_flows
-from tests.fixtures_server import ROOT, free_port
+from tests.fixtures_server import live_process
 
 pytestmark = pytest.mark.slow
 
@@ -54,38 +53,13 @@ class Service:
 
 @contextlib.contextmanager
 def live_service(data_dir: Path, startup_seconds: float = 60.0, **settings: str) -> Iterator[Service]:
-    """Like tests.fixtures_server.running_server, but yields the process too, so a test can kill -9 it."""
-    port = free_port()
-    env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "off",
-           **settings}
-    for name in ("CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL"):
-        env.pop(name, None)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"server-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    service = Service(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + startup_seconds
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                requests.get(f"{service.base}/v1.0/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "the server did not answer: " + log_path.read_text()
-                time.sleep(0.05)
-        yield service
-    finally:
-        service.session.close()
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+    """`tests.fixtures_server.live_process`, with a session, so a test can kill -9 the process."""
+    with live_process(data_dir, startup_seconds, **settings) as live:
+        service = Service(live.base, live.process, live.log_path)
+        try:
+            yield service
+        finally:
+            service.session.close()
 
 
 class Restarts:
