@@ -46,6 +46,11 @@ class RealtimeStore(ABC):
         """Release the database."""
 
     def hydrate(self, warehouse: Warehouse, window_seconds: int | None, now: int | None = None) -> dict[str, int]:
-        """Copy the rows of the last `window_seconds` (all rows when None) from the warehouse."""
+        """Copy the rows of the last `window_seconds` (all rows when None) from the warehouse.
+
+        One table at a time, so only one table's rows are held in memory at once (this runs before
+        the service answers, so no reader can see a table loaded before the next).
+        """
         since = None if window_seconds is None else int(now if now is not None else time.time()) - window_seconds
-        return self.append({table: warehouse.recent_rows(table, TIME_COLUMNS[table], since) for table in TABLES})
+        return {table: self.append({table: warehouse.recent_rows(table, TIME_COLUMNS[table], since)})[table]
+                for table in TABLES}
