@@ -1,6 +1,7 @@
 """The Flask application factory: settings, stores built once, the API, one error shape."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,20 +36,25 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     from extraction.warehouse import open_warehouse
     from realtime import open_realtime_store
 
-    catalog = open_catalog(settings["CATALOG_URL"])
     timeout = settings["QUERY_TIMEOUT_SECONDS"] or None
-    warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout)
-    realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=timeout)
-    window_days = settings["REALTIME_WINDOW_DAYS"]
-    hydrated = realtime.hydrate(warehouse, int(window_days * 86400) if window_days > 0 else None)
-    log.info("realtime store hydrated from the warehouse: %s", hydrated)
-    fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
-                         settings["REMOTE_TIMEOUT_SECONDS"])
-    stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
-    stats.start()
-    runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
-                             workers=settings["ETL_WORKERS"], memory_mb=settings["ETL_WORKER_MEMORY_MB"],
-                             threads=settings["THREADS"])
+    with contextlib.ExitStack() as opened:  # a failed step closes what the earlier ones opened
+        catalog = open_catalog(settings["CATALOG_URL"])
+        opened.callback(catalog.close)
+        warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout)
+        opened.callback(warehouse.close)
+        realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=timeout)
+        opened.callback(realtime.close)
+        window_days = settings["REALTIME_WINDOW_DAYS"]
+        hydrated = realtime.hydrate(warehouse, int(window_days * 86400) if window_days > 0 else None)
+        log.info("realtime store hydrated from the warehouse: %s", hydrated)
+        fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
+                             settings["REMOTE_TIMEOUT_SECONDS"])
+        runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
+                                 workers=settings["ETL_WORKERS"], memory_mb=settings["ETL_WORKER_MEMORY_MB"],
+                                 threads=settings["THREADS"])
+        stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
+        stats.start()
+        opened.pop_all()
     return FeatureService(catalog, warehouse, realtime, fetcher, runner, stats,
                           ServiceOptions.from_settings(settings))
 
@@ -66,9 +72,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     from app.feature_sets import FeatureSets
 
-    app.extensions["feature_service"] = build_service(settings)
-    app.extensions["feature_sets"] = FeatureSets(app.extensions["feature_service"])
-    _set_up_auth(settings, app.extensions["feature_service"].catalog)
+    service = app.extensions["feature_service"] = build_service(settings)
+    app.extensions["feature_sets"] = FeatureSets(service)
+    try:
+        _set_up_auth(settings, service.catalog)
+    except BaseException:  # e.g. an ADMIN_KEY too short: nothing stays open behind the error
+        service.close()
+        raise
     app.register_blueprint(build_blueprint())
 
     @app.errorhandler(HTTPException)
@@ -100,7 +110,4 @@ def close_app(app: Flask) -> None:
     """Release every backend the app opened."""
     service = app.extensions.get("feature_service")
     if service is not None:
-        service.stats.stop()
-        service.runner.close()
-        for backend in (service.catalog, service.warehouse, service.realtime):
-            backend.close()
+        service.close()

@@ -79,10 +79,7 @@ def publish(args: argparse.Namespace) -> int:
             print(f"\rpublished {done}/{args.n_flows} flows", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
     finally:
-        service.stats.stop()
-        service.runner.close()
-        for backend in (service.catalog, service.warehouse, service.realtime):
-            backend.close()
+        service.close()
     return 0
 
 

@@ -149,7 +149,7 @@ class FeatureService:
         if include_data:
             frame = self.warehouse.query(training_sql, max_rows=self.options.max_response_rows)
         else:
-            frame = self.warehouse.query(f"SELECT * FROM ({training_sql}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
+            frame = self._sample(prepared)
         schema = self._query_schema(prepared, frame)
         record = None
         if save:
@@ -174,9 +174,7 @@ class FeatureService:
         Runs the same checks as a save (parse, a sample on the warehouse, the realtime store).
         """
         prepared = prepare_query(sql, self.warehouse.dialect)
-        sample = self.warehouse.query(
-            f"SELECT * FROM ({prepared.sql_for(self.warehouse.dialect)}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
-        schema = self._query_schema(prepared, sample)
+        schema = self._query_schema(prepared, self._sample(prepared))
         self._check_servable(prepared, schema)
         query_id = query_id_of(prepared)
         return {"query_id": query_id, "exists": self._exists(self.get_query, query_id), "schema": schema}
@@ -319,7 +317,19 @@ class FeatureService:
                 checks[name] = {"ok": False, "error": error.message}
         return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable", "checks": checks}
 
+    def close(self) -> None:
+        """Save serving statistics, stop ETL workers and release every backend."""
+        self.stats.stop()
+        self.runner.close()
+        for backend in (self.catalog, self.warehouse, self.realtime):
+            backend.close()
+
     # -- shared steps ----------------------------------------------------------------------------
+
+    def _sample(self, prepared: PreparedQuery) -> pd.DataFrame:
+        """The first SAMPLE_ROWS rows of a query: enough to learn its schema without the whole result."""
+        return self.warehouse.query(
+            f"SELECT * FROM ({prepared.sql_for(self.warehouse.dialect)}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
 
     @staticmethod
     def _query_schema(prepared: PreparedQuery, frame: pd.DataFrame) -> list[dict[str, str]]:

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from tests.conftest import JsonClient
-from tests.walkthrough import FOUR_TABLE_QUERY, example_repo, train_walkthrough
+from tests.walkthrough import example_repo, train_walkthrough
 
 RAISING_ETL = textwrap.dedent('''\
     from extraction.etl_contract import BaseEtl

@@ -143,3 +143,12 @@ def test_cli_creates_lists_and_revokes_keys(tmp_path, make_app):
     cli("revoke", key_id)
     admin.get("/v1.0/keys", 401)
     assert "revoked" in cli("list")
+
+
+def test_a_short_admin_key_fails_the_start_and_releases_the_stores(make_app, tmp_path):
+    from common.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="ADMIN_KEY"):
+        make_app(tmp_path / "data", AUTH="on", ADMIN_KEY="short")
+    # The DuckDB warehouse file was closed: a new app can open it in this same process.
+    assert make_app(tmp_path / "data", AUTH="on").test_client().get("/v1.0/health").status_code == 200
