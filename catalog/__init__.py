@@ -1,10 +1,11 @@
 """Catalog stores: the backend is picked by the scheme of `CATALOG_URL`."""
 from __future__ import annotations
 
-from catalog.base import ApiKeyRecord, Catalog, EtlRecord, EtlSource, FeatureSetRecord, Page, QueryRecord
+from catalog.base import (ApiKeyRecord, Catalog, EtlRecord, EtlSource, FeatureSetRecord, Page, QueryRecord,
+                          SourceRecord)
 from common.urls import backend_registry
 
-__all__ = ["ApiKeyRecord", "Catalog", "EtlRecord", "EtlSource", "FeatureSetRecord", "Page", "QueryRecord",
+__all__ = ["ApiKeyRecord", "Catalog", "EtlRecord", "EtlSource", "FeatureSetRecord", "Page", "QueryRecord", "SourceRecord",
            "open_catalog"]
 
 

@@ -88,6 +88,50 @@ class EtlRecord:
 
 
 STAGES = ("production", "staging")
+SOURCE_KINDS = ("table", "request")
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One immutable version of a declared source: a table of raw events the user owns.
+
+    `columns` are ``{"name", "type", "nullable"}`` with logical types; `table` is the warehouse
+    table that holds the rows (the source's name unless adopted under another); `kind` is
+    ``"table"`` (rows stored and served from the realtime store) or ``"request"`` (in serving, the
+    caller supplies the rows). Versions only grow by compatible changes (see `sources.definition`).
+    """
+
+    name: str
+    version: int
+    table: str
+    columns: list[dict[str, Any]]
+    entity_keys: list[str]
+    event_time: str
+    created_time: str | None = None
+    hot_window_seconds: int | None = None
+    kind: str = "table"
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    owner: str = ""
+    created_by: str = "anonymous"
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SourceRecord":
+        return cls(**_known_fields(cls, data))
+
+    def definition(self) -> tuple:
+        """What makes two versions the same (everything but version, who and when)."""
+        return (self.table, tuple((c["name"], c["type"], bool(c.get("nullable", True))) for c in self.columns),
+                tuple(self.entity_keys), self.event_time, self.created_time, self.hot_window_seconds, self.kind,
+                self.description, tuple(self.tags), self.owner)
+
+    def column_types(self) -> list[tuple[str, str]]:
+        """(column, logical type) in declared order: what the SQL layer types queries with."""
+        return [(c["name"], c["type"]) for c in self.columns]
 
 
 @dataclass(frozen=True)
@@ -154,12 +198,12 @@ class Page(Generic[T]):
 class Catalog(ABC):
     """Keeps saved queries, ETLs, feature sets, serving statistics and API keys. Every backend must:
 
-    - make `save_query`, `save_etl` and `save_feature_set` put-if-absent and atomic: the id's
+    - make `save_query`, `save_etl`, `save_feature_set` and `save_source` put-if-absent and atomic: the id's
       first record wins, is returned to every later or concurrent caller, and a failed save
       leaves nothing behind (`save_serving_stats` replaces; `save_api_key` refuses duplicates);
     - raise `common.errors.NotFound` from `get_query`/`get_etl` for an unknown id;
-    - list queries and ETLs newest first (by `created_at`, then id), feature sets by name
-      (code-point order), API keys oldest first; a negative offset or limit is InvalidInput,
+    - list queries and ETLs newest first (by `created_at`, then id), feature sets and sources by
+      name (code-point order), API keys oldest first; a negative offset or limit is InvalidInput,
       `limit=0` returns only the total;
     - open without failing when the server is down (only a malformed URL fails); calls fail
       with BackendUnavailable until it is back, and then work again without a restart;
@@ -216,6 +260,20 @@ class Catalog(ABC):
         NotFound for an unknown name or version, InvalidInput for a stage not in STAGES; the
         change is atomic where the backend allows.
         """
+
+    # -- sources -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def save_source(self, record: SourceRecord) -> SourceRecord:
+        """Store `record` unless (name, version) exists; return the stored record (put-if-absent, atomic)."""
+
+    @abstractmethod
+    def source_versions(self, name: str) -> list[SourceRecord]:
+        """Every version of the source `name`, oldest first; [] when the name is unknown."""
+
+    @abstractmethod
+    def list_sources(self, offset: int = 0, limit: int = 50) -> Page[SourceRecord]:
+        """The newest version of each source, names in code-point order, paged over names."""
 
     # -- serving statistics --------------------------------------------------------------------
 
