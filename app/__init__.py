@@ -30,11 +30,12 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     """Open every backend named by the settings (failing fast) and hydrate the realtime store."""
     from app.service import FeatureService, ServiceOptions
     from app.serving_stats import ServingStats
+    from app.sources import SourceService
     from catalog import open_catalog
     from extraction.etl_isolation import open_etl_runner
     from extraction.etl_source import EtlFetcher
-    from extraction.warehouse import open_warehouse
     from realtime import open_realtime_store
+    from warehouse import open_warehouse
 
     timeout = settings["QUERY_TIMEOUT_SECONDS"] or None
     with contextlib.ExitStack() as opened:  # a failed step closes what the earlier ones opened
@@ -44,9 +45,13 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
         opened.callback(warehouse.close)
         realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=timeout)
         opened.callback(realtime.close)
-        window_days = settings["REALTIME_WINDOW_DAYS"]
-        hydrated = realtime.hydrate(warehouse, int(window_days * 86400) if window_days > 0 else None)
-        log.info("realtime store hydrated from the warehouse: %s", hydrated)
+        sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
+        if sources.load():  # else the catalog is down: sources load (and hydrate) on first use
+            if settings["DEMO_SOURCES"]:
+                from demo.publishing import declare_demo_sources
+
+                declare_demo_sources(sources)
+            log.info("realtime store hydrated from the warehouse: %s", sources.hydrate())
         fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
                              settings["REMOTE_TIMEOUT_SECONDS"])
         runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
@@ -54,9 +59,12 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
                                  threads=settings["THREADS"])
         stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
         stats.start()
+        service = FeatureService(catalog, warehouse, realtime, sources, fetcher, runner, stats,
+                                 ServiceOptions.from_settings(settings))
+        service.index_saved_queries()
+        sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"])
         opened.pop_all()
-    return FeatureService(catalog, warehouse, realtime, fetcher, runner, stats,
-                          ServiceOptions.from_settings(settings))
+    return service
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

@@ -19,17 +19,17 @@ import pandas as pd
 
 from catalog.base import Catalog, EtlRecord, Page, QueryRecord, utc_now
 from app.serving_stats import ServingStats
-from common.errors import (EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
+from app.sources import SourceService
+from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch)
-from demo.flows import TABLES, generate_flows
 from extraction.etl_runner import EtlRunner
 from extraction.etl_source import EtlFetcher
 from extraction.expectations import check_expectations, validate_expectations
 from extraction.schema import compare_schemas, frame_schema, served_schema
 from extraction.stats import frame_stats, skew_report
 from extraction.sql import PreparedQuery, prepare_query
-from extraction.warehouse import Warehouse
 from realtime.base import RealtimeStore
+from warehouse import Warehouse
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -122,9 +122,10 @@ def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
 class FeatureService:
     """Queries, ETLs, publishing and health over the catalog, warehouse and realtime store."""
 
-    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore,
+    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore, sources: SourceService,
                  fetcher: EtlFetcher, runner: EtlRunner, stats: ServingStats, options: ServiceOptions):
         self.catalog = catalog
+        self.sources = sources
         self.warehouse = warehouse
         self.realtime = realtime
         self.fetcher = fetcher
@@ -145,9 +146,8 @@ class FeatureService:
         unless `include_data`).
         """
         prepared = prepare_query(sql, self.warehouse.dialect)
-        training_sql = prepared.sql_for(self.warehouse.dialect)
         if include_data:
-            frame = self.warehouse.query(training_sql, max_rows=self.options.max_response_rows)
+            frame = self.warehouse.query(self._training_sql(prepared), max_rows=self.options.max_response_rows)
         else:
             frame = self._sample(prepared)
         schema = self._query_schema(prepared, frame)
@@ -165,7 +165,7 @@ class FeatureService:
         with no row limit: (the record if saved, the Arrow schema, the batches)."""
         record = self.train_query(sql, name, True, False, created_by)[0] if save else None
         prepared = prepare_query(sql, self.warehouse.dialect)
-        schema, batches = self.warehouse.query_batches(prepared.sql_for(self.warehouse.dialect))
+        schema, batches = self.warehouse.query_batches(self._training_sql(prepared))
         return record, schema, batches
 
     def plan_query(self, sql: str) -> dict[str, Any]:
@@ -204,7 +204,7 @@ class FeatureService:
         etl_id = etl_id_of(query_id, fetched.code_sha256)
         expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
         validate_expectations(expectations)
-        raw = self.warehouse.query(prepare_query(query.sql, self.warehouse.dialect).sql_for(self.warehouse.dialect))
+        raw = self.warehouse.query(self._training_sql(prepare_query(query.sql, self.warehouse.dialect)))
         # A registered ETL keeps the state it was first fitted with (that is what serving uses), so
         # registering it again returns training rows computed with that state, never a refit.
         registered = self._registered_etl(etl_id)
@@ -242,7 +242,7 @@ class FeatureService:
         """A registered ETL's training set now: its stored code and fitted state on the warehouse."""
         etl = self.get_etl(etl_id)
         query = self.get_query(etl.query_id)
-        raw = self.warehouse.query(prepare_query(query.sql, self.warehouse.dialect).sql_for(self.warehouse.dialect))
+        raw = self.warehouse.query(self._training_sql(prepare_query(query.sql, self.warehouse.dialect)))
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         return features[[column["name"] for column in etl.schema if column["name"] in features.columns]]
 
@@ -296,14 +296,14 @@ class FeatureService:
     # -- data and health -------------------------------------------------------------------------
 
     def publish(self, n_flows: int, seed: int | None = None) -> dict[str, int]:
-        """Generate `n_flows` demo flows and write each to the warehouse, then the realtime store."""
+        """Generate `n_flows` demo flows and ingest them into the demo's declared sources (declared on
+        first use), every table in one transaction per store."""
+        from demo.publishing import publish_flows
+
         if not 1 <= n_flows <= self.options.max_publish_flows:
             raise InvalidInput(f"n_flows must be between 1 and {self.options.max_publish_flows}",
                                {"n_flows": n_flows, "max": self.options.max_publish_flows})
-        frames = generate_flows(n_flows, seed=seed)
-        counts = self.warehouse.append(frames)
-        self.realtime.append(frames)
-        return counts
+        return publish_flows(self.sources, n_flows, seed)
 
     def health(self) -> dict[str, Any]:
         """Each backend's state: ok, or the error that reaching it gave."""
@@ -318,24 +318,63 @@ class FeatureService:
         return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable", "checks": checks}
 
     def close(self) -> None:
-        """Save serving statistics, stop ETL workers and release every backend."""
+        """Save serving statistics, stop the evictor and ETL workers, and release every backend."""
         self.stats.stop()
+        self.sources.stop()
         self.runner.close()
         for backend in (self.catalog, self.warehouse, self.realtime):
             backend.close()
+
+    def index_saved_queries(self) -> None:
+        """Index the realtime store on the columns every saved query joins on (on start)."""
+        declared, offset = self.sources.tables(), 0
+        while True:
+            try:
+                page = self.catalog.list_queries(offset, 200)
+            except BackendUnavailable:
+                return  # the catalog is down at start: queries saved later index their own columns
+            for query in page.items:
+                try:
+                    joined = prepare_query(query.sql, self.warehouse.dialect).join_columns(declared)
+                except InvalidInput:
+                    continue
+                for table, column in joined:
+                    if table in self.realtime.sources:
+                        self.realtime.index(table, column)
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return
 
     # -- shared steps ----------------------------------------------------------------------------
 
     def _sample(self, prepared: PreparedQuery) -> pd.DataFrame:
         """The first SAMPLE_ROWS rows of a query: enough to learn its schema without the whole result."""
         return self.warehouse.query(
-            f"SELECT * FROM ({prepared.sql_for(self.warehouse.dialect)}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
+            f"SELECT * FROM ({self._training_sql(prepared)}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
 
-    @staticmethod
-    def _query_schema(prepared: PreparedQuery, frame: pd.DataFrame) -> list[dict[str, str]]:
+    def _training_sql(self, prepared: PreparedQuery) -> str:
+        """The query as the warehouse runs it, each source read from its warehouse table."""
+        return prepared.sql_with_tables(self.warehouse.dialect, self.sources.warehouse_tables())
+
+    def query_warnings(self, sql: str) -> list[dict[str, Any]]:
+        """Train/serve differences a saved query carries: each source it reads with a hot window
+        (serving sees only the window, training every row unless asked to respect it)."""
+        prepared = prepare_query(sql, self.warehouse.dialect)
+        warnings = []
+        for name in prepared.table_names():
+            source = self.sources.get(name) if name in self.sources.tables() else None
+            if source is not None and source.hot_window_seconds is not None:
+                warnings.append({
+                    "code": "hot_window", "source": name, "hot_window_seconds": source.hot_window_seconds,
+                    "message": f"serving reads only the last {source.hot_window_seconds} s of {name!r}; training "
+                               "reads all of it unless the training request sets hot_window=true. Aggregates "
+                               "over a longer history will differ."})
+        return warnings
+
+    def _query_schema(self, prepared: PreparedQuery, frame: pd.DataFrame) -> list[dict[str, str]]:
         """The result's logical types; a column with no values to judge (say, no rows yet) takes the
         type sqlglot infers from the tables' declared types, so its key can still be served."""
-        inferred = dict(prepared.output_types(TABLES) or [])
+        inferred = dict(prepared.output_types(self.sources.tables()) or [])
         return [dict(column, type=inferred.get(column["name"]) or "null") if column["type"] == "null" else column
                 for column in frame_schema(frame)]
 
@@ -381,12 +420,23 @@ class FeatureService:
                                  {"stage": stage, **ids, **diff.to_dict()})
 
     def _check_servable(self, prepared: PreparedQuery, schema: list[dict[str, str]]) -> None:
-        """Refuse, at save time, a query the realtime store cannot run or would type differently."""
+        """Refuse, at save time, a query over undeclared tables, or one the realtime store cannot run or
+        would type differently; index the columns it joins on."""
+        declared = self.sources.tables()
+        undeclared = [name for name in prepared.table_names() if name not in declared]
+        if undeclared:
+            raise InvalidQuery(f"the query reads table(s) {undeclared} that are not declared sources; declare each "
+                               "with POST /v1.0/sources (with columns, or adopting the warehouse table as it is) "
+                               "before saving the query", {"undeclared_tables": undeclared})
+        request_sources = [name for name in prepared.table_names() if self.sources.get(name).kind != "table"]
         try:
             served_types = self.realtime.check(prepared)
         except InvalidInput as error:
             raise InvalidQuery("the query runs on the warehouse but not on the realtime store, so it could "
                                f"not be served: {error.message}") from None
+        for table, column in sorted(prepared.join_columns(declared)):
+            if table not in request_sources:
+                self.realtime.index(table, column)
         served = [{"name": name, "type": kind} for name, kind in served_types or [] if kind is not None]
         diff = compare_schemas([c for c in schema if c["name"] in {s["name"] for s in served}], served)
         if diff.type_changed:

@@ -34,8 +34,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Default: duckdb:///$DATA_DIR/warehouse.duckdb."),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
-    Setting("REALTIME_WINDOW_DAYS", 30.0, "Days of recent rows copied from the warehouse into the realtime "
-            "store on start; 0 copies everything.", float),
+    Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "
+            "start; otherwise the first publish declares them.", _flag),
+    Setting("LOAD_DIR", None, "Folder whose Parquet and CSV files POST /sources/<name>/load may read (nothing "
+            "outside it). Default: $DATA_DIR/load."),
+    Setting("EVICT_INTERVAL_SECONDS", 60.0, "How often rows past their source's hot window are deleted from the "
+            "realtime store (they are never served in between); 0 never deletes.", float),
+    Setting("MAX_INGEST_BYTES", 1_073_741_824, "Largest body of POST /sources/<name>/rows and one Arrow upload; "
+            "larger gets 413.", int),
     Setting("HOST", "127.0.0.1", "Address the server listens on."),
     Setting("PORT", 8080, "Port the server listens on.", int),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
@@ -87,6 +93,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     values["DATA_DIR"] = data_dir
     values["CATALOG_URL"] = values["CATALOG_URL"] or f"sqlite:///{data_dir}/catalog.db"
     values["WAREHOUSE_URL"] = values["WAREHOUSE_URL"] or f"duckdb:///{data_dir}/warehouse.duckdb"
+    values["LOAD_DIR"] = os.path.abspath(values["LOAD_DIR"] or os.path.join(data_dir, "load"))
     return values
 
 

@@ -22,7 +22,8 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from demo.flows import generate_flows
-from extraction.warehouse import DuckDBWarehouse, SqlAlchemyWarehouse
+from warehouse.duckdb import DuckDBWarehouse
+from warehouse.sql import SqlAlchemyWarehouse
 from realtime.duckdb_store import DuckDBRealtimeStore
 from realtime.sqlite_store import SqliteRealtimeStore
 from tests.walkthrough import FOUR_TABLE_QUERY

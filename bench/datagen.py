@@ -179,7 +179,7 @@ def generate_chunk(n_users: int, seed: int, chunk: int, now: int) -> dict[str, p
 def build_warehouse(out: Path, n_users: int, seed: int = 1, chunk_users: int = 100_000,
                     now: int | None = None, log: Any = print) -> dict[str, Any]:
     """Write `n_users` users (and their rows) into ``out/warehouse.duckdb`` in chunks; return the manifest."""
-    from extraction.warehouse import open_warehouse
+    from warehouse import open_warehouse
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "warehouse.duckdb"

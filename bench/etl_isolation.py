@@ -45,7 +45,7 @@ def data(users: int, rows: int) -> tuple[Any, list[Any]]:
 
     from demo.flows import generate_flows
     from extraction.sql import prepare_query
-    from extraction.warehouse import open_warehouse
+    from warehouse import open_warehouse
     from realtime import open_realtime_store
 
     query = (ROOT / "examples" / "four_table_join.sql").read_text()

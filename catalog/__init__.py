@@ -5,8 +5,8 @@ from catalog.base import (ApiKeyRecord, Catalog, EtlRecord, EtlSource, FeatureSe
                           SourceRecord)
 from common.urls import backend_registry
 
-__all__ = ["ApiKeyRecord", "Catalog", "EtlRecord", "EtlSource", "FeatureSetRecord", "Page", "QueryRecord", "SourceRecord",
-           "open_catalog"]
+__all__ = ["ApiKeyRecord", "Catalog", "EtlRecord", "EtlSource", "FeatureSetRecord", "Page", "QueryRecord",
+           "SourceRecord", "open_catalog"]
 
 
 def _sql_catalog(url: str) -> Catalog:

@@ -14,7 +14,8 @@ Documents are the record's fields with ``_id`` set to the record id; a unique
 index on ``queries.sql_hash`` makes the same SQL converge on one query, one on
 ``api_keys.key_hash`` refuses a second key with the same secret. Feature sets
 are ``_id = "name@version"``; a unique index on (name, stage), partial to string
-stages, keeps one version per stage and name. Serving statistics are
+stages, keeps one version per stage and name. Sources are ``_id = "name@version"``
+too, with a unique index on (name, version). Serving statistics are
 ``{"_id": etl_id, "updated_at", "stats"}``, replaced whole.
 
 Serving statistics are stored as their JSON round trip, so every backend gives
@@ -33,7 +34,7 @@ import pymongo
 from pymongo import errors
 
 from catalog.base import (STAGES, ApiKeyRecord, Catalog, EtlRecord, FeatureSetRecord, Page, QueryRecord,
-                          utc_now)
+                          SourceRecord, utc_now)
 from common.errors import BackendUnavailable, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def _check_paging(offset: int, limit: int) -> None:
         raise InvalidInput("offset and limit must not be negative", {"offset": offset, "limit": limit})
 
 
-def _feature_set_id(name: str, version: int) -> str:
+def _versioned_id(name: str, version: int) -> str:
+    """The `_id` of a feature set or source version."""
     return f"{name}@{version}"
 
 
@@ -106,8 +108,8 @@ def _fields(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class MongoCatalog(Catalog):
-    """Queries, ETLs, feature sets, serving statistics and API keys in MongoDB collections
-    ``queries``, ``etls``, ``feature_sets``, ``serving_stats`` and ``api_keys``."""
+    """Queries, ETLs, feature sets, sources, serving statistics and API keys in MongoDB collections
+    ``queries``, ``etls``, ``feature_sets``, ``sources``, ``serving_stats`` and ``api_keys``."""
 
     def __init__(self, url: str):
         self._client, name, mock = _client(url)
@@ -115,6 +117,7 @@ class MongoCatalog(Catalog):
         self._queries = db["queries"]
         self._etls = db["etls"]
         self._feature_sets = db["feature_sets"]
+        self._sources = db["sources"]
         self._serving_stats = db["serving_stats"]
         self._api_keys = db["api_keys"]
         self._write_lock: AbstractContextManager[Any] = threading.Lock() if mock else nullcontext()
@@ -154,29 +157,15 @@ class MongoCatalog(Catalog):
     # -- feature sets --------------------------------------------------------
 
     def save_feature_set(self, record: FeatureSetRecord) -> FeatureSetRecord:
-        key = _feature_set_id(record.name, record.version)
+        key = _versioned_id(record.name, record.version)
         doc = {**_record_doc(record, key), "stage": None}
         return FeatureSetRecord.from_dict(self._insert_or_get(self._feature_sets, doc, [{"_id": key}]))
 
     def feature_set_versions(self, name: str) -> list[FeatureSetRecord]:
-        self._ensure_indexes()
-        with _translated():
-            docs = list(self._feature_sets.find({"name": name}).sort("version", pymongo.ASCENDING))
-        return [FeatureSetRecord.from_dict(_fields(doc)) for doc in docs]
+        return self._versions(self._feature_sets, name, FeatureSetRecord.from_dict)
 
     def list_feature_sets(self, offset: int = 0, limit: int = 50) -> Page[FeatureSetRecord]:
-        _check_paging(offset, limit)
-        self._ensure_indexes()
-        newest_per_name = [{"$sort": {"name": pymongo.ASCENDING, "version": pymongo.DESCENDING}},
-                           {"$group": {"_id": "$name", "doc": {"$first": "$$ROOT"}}},
-                           {"$sort": {"_id": pymongo.ASCENDING}}]
-        with _translated():
-            counted = list(self._feature_sets.aggregate([{"$group": {"_id": "$name"}}, {"$count": "names"}]))
-            total = counted[0]["names"] if counted else 0
-            # $limit must be positive, so a zero limit reads nothing
-            groups = list(self._feature_sets.aggregate(
-                [*newest_per_name, {"$skip": offset}, {"$limit": limit}])) if limit else []
-        return Page([FeatureSetRecord.from_dict(_fields(group["doc"])) for group in groups], total, offset, limit)
+        return self._newest_per_name(self._feature_sets, offset, limit, FeatureSetRecord.from_dict)
 
     def set_feature_set_stage(self, name: str, version: int, stage: str | None) -> FeatureSetRecord:
         """Take `stage` from the other versions of `name` and set it on `version`, in one transaction
@@ -188,7 +177,7 @@ class MongoCatalog(Catalog):
         """
         _check_stage(stage)
         self._ensure_indexes()
-        key = _feature_set_id(name, version)
+        key = _versioned_id(name, version)
 
         def move(session: Any) -> dict[str, Any]:
             if self._feature_sets.find_one({"_id": key}, session=session) is None:
@@ -208,6 +197,18 @@ class MongoCatalog(Catalog):
                     attempts_left -= 1
                     if not attempts_left:
                         raise
+
+    # -- sources -------------------------------------------------------------
+
+    def save_source(self, record: SourceRecord) -> SourceRecord:
+        key = _versioned_id(record.name, record.version)
+        return SourceRecord.from_dict(self._insert_or_get(self._sources, _record_doc(record, key), [{"_id": key}]))
+
+    def source_versions(self, name: str) -> list[SourceRecord]:
+        return self._versions(self._sources, name, SourceRecord.from_dict)
+
+    def list_sources(self, offset: int = 0, limit: int = 50) -> Page[SourceRecord]:
+        return self._newest_per_name(self._sources, offset, limit, SourceRecord.from_dict)
 
     # -- serving statistics --------------------------------------------------
 
@@ -284,6 +285,8 @@ class MongoCatalog(Catalog):
             self._feature_sets.create_index([("name", pymongo.ASCENDING), ("stage", pymongo.ASCENDING)],
                                             unique=True, partialFilterExpression={"stage": {"$type": "string"}},
                                             name="one_version_per_stage")
+            self._sources.create_index([("name", pymongo.ASCENDING), ("version", pymongo.ASCENDING)],
+                                       unique=True, name="name_version_unique")
             self._api_keys.create_index("key_hash", unique=True, name="key_hash_unique")
             self._api_keys.create_index(OLDEST_FIRST, name="oldest")
         self._indexes_ready = True
@@ -326,6 +329,30 @@ class MongoCatalog(Catalog):
         if doc is None:
             raise NotFound(f"no {kind} with id {key!r}", {kind + "_id": key})
         return _fields(doc)
+
+    def _versions(self, collection: Any, name: str, parse: Callable[[dict[str, Any]], R]) -> list[R]:
+        """Every version of `name` in a (name, version) keyed collection, oldest first, parsed."""
+        self._ensure_indexes()
+        with _translated():
+            docs = list(collection.find({"name": name}).sort("version", pymongo.ASCENDING))
+        return [parse(_fields(doc)) for doc in docs]
+
+    def _newest_per_name(self, collection: Any, offset: int, limit: int,
+                         parse: Callable[[dict[str, Any]], R]) -> Page[R]:
+        """The newest version of each name in a (name, version) keyed collection, names in code point
+        order, paged over names; `total` counts the names."""
+        _check_paging(offset, limit)
+        self._ensure_indexes()
+        newest_per_name = [{"$sort": {"name": pymongo.ASCENDING, "version": pymongo.DESCENDING}},
+                           {"$group": {"_id": "$name", "doc": {"$first": "$$ROOT"}}},
+                           {"$sort": {"_id": pymongo.ASCENDING}}]
+        with _translated():
+            counted = list(collection.aggregate([{"$group": {"_id": "$name"}}, {"$count": "names"}]))
+            total = counted[0]["names"] if counted else 0
+            # $limit must be positive, so a zero limit reads nothing
+            groups = list(collection.aggregate(
+                [*newest_per_name, {"$skip": offset}, {"$limit": limit}])) if limit else []
+        return Page([parse(_fields(group["doc"])) for group in groups], total, offset, limit)
 
     def _page(self, collection: Any, offset: int, limit: int, where: dict[str, Any],
               parse: Callable[[dict[str, Any]], R]) -> Page[R]:

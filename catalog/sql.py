@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
 from catalog.base import (STAGES, ApiKeyRecord, Catalog, EtlRecord, FeatureSetRecord, Page, QueryRecord,
-                          utc_now)
+                          SourceRecord, utc_now)
 from common.errors import BackendUnavailable, InvalidInput, NotFound
 from common.urls import sqlalchemy_url
 
@@ -76,6 +76,15 @@ feature_sets = sa.Table(
     sa.Column("created_at", sa.String(64), nullable=False),
     sa.Column("doc", sa.Text, nullable=False),
     sa.UniqueConstraint("name", "stage", name="uq_feature_sets_one_version_per_stage"),
+)
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("created_at", sa.String(64), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
 )
 
 serving_stats = sa.Table(
@@ -163,6 +172,10 @@ def _feature_set(row: Any) -> FeatureSetRecord:
     return FeatureSetRecord.from_dict({**json.loads(row.doc), "stage": row.stage})
 
 
+def _source(row: Any) -> SourceRecord:
+    return SourceRecord.from_dict(json.loads(row.doc))
+
+
 def _api_key(row: Any) -> ApiKeyRecord:
     return ApiKeyRecord.from_dict({**json.loads(row.doc), "revoked_at": row.revoked_at})
 
@@ -182,7 +195,7 @@ def _json_text(stats: dict[str, Any]) -> str:
 
 
 class SqlCatalog(Catalog):
-    """Queries, ETLs, feature sets, serving statistics and API keys in a SQL database
+    """Queries, ETLs, feature sets, sources, serving statistics and API keys in a SQL database
     (``sqlite:///…`` or ``postgresql://…``)."""
 
     def __init__(self, url: str):
@@ -236,25 +249,10 @@ class SqlCatalog(Catalog):
         return _feature_set(self._insert_or_get(feature_sets, row, [this]))
 
     def feature_set_versions(self, name: str) -> list[FeatureSetRecord]:
-        self._ensure_schema()
-        versions = (sa.select(feature_sets.c.doc, feature_sets.c.stage).where(feature_sets.c.name == name)
-                    .order_by(feature_sets.c.version))
-        with _translated(), self._engine.connect() as conn:
-            return [_feature_set(row) for row in conn.execute(versions)]
+        return self._versions(feature_sets, name, _feature_set)
 
     def list_feature_sets(self, offset: int = 0, limit: int = 50) -> Page[FeatureSetRecord]:
-        _check_paging(offset, limit)
-        self._ensure_schema()
-        fs = feature_sets.c
-        newest = (sa.select(fs.name, sa.func.max(fs.version).label("version")).group_by(fs.name)
-                  .order_by(self._by_code_point(fs.name)).offset(offset).limit(limit).subquery())
-        items = (sa.select(fs.doc, fs.stage)
-                 .join(newest, (fs.name == newest.c.name) & (fs.version == newest.c.version))
-                 .order_by(self._by_code_point(fs.name)))
-        with _translated(), self._engine.connect() as conn:
-            total = conn.execute(sa.select(sa.func.count(sa.distinct(fs.name)))).scalar_one()
-            rows = conn.execute(items).all() if limit else []
-        return Page([_feature_set(row) for row in rows], total, offset, limit)
+        return self._newest_per_name(feature_sets, offset, limit, _feature_set)
 
     def set_feature_set_stage(self, name: str, version: int, stage: str | None) -> FeatureSetRecord:
         """One transaction: take `stage` from the other versions of `name`, then set it on `version`.
@@ -278,6 +276,20 @@ class SqlCatalog(Catalog):
             if conn.execute(feature_sets.update().where(this).values(stage=stage)).rowcount == 0:
                 raise NotFound(f"no feature set {name!r} version {version}", {"name": name, "version": version})
             return _feature_set(conn.execute(sa.select(fs.doc, fs.stage).where(this)).one())
+
+    # -- sources -------------------------------------------------------------
+
+    def save_source(self, record: SourceRecord) -> SourceRecord:
+        row = {"name": record.name, "version": record.version, "created_at": record.created_at,
+               "doc": json.dumps(record.to_dict())}
+        this = (sources.c.name == record.name) & (sources.c.version == record.version)
+        return _source(self._insert_or_get(sources, row, [this]))
+
+    def source_versions(self, name: str) -> list[SourceRecord]:
+        return self._versions(sources, name, _source)
+
+    def list_sources(self, offset: int = 0, limit: int = 50) -> Page[SourceRecord]:
+        return self._newest_per_name(sources, offset, limit, _source)
 
     # -- serving statistics --------------------------------------------------
 
@@ -406,6 +418,29 @@ class SqlCatalog(Catalog):
         if doc is None:
             raise NotFound(f"no {kind} with id {key!r}", {kind + "_id": key})
         return json.loads(doc)
+
+    def _versions(self, table: sa.Table, name: str, parse: Callable[[Any], R]) -> list[R]:
+        """Every row of `name` in a (name, version) keyed table, oldest version first, parsed."""
+        self._ensure_schema()
+        versions = sa.select(table).where(table.c.name == name).order_by(table.c.version)
+        with _translated(), self._engine.connect() as conn:
+            return [parse(row) for row in conn.execute(versions)]
+
+    def _newest_per_name(self, table: sa.Table, offset: int, limit: int, parse: Callable[[Any], R]) -> Page[R]:
+        """The newest version of each name in a (name, version) keyed table, names in code point
+        order, paged over names; `total` counts the names."""
+        _check_paging(offset, limit)
+        self._ensure_schema()
+        t = table.c
+        newest = (sa.select(t.name, sa.func.max(t.version).label("version")).group_by(t.name)
+                  .order_by(self._by_code_point(t.name)).offset(offset).limit(limit).subquery())
+        items = (sa.select(table)
+                 .join(newest, (t.name == newest.c.name) & (t.version == newest.c.version))
+                 .order_by(self._by_code_point(t.name)))
+        with _translated(), self._engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count(sa.distinct(t.name)))).scalar_one()
+            rows = conn.execute(items).all() if limit else []
+        return Page([parse(row) for row in rows], total, offset, limit)
 
     def _page(self, table: sa.Table, offset: int, limit: int, where: Any,
               parse: Callable[[dict[str, Any]], R]) -> Page[R]:

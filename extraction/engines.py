@@ -14,12 +14,13 @@ and bulk reads (append, hydration) run without a limit.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -28,8 +29,6 @@ import pyarrow as pa
 
 from common.errors import BackendUnavailable, InvalidQuery, ResultTooLarge
 
-DUCKDB_TYPES = {"string": "VARCHAR", "integer": "BIGINT", "boolean": "BOOLEAN", "float": "DOUBLE",
-                "timestamp": "TIMESTAMP"}
 _DUCKDB_BAD_QUERY = (
     duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException,
     duckdb.InvalidInputException, duckdb.PermissionException, duckdb.OutOfRangeException,
@@ -41,6 +40,11 @@ _DUCKDB_BAD_QUERY = (
 def quote_identifier(name: str) -> str:
     """A SQL identifier in double quotes, inner quotes doubled: the one way names enter SQL text."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _qualified(table: str) -> str:
+    """``schema.table`` or ``table``, each part quoted."""
+    return ".".join(quote_identifier(part) for part in table.split("."))
 
 
 def checked_timeout(seconds: float | None) -> float | None:
@@ -90,15 +94,24 @@ class DuckDBEngine:
         self.statement_timeout = checked_timeout(statement_timeout)
         self._write_lock = threading.Lock()
         self._local = threading.local()
+        self._write_cursor: duckdb.DuckDBPyConnection | None = None
         try:
             self._connection = duckdb.connect(path, config={
                 "enable_external_access": False,
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
             })
+            self._connection.execute("SET TimeZone = 'UTC'")  # timestamps reach pandas as UTC, whatever the host's zone
             self._connection.execute("SET lock_configuration = true")
         except duckdb.Error as error:
             raise BackendUnavailable(role, error) from None
+
+    def _writer(self) -> duckdb.DuckDBPyConnection:
+        """The one cursor the service's own writes use (under the write lock), apart from readers' cursors,
+        so a write never meets a reader's unfinished stream on the same thread."""
+        if self._write_cursor is None:
+            self._write_cursor = self._connection.cursor()
+        return self._write_cursor
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
@@ -106,35 +119,55 @@ class DuckDBEngine:
             cursor = self._local.cursor = self._connection.cursor()
         return cursor
 
-    def create_tables(self, tables: dict[str, list[tuple[str, str]]], indexes: dict[str, list[str]]) -> None:
-        """Create each table (and index) that does not exist yet."""
-        with self._write_lock:
-            cursor = self._cursor()
-            for table, columns in tables.items():
-                body = ", ".join(f"{quote_identifier(c)} {DUCKDB_TYPES[t]}" for c, t in columns)
-                cursor.execute(f"CREATE TABLE IF NOT EXISTS {quote_identifier(table)} ({body})")
-                for column in indexes.get(table, []):
-                    index = quote_identifier(f"{table}_{column}_idx")
-                    cursor.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {quote_identifier(table)} "
-                                   f"({quote_identifier(column)})")
+    def create_function(self, name: str, function: Any, parameters: list[str], returns: str) -> None:
+        """Register a Python scalar function (volatile: evaluated at every call, never folded)."""
+        self._connection.create_function(name, function, parameters, returns, side_effects=True)
 
-    def append(self, frames: dict[str, Any]) -> dict[str, int]:
-        """Insert DataFrames or Arrow tables by column name, all tables in one transaction."""
+    def execute_ddl(self, statements: list[str]) -> None:
+        """Run the service's own schema statements (CREATE, ALTER), serialized with writes."""
         with self._write_lock, self._translated():
-            cursor = self._cursor()
-            views = []
+            cursor = self._writer()
+            for statement in statements:
+                cursor.execute(statement)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside one write transaction: committed if the block returns, else rolled back."""
+        with self._write_lock, self._translated():
+            cursor = self._writer()
             cursor.execute("BEGIN TRANSACTION")
             try:
-                for table, frame in frames.items():
-                    views.append(f"_incoming_{table}")
-                    cursor.register(views[-1], frame)
-                    cursor.execute(f"INSERT INTO {quote_identifier(table)} BY NAME SELECT * FROM {views[-1]}")
-                cursor.execute("COMMIT")
+                yield cursor
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
+            cursor.execute("COMMIT")
+
+    def append(self, frames: dict[str, Any], abort_if: Callable[[Any], bool] | None = None) -> dict[str, int] | None:
+        """Insert DataFrames or Arrow tables by column name, all tables in one transaction; rows per table.
+
+        `abort_if(cursor)`, if given, runs first inside the transaction: if it returns true, nothing
+        is written and the result is None.
+        """
+        views = {table: f"_fs_incoming_{i}" for i, table in enumerate(frames)}
+        with self._write_lock, self._translated():
+            cursor = self._writer()
+            try:
+                for table, view in views.items():
+                    cursor.register(view, frames[table])
+                cursor.execute("BEGIN TRANSACTION")
+                try:
+                    if abort_if is not None and abort_if(cursor):
+                        cursor.execute("ROLLBACK")
+                        return None
+                    for table, view in views.items():
+                        cursor.execute(f"INSERT INTO {_qualified(table)} BY NAME SELECT * FROM {view}")
+                    cursor.execute("COMMIT")
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
             finally:  # after COMMIT/ROLLBACK: unregistering inside an aborted transaction would fail
-                for view in views:
+                for view in views.values():
                     cursor.unregister(view)
         return {table: len(frame) for table, frame in frames.items()}
 

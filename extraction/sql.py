@@ -20,6 +20,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sqlglot.optimizer.qualify import qualify
 
 from common.errors import InvalidQuery
+from common.logical_types import SQLGLOT as SQLGLOT_TYPES
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
@@ -56,6 +57,30 @@ class PreparedQuery:
         None as a whole when the query cannot be typed against `tables` (an unknown table, say).
         """
         return _output_types(self, tuple((t, tuple(c)) for t, c in tables.items()))
+
+    def table_names(self) -> list[str]:
+        """The tables the query reads (``schema.table`` when qualified), CTE names left out, sorted."""
+        return _table_names(self)
+
+    def join_columns(self, tables: dict[str, list[tuple[str, str]]]) -> set[tuple[str, str]]:
+        """(table, column) pairs compared by the query's join conditions: the columns worth indexing."""
+        return _join_columns(self, tuple((t, tuple(c)) for t, c in tables.items()))
+
+    def sql_with_tables(self, dialect: str, tables: dict[str, str]) -> str:
+        """The query as `dialect` runs it, reading each table `name` from `tables[name]` instead
+        (a source adopted from a warehouse table of another name); the name stays the alias."""
+        if not any(name != table for name, table in tables.items()):
+            return self.sql_for(dialect)
+        tree = self.tree.copy()
+        ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+        for node in list(tree.find_all(exp.Table)):
+            name = _qualified_name(node)
+            if name in tables and name not in ctes and tables[name] != name:
+                schema, _, table = tables[name].rpartition(".")
+                replacement = exp.table_(table, db=schema or None, quoted=True,
+                                         alias=node.alias or node.name)
+                node.replace(replacement)
+        return tree.sql(dialect=dialect, comments=False)
 
     def point_lookup_sql(self, index_key: str, dialect: str = REALTIME_DIALECT) -> str:
         """The query filtered to one entity: ``SELECT * FROM (query) WHERE "key" = ?``."""
@@ -102,8 +127,35 @@ def _prepare(sql: str, dialect: str) -> PreparedQuery:
     return PreparedQuery(tree, dialect, hashlib.sha256(normalized.encode()).hexdigest())
 
 
-_SQL_TYPES = {"string": "VARCHAR", "integer": "BIGINT", "boolean": "BOOLEAN", "float": "DOUBLE",
-              "timestamp": "TIMESTAMP"}
+def _qualified_name(table: exp.Table) -> str:
+    return f"{table.db}.{table.name}" if table.db else table.name
+
+
+@lru_cache(maxsize=1024)
+def _table_names(prepared: PreparedQuery) -> list[str]:
+    tree = normalize_identifiers(prepared.tree.copy(), dialect=prepared.dialect)
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    return sorted({_qualified_name(t) for t in tree.find_all(exp.Table) if t.name and _qualified_name(t) not in ctes})
+
+
+@lru_cache(maxsize=1024)
+def _join_columns(prepared: PreparedQuery, tables: tuple) -> set[tuple[str, str]]:
+    schema = {table: {column: SQLGLOT_TYPES[kind] for column, kind in columns} for table, columns in tables}
+    try:
+        qualified = qualify(prepared.tree.copy(), schema=schema, dialect=prepared.dialect, validate_qualify_columns=False)
+    except SqlglotError:
+        return set()
+    aliases = {t.alias_or_name: t.name for t in qualified.find_all(exp.Table) if t.name in schema}
+    pairs = set()
+    for join in qualified.find_all(exp.Join):
+        condition = join.args.get("on")
+        for column in (condition.find_all(exp.Column) if condition is not None else ()):
+            table = aliases.get(column.table)
+            if table is not None and column.name in schema[table]:
+                pairs.add((table, column.name))
+    return pairs
+
+
 _TYPE_FAMILIES = (
     ("boolean", {exp.DataType.Type.BOOLEAN}),
     ("integer", exp.DataType.INTEGER_TYPES),
@@ -115,7 +167,7 @@ _TYPE_FAMILIES = (
 
 @lru_cache(maxsize=1024)
 def _output_types(prepared: PreparedQuery, tables: tuple) -> list[tuple[str, str | None]] | None:
-    schema = {table: {column: _SQL_TYPES[kind] for column, kind in columns} for table, columns in tables}
+    schema = {table: {column: SQLGLOT_TYPES[kind] for column, kind in columns} for table, columns in tables}
     try:
         typed = annotate_types(qualify(prepared.tree.copy(), schema=schema, dialect=prepared.dialect),
                                schema=schema, dialect=prepared.dialect)

@@ -1,34 +1,71 @@
-"""The realtime store contract: hot rows of the raw tables, one entity at a time."""
+"""The realtime store contract: each declared source's hot rows, one entity at a time."""
 from __future__ import annotations
 
+import datetime as dt
+import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from demo.flows import TABLES, TIME_COLUMNS
+from catalog.base import SourceRecord
 from extraction.sql import PreparedQuery
-from extraction.warehouse import Warehouse
+from warehouse import Warehouse
+
+ROLE = "realtime store"
+ROWS_PREFIX = "_fs_rows_"  # the table behind each source's view
+
+
+def rows_table(source: str) -> str:
+    """The table that holds a source's rows; the source's own name is a view over its hot window."""
+    return ROWS_PREFIX + source
 
 
 class RealtimeStore(ABC):
-    """A recent window of the warehouse's tables, in memory, for point lookups.
+    """A hot window of every declared table source, in memory, for point lookups. Every store must:
 
-    Every store must: run a saved query for one entity with the key as a bound
-    parameter; return the DataFrame dtypes the warehouse's DuckDB engine would
-    (bool/boolean, int64/Int64, float64, str), so ETLs see the same input online and
-    offline; write each batch in one transaction (no reader sees half a flow); and
-    keep nothing on disk: `hydrate` rebuilds it from the warehouse. A store built with
-    ``statement_timeout=seconds`` stops any `lookup`, `check` or query running longer with
-    InvalidQuery code ``query_timeout`` (400) and keeps answering; its own writes have no limit.
+    - give each registered source a table named after it (a view) that shows only rows with
+      ``event_time > now - hot_window_seconds`` (all rows without a window), so a row past its
+      window is never served even before `evict` deletes it; "now" is `clock()`;
+    - index every source on its entity keys and event time, and on the columns `index` is asked for;
+    - run a saved query for one entity with the key as a bound parameter, returning the DataFrame
+      dtypes the warehouse's DuckDB engine would (bool/boolean, int64/Int64, float64, str,
+      datetime64[us, UTC]), typed from the registered sources' declared columns;
+    - write each `append` in one transaction (no reader sees half a batch) and keep nothing on
+      disk: `hydrate` rebuilds it from the warehouse;
+    - stop a `lookup`, `check` or query running longer than ``statement_timeout`` with InvalidQuery
+      code ``query_timeout`` (400) and keep answering; its own writes have no limit.
     """
 
     dialect: str  # the sqlglot dialect saved queries are transpiled to
 
+    def __init__(self) -> None:
+        self.clock: Callable[[], float] = time.time
+        self.sources: dict[str, SourceRecord] = {}
+        self._schema_lock = threading.Lock()
+
+    def tables(self) -> dict[str, list[tuple[str, str]]]:
+        """(column, logical type) of every registered source: what queries are typed with here."""
+        return {name: source.column_types() for name, source in self.sources.items()}
+
+    def cutoff(self, source: SourceRecord, now: float | None = None) -> float | None:
+        """Epoch seconds at or before which the source's rows are out of its window (None: no window)."""
+        if source.hot_window_seconds is None:
+            return None
+        return (self.clock() if now is None else now) - source.hot_window_seconds
+
+    @abstractmethod
+    def register(self, source: SourceRecord) -> None:
+        """Create the source's table, view and indexes, or widen them to a new compatible version."""
+
+    @abstractmethod
+    def index(self, source: str, column: str) -> None:
+        """Index `column` of `source` (a column saved queries join on); idempotent."""
+
     @abstractmethod
     def append(self, frames: dict[str, Any]) -> dict[str, int]:
-        """Add rows (DataFrames or Arrow tables) to several tables in one transaction."""
+        """Add rows (DataFrames or Arrow tables) to several sources in one transaction."""
 
     @abstractmethod
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int) -> pd.DataFrame:
@@ -39,18 +76,41 @@ class RealtimeStore(ABC):
         """Raise InvalidQuery unless the query runs here; return its output types where known."""
 
     @abstractmethod
+    def evict(self, now: float | None = None) -> dict[str, int]:
+        """Delete rows past each source's window; rows deleted per source."""
+
+    @abstractmethod
+    def stats(self, source: str) -> dict[str, Any]:
+        """``{"rows", "min_event_time", "max_event_time"}`` of the source's rows held here."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Return if the store answers, else raise BackendUnavailable."""
 
     def close(self) -> None:
         """Release the database."""
 
-    def hydrate(self, warehouse: Warehouse, window_seconds: int | None, now: int | None = None) -> dict[str, int]:
-        """Copy the rows of the last `window_seconds` (all rows when None) from the warehouse.
+    def hydrate(self, warehouse: Warehouse, sources: Iterable[SourceRecord], now: float | None = None
+                ) -> dict[str, int]:
+        """Register each table source and copy its hot window from the warehouse, one source at a time
+        (so only one source's rows are held in memory at once; this runs before the service answers)."""
+        loaded = {}
+        for source in sources:
+            if source.kind != "table":
+                continue
+            self.register(source)
+            cutoff = self.cutoff(source, now)
+            rows = warehouse.recent_rows(source.table, source.event_time, time_value(source, cutoff))
+            loaded[source.name] = self.append({source.name: rows})[source.name]
+        return loaded
 
-        One table at a time, so only one table's rows are held in memory at once (this runs before
-        the service answers, so no reader can see a table loaded before the next).
-        """
-        since = None if window_seconds is None else int(now if now is not None else time.time()) - window_seconds
-        return {table: self.append({table: warehouse.recent_rows(table, TIME_COLUMNS[table], since)})[table]
-                for table in TABLES}
+
+def time_value(source: SourceRecord, epoch_seconds: float | None) -> Any:
+    """A cutoff as the event-time column compares: epoch seconds, or a UTC datetime."""
+    if epoch_seconds is None:
+        return None
+    kind = next(c["type"] for c in source.columns if c["name"] == source.event_time)
+    if kind == "timestamp":
+        return dt.datetime.fromtimestamp(epoch_seconds, dt.timezone.utc)
+    return epoch_seconds
+

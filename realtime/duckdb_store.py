@@ -3,45 +3,102 @@
 The same engine as the default warehouse, so any query the warehouse runs runs
 here unchanged; but each point lookup costs milliseconds (hash joins scan whole
 tables), against tens of microseconds in SQLite: see bench/realtime_engines.py.
+Each source's view compares its event time with ``fs_cutoff('<name>')``, a
+function of the store's clock (epoch seconds), as the SQLite store does.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import pandas as pd
 
+from catalog.base import SourceRecord
+from common import logical_types
 from common.errors import InvalidInput
 from common.urls import duckdb_path
-from demo.flows import INDEX_COLUMNS, TABLES
-from extraction.engines import DuckDBEngine
+from extraction.engines import DuckDBEngine, quote_identifier
 from extraction.sql import PreparedQuery
-from realtime.base import RealtimeStore
-
-ROLE = "realtime store"
+from realtime.base import ROLE, RealtimeStore, rows_table, time_value
 
 
 class DuckDBRealtimeStore(RealtimeStore):
-    """Hot rows of every demo table in an in-memory DuckDB database."""
+    """Hot rows of every declared source in an in-memory DuckDB database."""
 
     dialect = "duckdb"
 
     def __init__(self, url: str = "duckdb:///:memory:", *, statement_timeout: float | None = None):
         """`statement_timeout`: seconds a lookup, check or query may run (None: no limit); appends have none."""
+        super().__init__()
         if duckdb_path(url) != ":memory:":
             raise InvalidInput(f"REALTIME_URL must be an in-memory database (duckdb:///:memory:), not {url!r}")
         self.engine = DuckDBEngine(":memory:", ROLE, statement_timeout=statement_timeout)
-        self.engine.create_tables(TABLES, INDEX_COLUMNS)
+        self.engine.create_function("fs_cutoff", self._cutoff_seconds, ["VARCHAR"], "DOUBLE")
+        self._indexes: dict[str, list[str]] = {}
+
+    def _cutoff_seconds(self, name: str) -> float | None:
+        source = self.sources.get(name)
+        return None if source is None else self.cutoff(source)
+
+    def register(self, source: SourceRecord) -> None:
+        table = quote_identifier(rows_table(source.name))
+        statements = []
+        known = self.sources.get(source.name)
+        if known is None:
+            body = ", ".join(f"{quote_identifier(c['name'])} {logical_types.DUCKDB[c['type']]}" for c in source.columns)
+            statements.append(f"CREATE TABLE {table} ({body})")
+            self._indexes[source.name] = []
+        else:
+            have = {c["name"] for c in known.columns}
+            statements += [f"ALTER TABLE {table} ADD COLUMN {quote_identifier(c['name'])} "
+                           f"{logical_types.DUCKDB[c['type']]}" for c in source.columns if c["name"] not in have]
+        column = quote_identifier(source.event_time)
+        is_timestamp = any(c["name"] == source.event_time and c["type"] == "timestamp" for c in source.columns)
+        bound = f"to_timestamp(fs_cutoff('{source.name}'))" if is_timestamp else f"fs_cutoff('{source.name}')"
+        where = "" if source.hot_window_seconds is None else f" WHERE {column} > {bound}"
+        statements.append(f"CREATE OR REPLACE VIEW {quote_identifier(source.name)} AS SELECT * FROM {table}{where}")
+        self.engine.execute_ddl(statements)
+        self.sources[source.name] = source
+        for key in [*source.entity_keys, source.event_time]:
+            self.index(source.name, key)
+
+    def index(self, source: str, column: str) -> None:
+        if column in self._indexes[source]:
+            return
+        self.engine.execute_ddl([f"CREATE INDEX {quote_identifier(f'_fs_{source}_{column}_idx')} ON "
+                                 f"{quote_identifier(rows_table(source))} ({quote_identifier(column)})"])
+        self._indexes[source].append(column)
 
     def append(self, frames: dict[str, Any]) -> dict[str, int]:
-        return self.engine.append(frames)
+        unknown = sorted(set(frames) - set(self.sources))
+        if unknown:
+            raise InvalidInput(f"the realtime store has no source(s) {unknown}")
+        counts = self.engine.append({rows_table(name): frame for name, frame in frames.items()})
+        return {name: counts[rows_table(name)] for name in frames}
 
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int) -> pd.DataFrame:
-        return self.engine.query(_lookup_sql(prepared, index_key), [value], max_rows=max_rows)
+        return self.engine.query(prepared.point_lookup_sql(index_key, self.dialect), [value], max_rows=max_rows)
 
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
         self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")
-        return prepared.output_types(TABLES)
+        return prepared.output_types(self.tables())
+
+    def evict(self, now: float | None = None) -> dict[str, int]:
+        deleted = {}
+        for name, source in list(self.sources.items()):
+            cutoff = self.cutoff(source, now)
+            if cutoff is None:
+                continue
+            with self.engine.transaction() as cursor:
+                cursor.execute(f"DELETE FROM {quote_identifier(rows_table(name))} WHERE "
+                               f"{quote_identifier(source.event_time)} <= ?", [time_value(source, cutoff)])
+                deleted[name] = cursor.fetchone()[0]
+        return deleted
+
+    def stats(self, source: str) -> dict[str, Any]:
+        column = quote_identifier(self.sources[source].event_time)
+        row = self.engine.arrow(f"SELECT count(*) AS n, min({column}) AS lo, max({column}) AS hi FROM "
+                                f"{quote_identifier(source)}").to_pylist()[0]
+        return {"rows": row["n"], "min_event_time": row["lo"], "max_event_time": row["hi"]}
 
     def query(self, sql: str, params: list[Any] | tuple = ()) -> pd.DataFrame:
         """Run a statement (for tests and tools)."""
@@ -52,8 +109,3 @@ class DuckDBRealtimeStore(RealtimeStore):
 
     def close(self) -> None:
         self.engine.close()
-
-
-@lru_cache(maxsize=4096)
-def _lookup_sql(prepared: PreparedQuery, index_key: str) -> str:
-    return prepared.point_lookup_sql(index_key, DuckDBRealtimeStore.dialect)

@@ -21,11 +21,11 @@ ERROR_KEYS = {"code", "message", "details"}
 
 def app_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
     """Settings for a test app: embedded backends under `data_dir`, small limits, authentication off
-    (tests/test_auth.py turns it on)."""
+    (tests/test_auth.py turns it on), the demo's sources declared (tests of a user's own data turn it off)."""
     return {"DATA_DIR": str(data_dir), "CATALOG_URL": None, "WAREHOUSE_URL": None,
             "REALTIME_URL": "sqlite:///:memory:", "MAX_RESPONSE_ROWS": 5000, "MAX_PUBLISH_FLOWS": 5000,
             "MAX_BODY_BYTES": 64 * 1024, "ETL_ALLOWED_REMOTES": (), "REMOTE_TIMEOUT_SECONDS": 10.0,
-            "AUTH": "off", "STATS_FLUSH_SECONDS": 0.0,
+            "AUTH": "off", "STATS_FLUSH_SECONDS": 0.0, "DEMO_SOURCES": True,
             **overrides}
 
 

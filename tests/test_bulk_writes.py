@@ -15,7 +15,8 @@ from common.errors import InvalidInput, InvalidQuery
 from demo.flows import INDEX_COLUMNS, TABLES, generate_flows
 from extraction.engines import python_columns
 from extraction.sql import prepare_query
-from extraction.warehouse import SqlAlchemyWarehouse, open_warehouse
+from warehouse import open_warehouse
+from warehouse.sql import SqlAlchemyWarehouse
 from realtime.sqlite_store import REBUILD_INDEX_MIN_ROWS, SqliteRealtimeStore
 
 NOW = 1_700_000_000

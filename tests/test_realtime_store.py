@@ -9,7 +9,7 @@ import pytest
 from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from demo.flows import generate_flows
 from extraction.sql import prepare_query
-from extraction.warehouse import open_warehouse
+from warehouse import open_warehouse
 from realtime import open_realtime_store
 from tests.walkthrough import FOUR_TABLE_QUERY
 

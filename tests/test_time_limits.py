@@ -16,7 +16,9 @@ from catalog import open_catalog
 from common.errors import InvalidQuery
 from demo.flows import generate_flows
 from extraction.sql import prepare_query
-from extraction.warehouse import DuckDBWarehouse, SqlAlchemyWarehouse, Warehouse, open_warehouse
+from warehouse import Warehouse, open_warehouse
+from warehouse.duckdb import DuckDBWarehouse
+from warehouse.sql import SqlAlchemyWarehouse
 from realtime import open_realtime_store
 from realtime.base import RealtimeStore
 from realtime.duckdb_store import DuckDBRealtimeStore

@@ -20,7 +20,9 @@ from common.errors import InvalidInput, InvalidQuery, ResultTooLarge
 from demo.flows import TABLES, TIME_COLUMNS, generate_flows
 from extraction.schema import frame_schema
 from extraction.sql import prepare_query
-from extraction.warehouse import DuckDBWarehouse, SqlAlchemyWarehouse, Warehouse, open_warehouse
+from warehouse import Warehouse, open_warehouse
+from warehouse.duckdb import DuckDBWarehouse
+from warehouse.sql import SqlAlchemyWarehouse
 from realtime import open_realtime_store
 from realtime.base import RealtimeStore
 from realtime.duckdb_store import DuckDBRealtimeStore

@@ -68,8 +68,10 @@ class QueryTrain(Resource):
         include_data = query_flag("include_data", True)
         record, schema, frame = service().train_query(body["query"], body.get("query_name"),
                                                       query_flag("save", False), include_data, caller())
-        return {"query_id": record.query_id if record else None, "schema": schema,
-                "data": frame_records(frame) if frame is not None else None}
+        answer = {"query_id": record.query_id if record else None, "schema": schema,
+                  "data": frame_records(frame) if frame is not None else None}
+        warnings = service().query_warnings(body["query"]) if record else []
+        return {**answer, "warnings": warnings} if warnings else answer
 
 
 @query_ns.route("/plan")

@@ -1,0 +1,296 @@
+"""Declared sources: declare or adopt, version, ingest, load files, evict; free of HTTP.
+
+The current version of every source is held in memory (loaded from the catalog on
+start) because every query save and every served lookup is typed by it. The warehouse
+is written first and durably; the realtime store gets the rows inside their hot window.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from catalog.base import Catalog, SourceRecord, utc_now
+from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, NotFound
+from common.logical_types import logical_of_engine_type
+from extraction.sql import prepare_query
+from realtime.base import RealtimeStore, time_value
+from sources.definition import check_table_name, parse_source, source_diff
+from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow
+from warehouse import BatchMark, Warehouse
+
+log = logging.getLogger(__name__)
+MAX_BATCH_ID = 200
+
+
+class SourceConflict(FeatureStoreError):
+    """A new definition under an existing source name that is not a compatible change (409)."""
+
+    status, code = 409, "source_incompatible"
+
+
+class SourceService:
+    """Sources over the catalog, the warehouse and the realtime store."""
+
+    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore, *, load_dir: Path):
+        self.catalog = catalog
+        self.warehouse = warehouse
+        self.realtime = realtime
+        self.load_dir = load_dir
+        self._current: dict[str, SourceRecord] = {}
+        self._loaded = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._evictor: threading.Thread | None = None
+
+    # -- the current definitions ------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Read the newest version of every source from the catalog (on start, and again on first use if
+        the catalog was down then); whether it could be read."""
+        try:
+            total = self.catalog.list_sources(0, 0).total
+            records = self.catalog.list_sources(0, total).items if total else []
+        except BackendUnavailable as error:
+            log.warning("sources not loaded (%s); the realtime store starts empty until they are", error.message)
+            return False
+        self._current = {record.name: record for record in records}
+        self._loaded = True
+        return True
+
+    def tables(self) -> dict[str, list[tuple[str, str]]]:
+        """(column, logical type) of every source, by name: what saved queries are typed with."""
+        if not self._loaded and self.load():
+            self.hydrate()
+        return {name: record.column_types() for name, record in self._current.items()}
+
+    def warehouse_tables(self) -> dict[str, str]:
+        """Source name -> the warehouse table that holds its rows."""
+        return {name: record.table for name, record in self._current.items()}
+
+    def get(self, name: str) -> SourceRecord:
+        record = self._current.get(name)
+        if record is None:
+            versions = self.catalog.source_versions(name) if isinstance(name, str) else []
+            if not versions:
+                raise NotFound(f"no source named {name!r}", {"name": name}, code="source_not_found")
+            record = self._current[name] = versions[-1]
+        return record
+
+    # -- declaring ---------------------------------------------------------------------------------
+
+    def declare(self, body: dict[str, Any], created_by: str = "anonymous") -> tuple[SourceRecord, bool]:
+        """Declare (or adopt) a source; (the stored record, whether it is new). Idempotent.
+
+        Without `columns`, the columns are read from the existing warehouse table. A compatible
+        change makes the next version; an incompatible one is SourceConflict with the diff and the
+        saved queries that read the source.
+        """
+        if not isinstance(body, dict):
+            raise InvalidInput("a source is a JSON object")
+        if "columns" not in body:
+            body = {**body, "columns": self._introspected(body)}
+        declared = parse_source(body, created_by=created_by, created_at=utc_now())
+        known = self._current.get(declared.name)
+        if known is not None and known.definition() == declared.definition():
+            return known, False
+        with self._lock:
+            versions = self.catalog.source_versions(declared.name)
+            latest = versions[-1] if versions else None
+            if latest is not None and latest.definition() == declared.definition():
+                if self.warehouse.table_columns(latest.table) is None:  # a new, empty warehouse
+                    self.warehouse.create_table(latest)
+                self._current[latest.name] = latest
+                return latest, False
+            if latest is not None:
+                diff = source_diff(latest, declared)
+                if not diff["compatible"]:
+                    raise SourceConflict(
+                        f"source {declared.name!r} exists (version {latest.version}) and this definition is not a "
+                        "compatible change; declare it under a new name", {
+                            "name": declared.name, "version": latest.version, "diff": diff,
+                            "dependent_queries": self.dependent_queries(declared.name)})
+            self._prepare_warehouse(declared, latest)
+            record = self.catalog.save_source(replace(declared, version=(latest.version if latest else 0) + 1))
+            if record.kind == "table":
+                self.realtime.register(record)
+            self._current[record.name] = record
+        return record, True
+
+    def _introspected(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The columns of the warehouse table a source adopts, as logical types (400 for unmapped ones)."""
+        table = body.get("table") or body.get("name")
+        columns = self.warehouse.table_columns(check_table_name(table))
+        if columns is None:
+            raise InvalidInput(f"the warehouse has no table {table!r} to adopt; declare the source with columns "
+                               "to create it", {"table": table})
+        unmapped = [{"column": name, "type": kind} for name, kind in columns if logical_of_engine_type(kind) is None]
+        if unmapped:
+            named = ", ".join(f"{u['column']} ({u['type']})" for u in unmapped)
+            raise InvalidInput(f"column(s) of {table!r} have no logical type: {named}; declare the "
+                               "source with columns over a view that casts them", {"columns": unmapped})
+        return [{"name": name, "type": logical_of_engine_type(kind)} for name, kind in columns]
+
+    def _prepare_warehouse(self, declared: SourceRecord, latest: SourceRecord | None) -> None:
+        """Create the table, add a compatible version's new columns, or check an existing table agrees."""
+        existing = self.warehouse.table_columns(declared.table)
+        if existing is None:
+            self.warehouse.create_table(declared)
+            return
+        have = {name: logical_of_engine_type(kind) for name, kind in existing}
+        missing = [c for c in declared.columns if c["name"] not in have]
+        wrong = [{"column": c["name"], "declared": c["type"], "warehouse": have[c["name"]]}
+                 for c in declared.columns if c["name"] in have and have[c["name"]] != c["type"]]
+        if wrong:
+            raise InvalidInput(f"the warehouse table {declared.table!r} has other types than declared",
+                               {"type_changed": wrong})
+        if missing and latest is None:
+            raise InvalidInput(f"the warehouse table {declared.table!r} exists without column(s) "
+                               f"{[c['name'] for c in missing]}; the service does not alter a table it did not "
+                               "create", {"missing": [c["name"] for c in missing]})
+        if missing:
+            self.warehouse.add_columns(declared.table, missing)
+
+    def dependent_queries(self, name: str) -> list[str]:
+        """Ids of the saved queries that read source `name`."""
+        ids, offset = [], 0
+        while True:
+            page = self.catalog.list_queries(offset, 200)
+            for query in page.items:
+                try:
+                    if name in prepare_query(query.sql, self.warehouse.dialect).table_names():
+                        ids.append(query.query_id)
+                except InvalidInput:
+                    continue
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return ids
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """A source with its versions and the rows and event-time range in each store."""
+        record = self.get(name)
+        versions = self.catalog.source_versions(name)
+        warehouse = self.warehouse.table_stats(record.table, record.event_time)
+        realtime = self.realtime.stats(name) if record.kind == "table" else None
+        return {**record.to_dict(), "versions": [v.version for v in versions],
+                "warehouse": _json_stats(warehouse), "realtime": None if realtime is None else _json_stats(realtime),
+                "dependent_queries": self.dependent_queries(name)}
+
+    def list(self, offset: int, limit: int) -> Any:
+        return self.catalog.list_sources(offset, limit)
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    def ingest(self, name: str, rows: pa.Table, batch_id: str | None = None) -> dict[str, Any]:
+        """Write validated rows: the warehouse durably in one transaction, then the realtime store
+        (rows inside the hot window). A `batch_id` seen before writes nothing and answers as the first time."""
+        if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= MAX_BATCH_ID):
+            raise InvalidInput(f"batch_id must be a string of 1 to {MAX_BATCH_ID} characters", {"field": "batch_id"})
+        return self.ingest_many({name: rows}, batch_id)[name]
+
+    def ingest_many(self, rows: dict[str, pa.Table], batch_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Rows of several sources: one transaction in the warehouse, then one in the realtime store."""
+        records = {name: self.get(name) for name in rows}
+        answers = {name: {"source": name, "version": records[name].version, "rows": table.num_rows,
+                          **event_time_range(records[name], table), "batch_id": batch_id}
+                   for name, table in rows.items()}
+        hot = {name: self._hot_rows(records[name], table) for name, table in rows.items()
+               if records[name].kind == "table"}
+        for name, answer in answers.items():
+            answer["realtime_rows"] = hot[name].num_rows if name in hot else 0
+        mark = None if batch_id is None else BatchMark(next(iter(rows)), batch_id, answers[next(iter(rows))])
+        seen = self.warehouse.append({records[name].table: table for name, table in rows.items()}, mark)
+        if seen is not None:
+            return {seen["source"]: {**seen, "duplicate": True}}
+        hot = {name: table for name, table in hot.items() if table.num_rows}
+        if hot:
+            self.realtime.append(hot)
+        return {name: {**answer, "duplicate": False} for name, answer in answers.items()}
+
+    def _hot_rows(self, source: SourceRecord, rows: pa.Table) -> pa.Table:
+        """The rows inside the source's hot window now (all rows without a window)."""
+        cutoff = self.realtime.cutoff(source)
+        if cutoff is None or not rows.num_rows:
+            return rows
+        column = rows.column(source.event_time)
+        bound = pa.scalar(time_value(source, cutoff), column.type) if pa.types.is_timestamp(column.type) else cutoff
+        return rows.filter(pc.greater(column, bound))
+
+    def load_file(self, name: str, path: str, file_format: str | None = None,
+                  batch_id: str | None = None) -> dict[str, Any]:
+        """Bulk-load Parquet or CSV file(s) under the load directory into the source."""
+        source = self.get(name)
+        target = self._load_path(path)
+        kind = file_format or ("parquet" if target.suffix in (".parquet", ".pq") or target.is_dir() else
+                               "csv" if target.suffix == ".csv" else None)
+        if kind not in ("parquet", "csv"):
+            raise InvalidInput("format must be 'parquet' or 'csv' (or the file must end in .parquet or .csv)",
+                               {"path": path})
+        try:
+            if kind == "parquet":
+                table = pq.read_table(target)
+            else:
+                table = pa_csv.read_csv(target, convert_options=pa_csv.ConvertOptions(
+                    column_types=arrow_schema(source), strings_can_be_null=False))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InvalidInput(f"cannot read {path!r} as {kind}: {error}", {"path": path}) from None
+        rows = rows_from_arrow(source, table.to_batches(max_chunksize=1_000_000))
+        return {**self.ingest(name, rows, batch_id), "path": path, "format": kind}
+
+    def _load_path(self, path: Any) -> Path:
+        """`path` inside the load directory (relative, no escape through '..' or links), or InvalidInput."""
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise InvalidInput("path must be a file or folder name inside the load directory", {"field": "path"})
+        root = self.load_dir.resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root) or Path(path).is_absolute():
+            raise InvalidInput(f"path {path!r} is outside the load directory (LOAD_DIR); only files there can be "
+                               "loaded", {"path": path})
+        if not target.exists():
+            raise InvalidInput(f"no file {path!r} in the load directory", {"path": path})
+        return target
+
+    # -- the hot window ------------------------------------------------------------------------------
+
+    def hydrate(self) -> dict[str, int]:
+        """Fill the realtime store with every table source's hot window (on start)."""
+        present = []
+        for source in self._current.values():
+            if self.warehouse.table_columns(source.table) is None:
+                log.warning("source %r: the warehouse has no table %r; nothing to hydrate", source.name, source.table)
+                if source.kind == "table":
+                    self.realtime.register(source)
+            else:
+                present.append(source)
+        return self.realtime.hydrate(self.warehouse, present)
+
+    def start_evictor(self, interval_seconds: float) -> None:
+        """Delete rows past their window every `interval_seconds` (0: never; the views still hide them)."""
+        if interval_seconds <= 0 or self._evictor is not None:
+            return
+
+        def run() -> None:
+            while not self._stop.wait(interval_seconds):
+                try:
+                    self.realtime.evict()
+                except FeatureStoreError as error:
+                    log.warning("eviction failed: %s", error.message)
+
+        self._evictor = threading.Thread(target=run, name="realtime-evictor", daemon=True)
+        self._evictor.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._evictor is not None:
+            self._evictor.join(timeout=5)
+
+
+def _json_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    return {key: json_time(value) for key, value in stats.items()}

@@ -1,0 +1,25 @@
+"""Warehouses: the backend is picked by the scheme of `WAREHOUSE_URL`."""
+from __future__ import annotations
+
+from typing import Any
+
+from common.urls import backend_registry
+from warehouse.base import BatchMark, Warehouse
+
+__all__ = ["BatchMark", "Warehouse", "open_warehouse"]
+
+
+def _duckdb(url: str, **options: Any) -> Warehouse:
+    from warehouse.duckdb import DuckDBWarehouse
+
+    return DuckDBWarehouse(url, **options)
+
+
+def _sqlalchemy(url: str, **options: Any) -> Warehouse:
+    from warehouse.sql import SqlAlchemyWarehouse
+
+    return SqlAlchemyWarehouse(url, **options)
+
+
+open_warehouse = backend_registry("WAREHOUSE_URL", {
+    "duckdb": _duckdb, "postgresql": _sqlalchemy, "sqlite": _sqlalchemy, "mysql": _sqlalchemy})

@@ -1,0 +1,91 @@
+"""A DuckDB file (or ``:memory:``) as the warehouse: the embedded default."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator
+
+import pandas as pd
+
+from catalog.base import SourceRecord
+from common import logical_types
+from common.urls import duckdb_path
+from extraction.engines import DuckDBEngine, quote_identifier
+from warehouse.base import LEDGER_TABLE, BatchMark, Warehouse, split_table
+
+ROLE = "warehouse"
+
+
+def qualified(table: str) -> str:
+    """``schema.table`` or ``table`` quoted for SQL text."""
+    return ".".join(quote_identifier(part) for part in table.split("."))
+
+
+class DuckDBWarehouse(Warehouse):
+    """The sources' tables in one DuckDB database; writes serialized, each batch one transaction."""
+
+    dialect = "duckdb"
+
+    def __init__(self, url: str, *, statement_timeout: float | None = None):
+        path = duckdb_path(url)
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.engine = DuckDBEngine(path, ROLE, statement_timeout=statement_timeout)
+
+    def query(self, sql: str, max_rows: int | None = None) -> pd.DataFrame:
+        return self.engine.query(sql, max_rows=max_rows)
+
+    def query_batches(self, sql: str, rows: int = 65_536) -> tuple[Any, Iterator[Any]]:
+        return self.engine.batches(sql, rows)
+
+    def table_columns(self, table: str) -> list[tuple[str, str]] | None:
+        schema, name = split_table(table, "main")
+        rows = self.engine.arrow(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
+            "AND table_name = ? ORDER BY ordinal_position", [schema, name]).to_pylist()
+        return [(row["column_name"], row["data_type"]) for row in rows] or None
+
+    def create_table(self, source: SourceRecord) -> None:
+        body = ", ".join(f"{quote_identifier(c['name'])} {logical_types.DUCKDB[c['type']]}"
+                         f"{'' if c.get('nullable', True) else ' NOT NULL'}" for c in source.columns)
+        self.engine.execute_ddl([f"CREATE TABLE IF NOT EXISTS {qualified(source.table)} ({body})"])
+
+    def add_columns(self, table: str, columns: list[dict[str, Any]]) -> None:
+        self.engine.execute_ddl([f"ALTER TABLE {qualified(table)} ADD COLUMN IF NOT EXISTS "
+                                 f"{quote_identifier(c['name'])} {logical_types.DUCKDB[c['type']]}" for c in columns])
+
+    def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
+        if batch is not None:
+            self.engine.execute_ddl([f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (source VARCHAR, batch_id VARCHAR, "
+                                     "answer VARCHAR, PRIMARY KEY (source, batch_id))"])
+        seen: list[dict[str, Any]] = []
+
+        def already_written(cursor: Any) -> bool:
+            """Claim the batch id in the ledger inside the transaction, unless it is there already."""
+            row = cursor.execute(f"SELECT answer FROM {LEDGER_TABLE} WHERE source = ? AND batch_id = ?",
+                                 [batch.source, batch.batch_id]).fetchone()
+            if row is not None:
+                seen.append(json.loads(row[0]))
+                return True
+            cursor.execute(f"INSERT INTO {LEDGER_TABLE} VALUES (?, ?, ?)",
+                           [batch.source, batch.batch_id, json.dumps(batch.answer)])
+            return False
+
+        self.engine.append(frames, abort_if=None if batch is None else already_written)
+        return seen[0] if seen else None
+
+    def recent_rows(self, table: str, time_column: str, since: Any) -> Any:
+        where = "" if since is None else f" WHERE {quote_identifier(time_column)} > ?"
+        return self.engine.arrow(f"SELECT * FROM {qualified(table)}{where}", [] if since is None else [since])
+
+    def table_stats(self, table: str, time_column: str) -> dict[str, Any]:
+        column = quote_identifier(time_column)
+        row = self.engine.arrow(f"SELECT count(*) AS n, min({column}) AS lo, max({column}) AS hi "
+                                f"FROM {qualified(table)}").to_pylist()[0]
+        return {"rows": row["n"], "min_event_time": row["lo"], "max_event_time": row["hi"]}
+
+    def ping(self) -> None:
+        self.engine.ping()
+
+    def close(self) -> None:
+        self.engine.close()
