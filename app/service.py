@@ -138,7 +138,7 @@ class FeatureService:
     # -- queries ---------------------------------------------------------------------------------
 
     def train_query(self, sql: str, name: str | None, save: bool, include_data: bool = True,
-                    created_by: str = "anonymous"
+                    created_by: str = "anonymous", *, hot_window: bool = False
                     ) -> tuple[QueryRecord | None, list[dict[str, str]], pd.DataFrame | None]:
         """Run `sql` on the warehouse; with `save`, keep it (idempotently) with its output schema.
 
@@ -147,7 +147,8 @@ class FeatureService:
         """
         prepared = prepare_query(sql, self.warehouse.dialect)
         if include_data:
-            frame = self.warehouse.query(self._training_sql(prepared), max_rows=self.options.max_response_rows)
+            frame = self.warehouse.query(self._training_sql(prepared, hot_window),
+                                         max_rows=self.options.max_response_rows)
         else:
             frame = self._sample(prepared)
         schema = self._query_schema(prepared, frame)
@@ -159,13 +160,13 @@ class FeatureService:
                 schema=schema, created_by=created_by, created_at=utc_now()))
         return record, record.schema if record else schema, frame if include_data else None
 
-    def query_batches(self, sql: str, name: str | None, save: bool, created_by: str = "anonymous"
-                      ) -> tuple[QueryRecord | None, Any, Iterator[Any]]:
+    def query_batches(self, sql: str, name: str | None, save: bool, created_by: str = "anonymous", *,
+                      hot_window: bool = False) -> tuple[QueryRecord | None, Any, Iterator[Any]]:
         """Like `train_query`, but the rows come as Arrow record batches straight from the warehouse,
         with no row limit: (the record if saved, the Arrow schema, the batches)."""
         record = self.train_query(sql, name, True, False, created_by)[0] if save else None
         prepared = prepare_query(sql, self.warehouse.dialect)
-        schema, batches = self.warehouse.query_batches(self._training_sql(prepared))
+        schema, batches = self.warehouse.query_batches(self._training_sql(prepared, hot_window))
         return record, schema, batches
 
     def plan_query(self, sql: str) -> dict[str, Any]:
@@ -195,8 +196,8 @@ class FeatureService:
     # -- ETLs ------------------------------------------------------------------------------------
 
     def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
-                  include_data: bool = True, created_by: str = "anonymous", row_limit: bool = True
-                  ) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
+                  include_data: bool = True, created_by: str = "anonymous", row_limit: bool = True,
+                  hot_window: bool = False) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
         """Fetch the ETL, fit and run it on the query's full warehouse result, check its expectations,
         and keep it with its state, schema and statistics."""
         query = self.get_query(query_id)
@@ -204,7 +205,7 @@ class FeatureService:
         etl_id = etl_id_of(query_id, fetched.code_sha256)
         expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
         validate_expectations(expectations)
-        raw = self.warehouse.query(self._training_sql(prepare_query(query.sql, self.warehouse.dialect)))
+        raw = self.warehouse.query(self._training_sql(prepare_query(query.sql, self.warehouse.dialect), hot_window))
         # A registered ETL keeps the state it was first fitted with (that is what serving uses), so
         # registering it again returns training rows computed with that state, never a refit.
         registered = self._registered_etl(etl_id)
@@ -352,9 +353,11 @@ class FeatureService:
         return self.warehouse.query(
             f"SELECT * FROM ({self._training_sql(prepared)}) AS _fs_sample LIMIT {SAMPLE_ROWS}")
 
-    def _training_sql(self, prepared: PreparedQuery) -> str:
-        """The query as the warehouse runs it, each source read from its warehouse table."""
-        return prepared.sql_with_tables(self.warehouse.dialect, self.sources.warehouse_tables())
+    def _training_sql(self, prepared: PreparedQuery, hot_window: bool = False) -> str:
+        """The query as the warehouse runs it, each source read from its warehouse table; with
+        `hot_window`, only the rows each source's hot window holds now (what serving reads)."""
+        filters = self.sources.window_filters() if hot_window else None
+        return prepared.sql_with_tables(self.warehouse.dialect, self.sources.warehouse_tables(), filters)
 
     def query_warnings(self, sql: str) -> list[dict[str, Any]]:
         """Train/serve differences a saved query carries: each source it reads with a hot window

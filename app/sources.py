@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+from sqlglot import exp
 
 from catalog.base import Catalog, SourceRecord, utc_now
 from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, NotFound
@@ -74,6 +75,19 @@ class SourceService:
     def warehouse_tables(self) -> dict[str, str]:
         """Source name -> the warehouse table that holds its rows."""
         return {name: record.table for name, record in self._current.items()}
+
+    def window_filters(self) -> dict[str, Any]:
+        """Source name -> the condition selecting the rows inside its hot window now (sources with one)."""
+        filters = {}
+        for name, record in self._current.items():
+            cutoff = self.realtime.cutoff(record)
+            if cutoff is None:
+                continue
+            bound = time_value(record, cutoff)
+            literal = exp.cast(exp.Literal.string(bound.isoformat()), "TIMESTAMPTZ") if hasattr(bound, "isoformat") \
+                else exp.Literal.number(repr(float(bound)))
+            filters[name] = exp.column(record.event_time, quoted=True) > literal
+        return filters
 
     def get(self, name: str) -> SourceRecord:
         record = self._current.get(name)

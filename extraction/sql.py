@@ -66,20 +66,27 @@ class PreparedQuery:
         """(table, column) pairs compared by the query's join conditions: the columns worth indexing."""
         return _join_columns(self, tuple((t, tuple(c)) for t, c in tables.items()))
 
-    def sql_with_tables(self, dialect: str, tables: dict[str, str]) -> str:
-        """The query as `dialect` runs it, reading each table `name` from `tables[name]` instead
-        (a source adopted from a warehouse table of another name); the name stays the alias."""
-        if not any(name != table for name, table in tables.items()):
+    def sql_with_tables(self, dialect: str, tables: dict[str, str],
+                        filters: dict[str, exp.Expression] | None = None) -> str:
+        """The query as `dialect` runs it, reading each table `name` from `tables[name]` instead (a
+        source adopted from a warehouse table of another name), and only the rows of `filters[name]`
+        (a condition on that table's columns) where given; the name stays the alias."""
+        filters = filters or {}
+        if not filters and not any(name != table for name, table in tables.items()):
             return self.sql_for(dialect)
         tree = self.tree.copy()
         ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
         for node in list(tree.find_all(exp.Table)):
             name = _qualified_name(node)
-            if name in tables and name not in ctes and tables[name] != name:
-                schema, _, table = tables[name].rpartition(".")
-                replacement = exp.table_(table, db=schema or None, quoted=True,
-                                         alias=node.alias or node.name)
-                node.replace(replacement)
+            if name not in tables or name in ctes or (tables[name] == name and name not in filters):
+                continue
+            schema, _, table = tables[name].rpartition(".")
+            alias = node.alias or node.name
+            source = exp.table_(table, db=schema or None, quoted=True)
+            if name in filters:
+                node.replace(exp.select("*").from_(source).where(filters[name].copy()).subquery(alias))
+            else:
+                node.replace(exp.table_(table, db=schema or None, quoted=True, alias=alias))
         return tree.sql(dialect=dialect, comments=False)
 
     def point_lookup_sql(self, index_key: str, dialect: str = REALTIME_DIALECT) -> str:

@@ -1,6 +1,8 @@
 """The whole flow over HTTP: publish, save a query, register an ETL from git, serve one user."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from app import close_app
@@ -130,19 +132,30 @@ def test_restart_keeps_catalog_and_rehydrates_hot_data(make_app, tmp_path, repo)
     assert online == [offline]
 
 
-def test_realtime_window_leaves_old_rows_cold(make_app, tmp_path):
-    first = JsonClient(make_app(tmp_path / "data").test_client())
-    first.put("/v1.0/publish?n_flows=30&seed=5")  # quotes created within the last 7 days
+def test_hot_window_leaves_old_rows_cold_and_training_can_respect_it(make_app, tmp_path):
+    """A source's hot window: older rows stay in the warehouse only, a restart hydrates only the window,
+    and a training set asked to respect the window equals what serving reads."""
+    first = JsonClient(make_app(tmp_path / "data", DEMO_SOURCES=False).test_client())
+    first.post("/v1.0/sources", {"name": "events", "columns": [
+        {"name": "k", "type": "integer"}, {"name": "at", "type": "integer"}, {"name": "v", "type": "float"}],
+        "entity_keys": ["k"], "event_time": "at", "hot_window_seconds": 3600}, 201)
+    now = int(time.time())
+    ages = [10, 1800, 3599 - 60, 3700, 7 * 86400]
+    answer = first.post("/v1.0/sources/events/rows", {"rows": [{"k": 1, "at": now - age, "v": float(age)}
+                                                              for age in ages]})
+    assert (answer["rows"], answer["realtime_rows"]) == (5, 3)
     close_app(first.client.application)
-    narrow = JsonClient(make_app(tmp_path / "data", REALTIME_WINDOW_DAYS=1 / 86400).test_client())
-    assert narrow.post("/v1.0/query/train", {"query": "SELECT count(*) AS n FROM quotes"})["data"] == [{"n": 30}]
-    health = narrow.get("/v1.0/health")
-    assert health["status"] == "ok"
-    query_id = narrow.post("/v1.0/query/train?save=true", {"query": "SELECT quote_id FROM quotes"})["query_id"]
-    warehouse_ids = narrow.post("/v1.0/query/train", {"query": "SELECT quote_id FROM quotes"})["data"]
-    hot = narrow.post("/v1.0/query/realtime", {"query_id": query_id, "index_key": "quote_id",
-                                               "index_value": warehouse_ids[0]["quote_id"]})
-    assert hot["data"] == []
+
+    second = JsonClient(make_app(tmp_path / "data", DEMO_SOURCES=False).test_client())
+    sql = "SELECT k, count(*) AS n, sum(v) AS total FROM events GROUP BY k"
+    saved = second.post("/v1.0/query/train?save=true", {"query": sql})
+    assert saved["data"] == [{"k": 1, "n": 5, "total": float(sum(ages))}]
+    assert [w["code"] for w in saved["warnings"]] == ["hot_window"]
+    served = second.post("/v1.0/query/realtime", {"query_id": saved["query_id"], "index_key": "k", "index_value": 1})
+    assert served["data"] == [{"k": 1, "n": 3, "total": float(sum(ages[:3]))}]
+    windowed = second.post("/v1.0/query/train?hot_window=true", {"query": sql})["data"]
+    assert windowed == served["data"]
+    assert second.get("/v1.0/sources/events")["realtime"]["rows"] == 3
 
 
 def test_health_reports_every_backend(api):

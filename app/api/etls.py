@@ -90,7 +90,8 @@ class ExtractTrain(Resource):
         arrow = wants_arrow()
         record, schema, frame = service().train_etl(
             checked_id("query", body["query_id"]), _location(body), body.get("name"), query_flag("save", False),
-            arrow or query_flag("include_data", True), caller(), row_limit=not arrow)
+            arrow or query_flag("include_data", True), caller(), row_limit=not arrow,
+            hot_window=query_flag("hot_window", False))
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Etl-Id": record.etl_id} if record else {})
         return {"etl_id": record.etl_id if record else None, "schema": schema,

@@ -45,6 +45,8 @@ query_page = queries_ns.model("QueryPage", {
 })
 FLAGS = {"save": {"description": "keep the query in the catalog", "type": "boolean", "default": False},
          "include_data": {"description": "return the rows", "type": "boolean", "default": True},
+         "hot_window": {"description": "read only the rows each source's hot window holds now, as serving "
+                                       "does (default: all rows)", "type": "boolean", "default": False},
          "format": {"description": "'arrow': stream the rows as Arrow IPC (no row limit; ids in X-Query-Id / "
                                    "X-Etl-Id headers); also Accept: application/vnd.apache.arrow.stream",
                     "type": "string", "enum": ["json", "arrow"], "default": "json"}}
@@ -63,11 +65,13 @@ class QueryTrain(Resource):
         body = json_body(train_request)
         if wants_arrow():
             record, schema, batches = service().query_batches(body["query"], body.get("query_name"),
-                                                              query_flag("save", False), caller())
+                                                              query_flag("save", False), caller(),
+                                                              hot_window=query_flag("hot_window", False))
             return arrow_response(schema, batches, {"X-Query-Id": record.query_id} if record else {})
         include_data = query_flag("include_data", True)
         record, schema, frame = service().train_query(body["query"], body.get("query_name"),
-                                                      query_flag("save", False), include_data, caller())
+                                                      query_flag("save", False), include_data, caller(),
+                                                      hot_window=query_flag("hot_window", False))
         answer = {"query_id": record.query_id if record else None, "schema": schema,
                   "data": frame_records(frame) if frame is not None else None}
         warnings = service().query_warnings(body["query"]) if record else []
