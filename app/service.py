@@ -146,6 +146,8 @@ class FeatureService:
         unless `include_data`).
         """
         prepared = prepare_query(sql, self.warehouse.dialect)
+        if save:
+            self._check_declared(prepared)  # before the warehouse, which may not have the table at all
         if include_data:
             frame = self.warehouse.query(self._training_sql(prepared, hot_window),
                                          max_rows=self.options.max_response_rows)
@@ -175,6 +177,7 @@ class FeatureService:
         Runs the same checks as a save (parse, a sample on the warehouse, the realtime store).
         """
         prepared = prepare_query(sql, self.warehouse.dialect)
+        self._check_declared(prepared)
         schema = self._query_schema(prepared, self._sample(prepared))
         self._check_servable(prepared, schema)
         query_id = query_id_of(prepared)
@@ -422,15 +425,20 @@ class FeatureService:
             raise SchemaMismatch(f"the serving output of the {stage} does not match its training schema",
                                  {"stage": stage, **ids, **diff.to_dict()})
 
-    def _check_servable(self, prepared: PreparedQuery, schema: list[dict[str, str]]) -> None:
-        """Refuse, at save time, a query over undeclared tables, or one the realtime store cannot run or
-        would type differently; index the columns it joins on."""
+    def _check_declared(self, prepared: PreparedQuery) -> dict[str, list[tuple[str, str]]]:
+        """The declared sources' column types, unless the query reads a table that is not one (400)."""
         declared = self.sources.tables()
         undeclared = [name for name in prepared.table_names() if name not in declared]
         if undeclared:
             raise InvalidQuery(f"the query reads table(s) {undeclared} that are not declared sources; declare each "
                                "with POST /v1.0/sources (with columns, or adopting the warehouse table as it is) "
                                "before saving the query", {"undeclared_tables": undeclared})
+        return declared
+
+    def _check_servable(self, prepared: PreparedQuery, schema: list[dict[str, str]]) -> None:
+        """Refuse, at save time, a query over undeclared tables, or one the realtime store cannot run or
+        would type differently; index the columns it joins on."""
+        declared = self._check_declared(prepared)
         request_sources = [name for name in prepared.table_names() if self.sources.get(name).kind != "table"]
         try:
             served_types = self.realtime.check(prepared)

@@ -225,7 +225,7 @@ class DuckDBEngine:
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement and return an Arrow table (for bulk copies)."""
         with self._translated():
-            return self._cursor().sql(sql, params=list(params)).to_arrow_table()
+            return self._cursor().execute(sql, list(params)).to_arrow_table()
 
     def ping(self) -> None:
         with self._translated():
