@@ -93,11 +93,13 @@ class FeatureSets:
             raise InvalidInput(f"stage must be one of {list(STAGES)} or null", {"stage": stage})
         return self.catalog.set_feature_set_stage(name, version, stage)
 
-    def realtime(self, name: str, index_value: Any, version: int | None = None
+    def realtime(self, name: str, index_value: Any, version: int | None = None, request: Any = None
                  ) -> tuple[FeatureSetRecord, pd.DataFrame, list[dict[str, Any]]]:
-        """One entity's features of the set, checked as `extract/realtime` checks them."""
+        """One entity's features of the set, checked as `extract/realtime` checks them (`request`: rows
+        for the request sources its query reads)."""
         record = self.resolve(name, version)
-        frame, warnings = self.service.realtime_etl(record.query_id, record.etl_id, record.index_key, index_value)
+        frame, warnings = self.service.realtime_etl(record.query_id, record.etl_id, record.index_key, index_value,
+                                                    request)
         return record, frame[record.features], warnings
 
     def training_set(self, name: str, version: int | None = None, row_limit: bool = True

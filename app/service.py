@@ -75,6 +75,14 @@ class ServiceOptions:
 
 
 @dataclass(frozen=True)
+class RequestData:
+    """Rows the caller supplies for request sources (`{source: [row, …]}`), and whether to keep them."""
+
+    rows: Any = None
+    log: bool = False
+
+
+@dataclass(frozen=True)
 class EtlLocation:
     """Where to fetch ETL code: an `etl_path` string, or a structured repo/ref/path."""
 
@@ -183,10 +191,13 @@ class FeatureService:
         query_id = query_id_of(prepared)
         return {"query_id": query_id, "exists": self._exists(self.get_query, query_id), "schema": schema}
 
-    def realtime_query(self, query_id: str, index_key: str, index_value: Any) -> pd.DataFrame:
-        """The saved query over hot data for one entity, checked against its training schema."""
+    def realtime_query(self, query_id: str, index_key: str, index_value: Any,
+                       request: RequestData | None = None) -> pd.DataFrame:
+        """The saved query over hot data for one entity, checked against its training schema.
+
+        `request` supplies the rows of the request sources the query reads (and may log them)."""
         record = self.get_query(query_id)
-        frame = self._lookup(record, index_key, index_value)
+        frame = self._lookup(record, index_key, index_value, request)
         self._check_schema(record.schema, frame, stage="query", ids={"query_id": query_id})
         return frame
 
@@ -250,8 +261,8 @@ class FeatureService:
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         return features[[column["name"] for column in etl.schema if column["name"] in features.columns]]
 
-    def realtime_etl(self, query_id: str, etl_id: str, index_key: str, index_value: Any
-                     ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    def realtime_etl(self, query_id: str, etl_id: str, index_key: str, index_value: Any,
+                     request: RequestData | None = None) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         """One entity's features from hot data, by the stored ETL and state, checked against training.
 
         Returns the features in training column order and the expectation violations let through
@@ -261,7 +272,7 @@ class FeatureService:
         if etl.query_id != query_id:
             raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
                                {"etl_id": etl_id, "trained_query_id": etl.query_id})
-        raw = self.realtime_query(query_id, index_key, index_value)
+        raw = self.realtime_query(query_id, index_key, index_value, request)
         if raw.empty:
             raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
                            {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
@@ -398,14 +409,19 @@ class FeatureService:
         except NotFound:
             return False
 
-    def _lookup(self, record: QueryRecord, index_key: str, index_value: Any) -> pd.DataFrame:
+    def _lookup(self, record: QueryRecord, index_key: str, index_value: Any,
+                request: RequestData | None = None) -> pd.DataFrame:
         types = {column["name"]: column["type"] for column in record.schema}
         if not isinstance(index_key, str) or index_key not in types:
             raise InvalidInput(f"index_key {index_key!r} is not an output column of query {record.query_id}",
                                {"index_key": index_key, "columns": list(types)})
         value = _coerce_index_value(index_value, types[index_key], index_key)
         prepared = prepare_query(record.sql, self.warehouse.dialect)
-        return self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows)
+        rows = self.sources.request_tables(prepared.table_names(), request.rows if request else None)
+        frame = self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows, rows or None)
+        if request is not None and request.log and rows:
+            self.sources.ingest_many(rows)  # what was served, so training later sees it
+        return frame
 
     def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame,
                  state: dict[str, Any]) -> pd.DataFrame:

@@ -20,21 +20,17 @@ from sqlglot import exp
 
 from catalog.base import Catalog, SourceRecord, utc_now
 from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, NotFound
+from common.errors import SourceIncompatible as SourceConflict  # the 409 source_incompatible, shared with the client
 from common.logical_types import logical_of_engine_type
 from extraction.sql import prepare_query
 from realtime.base import RealtimeStore, time_value
 from sources.definition import check_table_name, parse_source, source_diff
-from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow
+from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow, rows_from_json
 from warehouse import BatchMark, Warehouse
 
 log = logging.getLogger(__name__)
 MAX_BATCH_ID = 200
-
-
-class SourceConflict(FeatureStoreError):
-    """A new definition under an existing source name that is not a compatible change (409)."""
-
-    status, code = 409, "source_incompatible"
+MAX_REQUEST_ROWS = 1000  # rows one serving request may supply per request source
 
 
 class SourceService:
@@ -75,6 +71,29 @@ class SourceService:
     def warehouse_tables(self) -> dict[str, str]:
         """Source name -> the warehouse table that holds its rows."""
         return {name: record.table for name, record in self._current.items()}
+
+    def request_tables(self, reads: list[str], given: Any) -> dict[str, pa.Table]:
+        """The request rows for the request sources a query `reads`, validated; 400 when one is missing,
+        is not such a source, is not read by the query, or carries too many rows."""
+        wanted = [name for name in reads if name in self._current and self._current[name].kind == "request"]
+        if given is None and not wanted:
+            return {}
+        if not isinstance(given, dict):
+            raise InvalidInput(f"the query reads request source(s) {wanted}: pass their rows as "
+                               "request_rows {source: [row, …]}", {"request_sources": wanted})
+        unexpected = sorted(set(given) - set(wanted))
+        missing = [name for name in wanted if name not in given]
+        if unexpected or missing:
+            raise InvalidInput("request_rows must name exactly the request sources the query reads",
+                               {"request_sources": wanted, "unexpected": unexpected, "missing": missing})
+        tables = {}
+        for name in wanted:
+            rows = given[name]
+            if isinstance(rows, list) and len(rows) > MAX_REQUEST_ROWS:
+                raise InvalidInput(f"request_rows.{name} has {len(rows)} rows; at most {MAX_REQUEST_ROWS}",
+                                   {"source": name, "max_rows": MAX_REQUEST_ROWS})
+            tables[name] = rows_from_json(self._current[name], rows)
+        return tables
 
     def window_filters(self) -> dict[str, Any]:
         """Source name -> the condition selecting the rows inside its hot window now (sources with one)."""
@@ -133,8 +152,7 @@ class SourceService:
                             "dependent_queries": self.dependent_queries(declared.name)})
             self._prepare_warehouse(declared, latest)
             record = self.catalog.save_source(replace(declared, version=(latest.version if latest else 0) + 1))
-            if record.kind == "table":
-                self.realtime.register(record)
+            self.realtime.register(record)
             self._current[record.name] = record
         return record, True
 
@@ -279,8 +297,7 @@ class SourceService:
         for source in self._current.values():
             if self.warehouse.table_columns(source.table) is None:
                 log.warning("source %r: the warehouse has no table %r; nothing to hydrate", source.name, source.table)
-                if source.kind == "table":
-                    self.realtime.register(source)
+                self.realtime.register(source)
             else:
                 present.append(source)
         return self.realtime.hydrate(self.warehouse, present)

@@ -171,16 +171,23 @@ class DuckDBEngine:
                     cursor.unregister(view)
         return {table: len(frame) for table, frame in frames.items()}
 
-    def query(self, sql: str, params: Sequence[Any] = (), max_rows: int | None = None) -> pd.DataFrame:
+    def query(self, sql: str, params: Sequence[Any] = (), max_rows: int | None = None,
+              staged: dict[str, Any] | None = None) -> pd.DataFrame:
         """Run one SELECT statement (DuckDB's own parser checks it too); with `max_rows`, refuse longer results.
 
         It runs in a transaction that is always rolled back, so even a write that slipped past
-        both parsers (DuckDB runs a DELETE inside a CTE) leaves nothing behind.
+        both parsers (DuckDB runs a DELETE inside a CTE) leaves nothing behind. `staged` rows
+        (table -> Arrow table) are inserted first in that transaction: only this statement sees them.
         """
         with self._translated():
             cursor = self._checked_select(sql)
             cursor.execute("BEGIN TRANSACTION")
             try:
+                for i, (table, rows) in enumerate((staged or {}).items()):
+                    view = f"_fs_staged_{i}"
+                    cursor.register(view, rows)
+                    cursor.execute(f"INSERT INTO {_qualified(table)} BY NAME SELECT * FROM {view}")
+                    cursor.unregister(view)
                 with self._time_limit(cursor):
                     result = cursor.execute(sql, list(params))
                     if max_rows is None:
@@ -225,7 +232,12 @@ class DuckDBEngine:
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement and return an Arrow table (for bulk copies)."""
         with self._translated():
-            return self._cursor().execute(sql, list(params)).to_arrow_table()
+            # a cursor of its own: nothing is left pending on the thread's cursor, and no extra copy of the rows
+            cursor = self._connection.cursor()
+            try:
+                return cursor.sql(sql, params=list(params) or None).to_arrow_table()
+            finally:
+                cursor.close()
 
     def ping(self) -> None:
         with self._translated():

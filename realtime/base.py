@@ -68,8 +68,13 @@ class RealtimeStore(ABC):
         """Add rows (DataFrames or Arrow tables) to several sources in one transaction."""
 
     @abstractmethod
-    def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int) -> pd.DataFrame:
-        """The saved query's rows whose `index_key` equals `value`."""
+    def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
+               request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
+        """The saved query's rows whose `index_key` equals `value`.
+
+        `request_rows` (source name -> validated Arrow table) stand in for those request sources'
+        rows during this lookup only: no other reader sees them and nothing of them is kept.
+        """
 
     @abstractmethod
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
@@ -96,9 +101,9 @@ class RealtimeStore(ABC):
         (so only one source's rows are held in memory at once; this runs before the service answers)."""
         loaded = {}
         for source in sources:
-            if source.kind != "table":
-                continue
             self.register(source)
+            if source.kind != "table":  # a request source's rows come with each request
+                continue
             cutoff = self.cutoff(source, now)
             rows = warehouse.recent_rows(source.table, source.event_time, time_value(source, cutoff))
             loaded[source.name] = self.append({source.name: rows})[source.name]

@@ -75,8 +75,11 @@ class DuckDBRealtimeStore(RealtimeStore):
         counts = self.engine.append({rows_table(name): frame for name, frame in frames.items()})
         return {name: counts[rows_table(name)] for name in frames}
 
-    def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int) -> pd.DataFrame:
-        return self.engine.query(prepared.point_lookup_sql(index_key, self.dialect), [value], max_rows=max_rows)
+    def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
+               request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
+        staged = {rows_table(name): rows for name, rows in (request_rows or {}).items()}
+        return self.engine.query(prepared.point_lookup_sql(index_key, self.dialect), [value], max_rows=max_rows,
+                                 staged=staged)
 
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
         self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")

@@ -197,6 +197,19 @@ class SqliteRealtimeStore(RealtimeStore):
                   f"VALUES ({', '.join('?' * len(names))})")
         return insert, zip(*columns)
 
+    def _stage(self, inserts: list[tuple[str, Iterable[tuple]]]) -> None:
+        """Begin a transaction holding request rows (the caller holds the lock and rolls it back)."""
+        self._writing, self._deadline = True, math.inf
+        try:
+            self._connection.execute("BEGIN")
+            for insert, rows in inserts:
+                self._connection.executemany(insert, rows)
+        except sqlite3.Error as error:
+            self._connection.execute("ROLLBACK")
+            raise BackendUnavailable(ROLE, error) from None
+        finally:
+            self._writing = False
+
     def evict(self, now: float | None = None) -> dict[str, int]:
         deleted = {}
         for name, source in list(self.sources.items()):
@@ -220,11 +233,13 @@ class SqliteRealtimeStore(RealtimeStore):
             low, high = (None if v is None else _parse_timestamp(v) for v in (low, high))
         return {"rows": count, "min_event_time": low, "max_event_time": high}
 
-    def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int) -> pd.DataFrame:
+    def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
+               request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
         sql, types = self._lookup_plan(prepared, index_key)
         if isinstance(value, dt.datetime):
             value = _timestamp_text(value.timestamp())
-        names, rows = self._run(sql, (value,), max_rows)
+        inserts = [self._insert_rows(name, rows) for name, rows in (request_rows or {}).items()]
+        names, rows = self._run(sql, (value,), max_rows, inserts)
         return typed_frame(names, rows, types)
 
     def _lookup_plan(self, prepared: PreparedQuery, index_key: str) -> tuple[str, dict[str, str | None]]:
@@ -255,10 +270,15 @@ class SqliteRealtimeStore(RealtimeStore):
             self._closed = True
             self._connection.close()
 
-    def _run(self, sql: str, params: tuple, max_rows: int | None) -> tuple[list[str], list[tuple]]:
+    def _run(self, sql: str, params: tuple, max_rows: int | None,
+             inserts: list[tuple[str, Iterable[tuple]]] = ()) -> tuple[list[str], list[tuple]]:
+        """Run one read under the lock; `inserts` (request rows) are written first inside a transaction
+        that is rolled back after the read, so only this read sees them."""
         with self._lock:
             if self._closed:
                 raise BackendUnavailable(ROLE, "the store is closed")
+            if inserts:
+                self._stage(inserts)
             if self.statement_timeout is not None:
                 self._deadline = time.monotonic() + self.statement_timeout
             try:
@@ -270,6 +290,13 @@ class SqliteRealtimeStore(RealtimeStore):
                         sqlite3.SQLITE_INTERRUPT:
                     raise query_timeout(ROLE, self.statement_timeout) from None
                 raise InvalidQuery(f"the realtime store rejected the query: {error}") from None
+            finally:
+                if inserts:
+                    self._writing = True
+                    try:
+                        self._connection.execute("ROLLBACK")
+                    finally:
+                        self._writing = False
         if max_rows is not None and len(rows) > max_rows:
             raise ResultTooLarge(f"the result has more than {max_rows} rows", {"max_rows": max_rows})
         return names, rows

@@ -42,6 +42,22 @@ class NullableInteger(fields.Integer):
 ERROR_FIELDS = {"code": fields.String(required=True, example="invalid_input"),
                 "message": fields.String(required=True),
                 "details": fields.Raw(required=True, description="structured context; {} when none")}
+REQUEST_FIELDS = {
+    "request_rows": fields.Raw(description="rows for the request sources the query reads: {source: [row, …]}; "
+                                           "they stand in for that source's rows in this request only"),
+    "log": fields.Boolean(default=False, description="also append the request rows to their sources"),
+}
+
+
+def request_data(body: dict[str, Any]) -> Any:
+    """The request rows of a realtime call (None when it has none)."""
+    from app.service import RequestData
+
+    if "request_rows" not in body and not body.get("log"):
+        return None
+    return RequestData(body.get("request_rows"), bool(body.get("log", False)))
+
+
 PAGING = {"offset": {"description": "rows to skip", "type": "integer", "minimum": 0, "default": 0},
           "limit": {"description": "page size", "type": "integer", "minimum": 1, "maximum": 500, "default": 50}}
 

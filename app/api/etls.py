@@ -6,7 +6,7 @@ from typing import Any
 from flask import request
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import (PAGING, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.queries import FLAGS, column
@@ -43,6 +43,7 @@ realtime_request = extract_ns.model("ExtractRealtimeRequest", {
     "etl_id": fields.String(required=True, min_length=1, max_length=64),
     "index_key": fields.String(required=True, min_length=1, max_length=200),
     "index_value": Scalar(required=True),
+    **REQUEST_FIELDS,
 })
 plan_model = extract_ns.model("EtlPlan", {
     "etl_id": fields.String, "exists": fields.Boolean, "code_sha256": fields.String,
@@ -128,7 +129,7 @@ class ExtractRealtime(Resource):
         body = json_body(realtime_request)
         frame, warnings = service().realtime_etl(checked_id("query", body["query_id"]),
                                                  checked_id("etl", body["etl_id"]), body["index_key"],
-                                                 body["index_value"])
+                                                 body["index_value"], request_data(body))
         return {"data": frame_records(frame), "warnings": warnings}
 
 

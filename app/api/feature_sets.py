@@ -7,7 +7,7 @@ from typing import Any
 from flask import current_app
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import (PAGING, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
@@ -40,6 +40,7 @@ version_model = ns.model("FeatureSetVersion", {
 realtime_request = ns.model("FeatureSetRealtime", {
     "index_value": Scalar(required=True),
     "version": fields.Integer(min=1, description="default: the production version, else the newest"),
+    **REQUEST_FIELDS,
 })
 train_request = ns.model("FeatureSetTrain", {"version": fields.Integer(min=1)})
 stage_request = ns.model("FeatureSetStage", {
@@ -130,7 +131,7 @@ class FeatureSetRealtime(Resource):
         """One entity's features by feature-set name (default: the production version, else the newest)."""
         body = json_body(realtime_request)
         record, frame, warnings = feature_sets().realtime(checked_name(name), body["index_value"],
-                                                          body.get("version"))
+                                                          body.get("version"), request_data(body))
         return {"name": record.name, "version": record.version, "schema": feature_sets().schema(record),
                 "data": frame_records(frame), "warnings": warnings}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import (PAGING, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.arrowio import arrow_response, wants_arrow
@@ -33,6 +33,7 @@ realtime_request = query_ns.model("QueryRealtimeRequest", {
     "query_id": fields.String(required=True, min_length=1, max_length=64),
     "index_key": fields.String(required=True, min_length=1, max_length=200, description="an output column of the query"),
     "index_value": Scalar(required=True, description="the entity's key (always a bound parameter)"),
+    **REQUEST_FIELDS,
 })
 rows_response = query_ns.model("RowsResponse", {"data": fields.List(fields.Raw)})
 query_record = queries_ns.model("QueryRecord", {
@@ -102,7 +103,7 @@ class QueryRealtime(Resource):
         """Run a saved query on the realtime store for one entity."""
         body = json_body(realtime_request)
         frame = service().realtime_query(checked_id("query", body["query_id"]), body["index_key"],
-                                         body["index_value"])
+                                         body["index_value"], request_data(body))
         return {"data": frame_records(frame)}
 
 
