@@ -4,7 +4,8 @@ Results come back as pandas DataFrames typed by the service's schema; errors as
 the service's own error classes (`common.errors`), rebuilt from its JSON.
 """
 from common.errors import (BackendUnavailable, EtlFailed, EtlTampered, FeatureStoreError, InvalidEtl,
-                           InvalidInput, InvalidQuery, NotFound, ResultTooLarge, UpstreamUnavailable)
+                           InvalidInput, InvalidQuery, NotFound, ResultTooLarge, SourceIncompatible,
+                           UpstreamUnavailable)
 
 from client.errors import (SchemaMismatch, ServiceError, ServiceTimeout, ServiceUnreachable, UnexpectedResponse,
                            error_class)
@@ -13,6 +14,6 @@ from client.store import FeatureStore, Page, TrainingResult
 __all__ = [
     "FeatureStore", "TrainingResult", "Page",
     "FeatureStoreError", "InvalidInput", "InvalidQuery", "InvalidEtl", "ResultTooLarge", "NotFound",
-    "SchemaMismatch", "EtlFailed", "EtlTampered", "UpstreamUnavailable", "BackendUnavailable",
+    "SchemaMismatch", "SourceIncompatible", "EtlFailed", "EtlTampered", "UpstreamUnavailable", "BackendUnavailable",
     "ServiceError", "UnexpectedResponse", "ServiceUnreachable", "ServiceTimeout", "error_class",
 ]

@@ -74,8 +74,9 @@ def _server_classes() -> dict[str, type[FeatureStoreError]]:
 
 
 # Codes the service sends with a class of another code (same status and meaning).
-_ALIASES = {"entity_not_found": errors.NotFound, "query_timeout": errors.InvalidQuery,
-            "etl_timeout": errors.EtlFailed, "etl_worker_died": errors.EtlFailed}
+_ALIASES = {"entity_not_found": errors.NotFound, "source_not_found": errors.NotFound,
+            "query_timeout": errors.InvalidQuery, "etl_timeout": errors.EtlFailed,
+            "etl_worker_died": errors.EtlFailed}
 
 
 def error_class(code: str) -> type[FeatureStoreError] | None:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import quote
 
 import pandas as pd
 
 from client.frames import Column, records_frame
-from client.transport import Transport
+from client.ingest import CHUNK_ROWS, arrow_chunks, json_rows, summed
+from client.transport import ARROW_STREAM, Transport
 
 Scalar = str | int | float | bool
 
@@ -42,10 +43,12 @@ class FeatureStore:
     """A client of the feature store service at `url` (``http://host:port``, with or without ``/v1.0``).
 
     Every call has `timeout` seconds. Reads and idempotent calls (training runs:
-    their saved ids derive from content; realtime lookups) are retried up to
-    `retries` more times with exponential `backoff` on connection errors and
-    502/503/504; `publish` and any 4xx never are. Errors are the classes of
-    `common.errors` (see `client.errors`). Use as a context manager or `close()`.
+    their saved ids derive from content; realtime lookups; declaring a source;
+    ingesting or loading with a `batch_id`, which the service writes once) are
+    retried up to `retries` more times with exponential `backoff` on connection
+    errors and 502/503/504; `publish`, ingesting or loading without a `batch_id`
+    and any 4xx never are. Errors are the classes of `common.errors` (see
+    `client.errors`). Use as a context manager or `close()`.
     """
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
@@ -219,6 +222,64 @@ class FeatureStore:
         frame.attrs["version"] = payload["version"]
         return frame
 
+    # -- sources -------------------------------------------------------------------------------
+
+    def declare_source(self, name: str, *, columns: list[dict[str, Any]] | None = None, entity_keys: list[str],
+                       event_time: str, table: str | None = None, created_time: str | None = None,
+                       hot_window_seconds: int | None = None, kind: str = "table", description: str = "",
+                       tags: Iterable[str] = (), owner: str = "") -> dict[str, Any]:
+        """Declare source `name` with `columns` (``{name, type, nullable?}``), or without them adopt the
+        warehouse table `table` (default: `name`) as it is; the stored version's record.
+
+        The same definition again answers its newest version (so this is retried); a compatible change
+        makes the next version; an incompatible one is `SourceIncompatible` (details: ``diff``).
+        """
+        body: dict[str, Any] = {"name": name, "entity_keys": list(entity_keys), "event_time": event_time,
+                                "kind": kind, "description": description, "tags": list(tags), "owner": owner}
+        optional = {"columns": None if columns is None else [dict(column) for column in columns], "table": table,
+                    "created_time": created_time, "hot_window_seconds": hot_window_seconds}
+        body.update({key: value for key, value in optional.items() if value is not None})  # None: the default
+        return self._http.call("POST", "/sources", retry=True, body=body)
+
+    def sources(self, offset: int = 0, limit: int = 50) -> Page:
+        """A page of sources (the newest version of each), by name."""
+        return _page(self._http.call("GET", "/sources", retry=True, params={"offset": offset, "limit": limit}))
+
+    def source(self, name: str) -> dict[str, Any]:
+        """One source: its newest version, its versions, and its rows in the warehouse and the realtime store."""
+        return self._http.call("GET", _source_path(name), retry=True)
+
+    def ingest(self, name: str, frame: pd.DataFrame, *, batch_id: str | None = None,
+               chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
+        """Write a DataFrame's rows into source `name`, sent as an Arrow IPC stream (see `client.ingest`).
+
+        A frame of more than `chunk_rows` rows goes in calls of that many rows, each its own transaction
+        with batch id ``f"{batch_id}:{i}"``; the answer is their sum. With a `batch_id` a call is retried
+        and a batch written before writes nothing (``duplicate``); without one it is never retried. If a
+        call fails, calling again with the same `batch_id` writes only the chunks not written yet.
+        """
+        chunked = len(frame) > chunk_rows
+        answers = []
+        for i, body in enumerate(arrow_chunks(frame, chunk_rows)):  # encoded one chunk at a time
+            part = f"{batch_id}:{i}" if chunked and batch_id is not None else batch_id
+            answers.append(self._http.call("POST", _source_path(name, "rows"), retry=part is not None,
+                                           params=None if part is None else {"batch_id": part}, body=body,
+                                           content_type=ARROW_STREAM))
+        return summed(answers, batch_id)
+
+    def ingest_rows(self, name: str, rows: list[dict[str, Any]], batch_id: str | None = None) -> dict[str, Any]:
+        """Write rows (dicts keyed by column; datetimes need a zone) into source `name` as JSON; retried only
+        with a `batch_id`."""
+        body = {"rows": json_rows(rows), **({"batch_id": batch_id} if batch_id is not None else {})}
+        return self._http.call("POST", _source_path(name, "rows"), retry=batch_id is not None, body=body)
+
+    def load(self, name: str, path: str, format: str | None = None, batch_id: str | None = None) -> dict[str, Any]:
+        """Bulk-load a Parquet or CSV file (or folder) under the service's LOAD_DIR into source `name`;
+        retried only with a `batch_id`."""
+        body = {"path": path, **({"format": format} if format else {}),
+                **({"batch_id": batch_id} if batch_id is not None else {})}
+        return self._http.call("POST", _source_path(name, "load"), retry=batch_id is not None, body=body)
+
     def _training(self, payload: dict[str, Any], query_id: str | None, etl_id: str | None) -> TrainingResult:
         schema = payload.get("schema")
         saved_id = payload.get("etl_id") or payload.get("query_id")
@@ -241,6 +302,10 @@ def _flags(save: bool, include_data: bool) -> dict[str, str]:
 def _scalar(value: Any) -> Any:
     """A JSON-ready entity key: numpy/pandas scalars become Python ones."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def _source_path(name: str, *rest: str) -> str:
+    return "/".join(["/sources", quote(name, safe=""), *rest])
 
 
 def _page(payload: dict[str, Any]) -> Page:

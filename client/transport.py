@@ -41,13 +41,17 @@ class Transport:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def call(self, method: str, path: str, *, retry: bool, params: dict[str, Any] | None = None,
-             body: Any = None) -> Any:
-        """The JSON body of a 2xx answer to `method` `path`; an error otherwise."""
+             body: Any = None, content_type: str | None = None) -> Any:
+        """The JSON body of a 2xx answer to `method` `path`; an error otherwise.
+
+        `body` is sent as JSON, or as it is (bytes) with a `content_type`.
+        """
         url = self.root + path
         attempts = 1 + (self.retries if retry else 0)
+        payload = {"json": body} if content_type is None else {"data": body, "headers": {"Content-Type": content_type}}
         for attempt in range(1, attempts + 1):
             try:
-                response = self.session.request(method, url, params=params, json=body, timeout=self.timeout)
+                response = self.session.request(method, url, params=params, timeout=self.timeout, **payload)
             except requests.ConnectionError as exc:  # refused, reset, DNS, connect timeout
                 if attempt < attempts:
                     self._sleep(attempt)

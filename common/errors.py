@@ -63,6 +63,13 @@ class SchemaMismatch(FeatureStoreError):
     status, code = 409, "schema_mismatch"
 
 
+class SourceIncompatible(FeatureStoreError):
+    """A new definition under an existing source name that is not a compatible change (409); details carry
+    the name, the newest version, the diff (``source_diff``) and the saved queries that read the source."""
+
+    status, code = 409, "source_incompatible"
+
+
 class EtlFailed(FeatureStoreError):
     """The ETL code raised or returned something that is not a DataFrame (422)."""
 

@@ -1,10 +1,12 @@
-"""Apply a plan: save the new queries, register the new ETLs, create feature-set versions, set stages.
+"""Apply a plan: declare sources, save the new queries, register the new ETLs, create feature-set
+versions, set stages.
 
-Only steps the plan marks `+` or `~` are sent, in the plan's order, so applying an
-applied repo sends nothing. Ids are taken from what the service answers (an ETL
-committed again between plan and apply gets its new id everywhere after it). The
-first error stops the run: later steps may depend on the failed one, and what was
-done before it is saved and idempotent, so running `apply` again continues.
+Only steps the plan marks `+` or `~` are sent, in the plan's order (sources first: queries
+read them), so applying an applied repo sends nothing. A deferred step is checked by the
+service only now, once what it reads is declared. Ids are taken from what the service
+answers (an ETL committed again between plan and apply gets its new id everywhere after
+it). The first error stops the run: later steps may depend on the failed one, and what
+was done before it is saved and idempotent, so running `apply` again continues.
 """
 from __future__ import annotations
 
@@ -40,7 +42,10 @@ def apply_plan(plan: Plan, api: RepoClient, report: Callable[[Step], None],
         position = f"[{pending.index(step) + 1}/{len(pending)}]"
         started = time.monotonic()
         try:
-            if step.kind == "query":
+            if step.kind == "source":
+                progress(f"{position} declaring source {step.name}…")
+                step.target = f"v{api.declare_source(**step.request)['version']}"
+            elif step.kind == "query":
                 progress(f"{position} saving query {step.name} (runs it on the warehouse)…")
                 result = api.query_train(step.request["sql"], name=step.name, save=True, include_data=False)
                 step.target = query_ids[step.name] = result.query_id

@@ -67,7 +67,7 @@ def run_apply(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
             print(f"Apply refused, nothing changed: {plan.summary()}.", file=out)
             print("error: the plan has errors (lines marked !)", file=err)
             return EXIT_ERROR
-        verbs = {"query": "saved", "etl": "registered", "feature_set": "version created"}
+        verbs = {"source": "declared", "query": "saved", "etl": "registered", "feature_set": "version created"}
 
         def report(step: Step) -> None:
             done = "unchanged" if step.action == SAME else (

@@ -3,11 +3,17 @@
 A feature repo is a folder (inside a git repository) holding::
 
     featurestore.toml      the service URL, ETLs and feature sets (this module's schema)
+    sources/<name>.toml    one declared source per file, named by its stem unless it sets `name`
     queries/<name>.sql     one saved query per file, named by its stem
     etls/<name>.py         ETL scripts, each registered against a query named in the config
 
+A source file holds the ``POST /v1.0/sources`` body as TOML: table, entity_keys,
+event_time, created_time, hot_window_seconds, kind, description, tags, owner, and
+``[[columns]]`` tables (name, type, nullable); without columns the source adopts the
+warehouse table as it is. Declarations with columns are checked as the service checks them.
+
 Every problem found (bad TOML, unknown keys, a missing file, an ETL naming an unknown
-query, …) is collected, so one run lists them all: `RepoConfigError.problems`.
+query, an invalid source, …) is collected, so one run lists them all: `RepoConfigError.problems`.
 The API key is never read from the file (it would end up in git).
 """
 from __future__ import annotations
@@ -16,6 +22,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.errors import InvalidInput
+from sources.definition import FIELDS, check_identifier, check_table_name, parse_source
 
 CONFIG_FILE = "featurestore.toml"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -28,6 +37,17 @@ class RepoConfigError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    file: Path  # absolute
+    declaration: dict[str, Any]  # the POST /v1.0/sources body; without "columns" it adopts the warehouse table
+
+    @property
+    def adopts(self) -> bool:
+        return "columns" not in self.declaration
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class RepoConfig:
     etls: list[EtlSpec]
     feature_sets: list[FeatureSetSpec]
     warnings: list[str]
+    sources: list[SourceSpec] = field(default_factory=list)
 
     def relpath(self, path: Path) -> str:
         """`path` relative to the feature repo folder, for messages."""
@@ -109,6 +130,7 @@ def load_repo(repo_dir: str | Path, url: str | None = None, git_ref: str | None 
     if "api_key" in service:
         reader.problems.append("[service] api_key: the API key is never read from the file (it would be "
                                "committed to git); use --api-key or FEATURESTORE_API_KEY")
+    sources = reader.sources()
     git_table = reader.table(data, "git")
     query_table, etl_table = reader.table(data, "queries"), reader.table(data, "etls")
     queries = reader.queries(query_table)
@@ -132,7 +154,7 @@ def load_repo(repo_dir: str | Path, url: str | None = None, git_ref: str | None 
     if reader.problems:
         raise RepoConfigError(reader.problems)
     return RepoConfig(root=root, git_root=git_root, url=url, git=remote, queries=queries, etls=etls,
-                      feature_sets=feature_sets, warnings=reader.warnings)
+                      feature_sets=feature_sets, warnings=reader.warnings, sources=sources)
 
 
 class _Reader:
@@ -200,6 +222,28 @@ class _Reader:
             return None
         return path
 
+    def sources(self) -> list[SourceSpec]:
+        """Every sources/*.toml: one declaration each, named by the file's stem unless it sets `name`; those
+        with columns first."""
+        specs: dict[str, SourceSpec] = {}
+        for path in sorted((self.root / "sources").glob("*.toml")):
+            where = f"sources/{path.name}"
+            try:
+                declaration = {"name": path.stem, **tomllib.loads(path.read_text(encoding="utf-8"))}
+                _check_source(declaration)
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                self.problems.append(f"{where}: {exc}")
+                continue
+            except InvalidInput as error:
+                self.problems.append(f"{where}: {error.message}")
+                continue
+            name = declaration["name"]
+            if name in specs:
+                self.problems.append(f"{where}: source {name!r} is also declared in sources/{specs[name].file.name}")
+                continue
+            specs[name] = SourceSpec(name, path, declaration)
+        return sorted(specs.values(), key=lambda spec: spec.adopts)  # one may adopt the table another declares
+
     def queries(self, table: dict[str, Any]) -> list[QuerySpec]:
         """Every queries/*.sql, named by its stem unless a [queries.<name>] entry names its file."""
         entries = dict(self.entries(table, "queries"))
@@ -265,6 +309,24 @@ class _Reader:
             if len(self.problems) == problems and etl in etls:
                 specs.append(FeatureSetSpec(name, etl, features, index_key, description, tags or [], stage))
         return specs
+
+
+def _check_source(declaration: dict[str, Any]) -> None:
+    """InvalidInput for what the service would refuse, as far as it can be known here: all of it for a source
+    declared with columns; the names, keys and event time of one adopting a warehouse table (whose columns are
+    read there)."""
+    unknown = sorted(set(declaration) - FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})")
+    if "columns" in declaration:
+        parse_source(declaration, created_by="", created_at="")
+        return
+    check_identifier(declaration["name"], "name")
+    check_table_name(declaration.get("table") or declaration["name"])
+    keys, event_time = declaration.get("entity_keys"), declaration.get("event_time")
+    if not (isinstance(keys, list) and keys and all(isinstance(key, str) for key in keys)
+            and isinstance(event_time, str)):
+        raise InvalidInput("entity_keys (a list of column names) and event_time (a column name) are required")
 
 
 def _git_root(path: Path) -> Path | None:

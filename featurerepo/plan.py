@@ -1,11 +1,16 @@
 """The plan: for each object the repo declares, what the catalog holds and what `apply` would do.
 
-Nothing is saved: queries go to ``query/plan`` (the save's checks, the id, whether
-it exists), ETLs to ``extract/plan`` (fetched and loaded from the commit, the id,
-whether it exists), feature sets are compared with their newest version. Objects
-are planned in dependency order (queries, ETLs, feature sets); an object whose
-dependency failed is not checked. Errors about the service as a whole
-(`service_client.is_fatal`) stop the plan by raising.
+Nothing is saved: sources are compared with their newest version (``GET sources/<name>``)
+as the service compares a declaration (`sources.definition`: the same definition, a
+compatible next version, or the 409 an incompatible one gets), queries go to
+``query/plan`` (the save's checks, the id, whether it exists), ETLs to ``extract/plan``
+(fetched and loaded from the commit, the id, whether it exists), feature sets are
+compared with their newest version. Objects are planned in dependency order (sources,
+queries, ETLs, feature sets); an object whose dependency failed is not checked. A query
+reading only sources the plan creates cannot be checked before they are declared: it
+is planned `deferred` (checked when apply saves it), and so are the ETLs and feature
+sets on it. Errors about the service as a whole (`service_client.is_fatal`) stop the
+plan by raising.
 """
 from __future__ import annotations
 
@@ -13,27 +18,32 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import FeatureStoreError
-from featurerepo.config import EtlSpec, FeatureSetSpec, QuerySpec, RepoConfig
+from catalog.base import SourceRecord
+from common.errors import FeatureStoreError, InvalidInput, NotFound, SourceIncompatible
+from featurerepo.config import EtlSpec, FeatureSetSpec, QuerySpec, RepoConfig, SourceSpec
 from featurerepo.service_client import RepoClient, describe, is_fatal
+from sources.definition import parse_source, source_diff
 
 CREATE, CHANGE, SAME, ERROR, BLOCKED = "+", "~", "=", "!", "?"
 FIELDS = ("query_id", "etl_id", "features", "index_key", "description", "tags")
+SOURCE_FIELDS = ("hot_window_seconds", "description", "tags", "owner")  # compatible changes besides columns
+UNSAVED_QUERY = "q_" + "0" * 16  # an ETL on a query not saved yet is planned on this id: its code is checked
 
 
 @dataclass
 class Step:
     """One object of the repo: what `apply` would do to it (`action`) and why."""
 
-    kind: str  # "query", "etl" or "feature_set"
+    kind: str  # "source", "query", "etl" or "feature_set"
     name: str
     action: str  # CREATE, CHANGE, SAME, ERROR or BLOCKED
-    target: str | None = None  # the id (q_…, e_…) or feature-set version ("v2") the catalog will hold
+    target: str | None = None  # the id (q_…, e_…) or source or feature-set version ("v2") the catalog will hold
     previous: str | None = None  # the id or version it follows, for a change
     note: str = ""
-    spec: Any = None  # the QuerySpec, EtlSpec or FeatureSetSpec
+    spec: Any = None  # the SourceSpec, QuerySpec, EtlSpec or FeatureSetSpec
     request: dict[str, Any] = field(default_factory=dict)  # what apply sends (ids resolved at apply time)
     new_version: bool = False  # feature sets: a new version is needed (else only the stage changes)
+    deferred: bool = False  # reads sources the plan creates: checked (and its id known) only at apply
 
     @property
     def failed(self) -> bool:
@@ -74,6 +84,8 @@ class Plan:
 def make_plan(repo: RepoConfig, api: RepoClient) -> Plan:
     """Ask the service about every object of `repo`; raises only on errors about the service itself."""
     planner = _Planner(repo, api)
+    sources = [planner.source(spec) for spec in repo.sources]
+    planner.new_sources = {step.name for step in sources if step.action == CREATE}
     queries = {spec.name: planner.query(spec) for spec in repo.queries}
     seen: dict[str, str] = {}
     for step in queries.values():
@@ -84,7 +96,7 @@ def make_plan(repo: RepoConfig, api: RepoClient) -> Plan:
             seen[step.target] = step.name
     etls = {spec.name: planner.etl(spec, queries[spec.query]) for spec in repo.etls}
     feature_sets = [planner.feature_set(spec, etls[spec.etl]) for spec in repo.feature_sets]
-    steps = [*queries.values(), *etls.values(), *feature_sets]
+    steps = [*sources, *queries.values(), *etls.values(), *feature_sets]
     return Plan(steps, list(repo.warnings) + planner.warnings)
 
 
@@ -111,13 +123,53 @@ class _Planner:
         self.query_ids: dict[str, str] = {}  # query name → planned id
         self.query_schemas: dict[str, list[dict[str, str]]] = {}  # query id → its output columns
         self.etl_columns: dict[str, list[str]] = {}  # registered ETL id → its output columns
+        self.new_sources: set[str] = set()  # sources the plan creates
+
+    def source(self, spec: SourceSpec) -> Step:
+        step = Step("source", spec.name, ERROR, spec=spec, request=spec.declaration)
+        try:
+            described = self.api.source(spec.name)
+        except NotFound:
+            table = spec.declaration.get("table") or spec.name
+            step.action, step.target = CREATE, "v1"
+            step.note = (f"adopts warehouse table {table} (its columns are read at apply)" if spec.adopts
+                         else f"{len(spec.declaration['columns'])} columns, from {self.repo.relpath(spec.file)}")
+            return step
+        except FeatureStoreError as error:
+            return _failed(step, error)
+        current = SourceRecord.from_dict(described)
+        # Adopting reads the warehouse table, which holds the current version's columns (types only).
+        columns = [{"name": c["name"], "type": c["type"]} for c in current.columns]
+        try:
+            declared = parse_source({"columns": columns, **spec.declaration}, created_by="", created_at="")
+        except InvalidInput as error:
+            return _failed(step, error)
+        step.target = f"v{current.version}"
+        if declared.definition() == current.definition():
+            step.action = SAME
+            return step
+        diff = source_diff(current, declared)
+        if not diff["compatible"]:  # what the service would answer (409), with what makes it so
+            readers = described.get("dependent_queries") or []
+            return _failed(step, SourceIncompatible(
+                f"source {spec.name!r} exists ({step.target}) and {self.repo.relpath(spec.file)} is not a "
+                f"compatible change ({_incompatible(diff)}); declare it under a new name"
+                + (f"; saved queries reading it: {', '.join(readers)}" if readers else ""),
+                {"name": spec.name, "version": current.version, "diff": diff, "dependent_queries": readers}))
+        step.action, step.previous, step.target = CHANGE, step.target, f"v{current.version + 1}"
+        step.note = "new version: " + _source_changes(current, declared, diff)
+        return step
 
     def query(self, spec: QuerySpec) -> Step:
         step = Step("query", spec.name, ERROR, spec=spec, request={"sql": spec.sql})
         try:
             planned = self.api.plan_query(spec.sql)
         except FeatureStoreError as error:
-            return _failed(step, error)
+            undeclared = set(error.details.get("undeclared_tables") or ())
+            if not undeclared or not undeclared <= self.new_sources:
+                return _failed(step, error)
+            return _deferred(step, self.query_names.get(spec.name), f"from {self.repo.relpath(spec.file)}, checked "
+                             f"once {', '.join(sorted(undeclared))} are declared")
         step.target = self.query_ids[spec.name] = planned["query_id"]
         self.query_schemas[step.target] = planned["schema"]
         where = self.repo.relpath(spec.file)
@@ -133,13 +185,17 @@ class _Planner:
         step = Step("etl", spec.name, ERROR, spec=spec, request=etl_location(self.repo, spec))
         if query.failed:
             return _blocked(step, f"query {query.name}")
-        try:
-            planned = self.api.plan_etl(query.target, step.request)
+        try:  # on a deferred query: its code is checked, its id is known once the query is saved
+            planned = self.api.plan_etl(UNSAVED_QUERY if query.deferred else query.target, step.request)
         except FeatureStoreError as error:
             return _failed(step, error)
-        step.target = planned["etl_id"]
+        if self.repo.git is not None:
+            self._check_pushed(spec, planned)
         source = planned.get("source") or {}
         at = f"{self.repo.relpath(spec.file)} at {(source.get('commit') or '?')[:12]}"
+        if query.deferred:
+            return _deferred(step, self.etl_names.get(spec.name), f"{at}, on query {query.name} once it is saved")
+        step.target = planned["etl_id"]
         if planned["exists"]:
             step.action = SAME
         elif spec.name in self.etl_names:
@@ -148,14 +204,20 @@ class _Planner:
             step.note = f"new version ({why}): {at}, on query {query.name}"
         else:
             step.action, step.note = CREATE, f"{at}, on query {query.name}"
-        if self.repo.git is not None:
-            self._check_pushed(spec, planned)
         return step
 
     def feature_set(self, spec: FeatureSetSpec, etl: Step) -> Step:
         step = Step("feature_set", spec.name, ERROR, spec=spec)
         if etl.failed:
             return _blocked(step, f"etl {etl.name}")
+        step.request = {"query": etl.spec.query}  # the rest of the request is the spec
+        if etl.deferred:
+            try:
+                newest = self.api.newest_feature_set(spec.name)
+            except FeatureStoreError as error:
+                return _failed(step, error)
+            step.new_version = True  # or the newest version, when the service finds it equal
+            return _deferred(step, newest and f"v{newest['version']}", f"on etl {etl.name}, checked when created")
         query_id = self.query_ids[etl.spec.query]
         schema = self.query_schemas[query_id]
         try:
@@ -170,7 +232,6 @@ class _Planner:
             return step
         wanted = {"query_id": query_id, "etl_id": etl.target, "features": features, "index_key": index_key,
                   "description": spec.description, "tags": spec.tags}
-        step.request = {"query": etl.spec.query}  # the rest of the request is the spec
         if newest is None:
             step.action, step.target, step.new_version = CREATE, "v1", True
             step.note = _set_note(spec, etl, features)
@@ -231,6 +292,12 @@ def _failed(step: Step, error: FeatureStoreError) -> Step:
     return step
 
 
+def _deferred(step: Step, previous: str | None, note: str) -> Step:
+    """`step` planned without the service's checks, which wait for the sources it reads (see the module)."""
+    step.action, step.previous, step.note, step.deferred = CHANGE if previous else CREATE, previous, note, True
+    return step
+
+
 def _blocked(step: Step, dependency: str) -> Step:
     step.action, step.note = BLOCKED, f"not checked: {dependency} has errors"
     return step
@@ -240,6 +307,28 @@ def _set_note(spec: FeatureSetSpec, etl: Step, features: list[str] | None) -> st
     chosen = f"{len(features)} features" if features else "every column of the etl"
     stage = f", stage {spec.stage}" if spec.stage not in (None, "none") else ""
     return f"etl {etl.name} ({etl.target}), {chosen}, index {spec.index_key or 'the first query column'}{stage}"
+
+
+def _source_changes(old: SourceRecord, new: SourceRecord, diff: dict[str, Any]) -> str:
+    """A compatible source change in a few words: ``+column, column nullable, hot_window_seconds 60 → 120``."""
+    required = {c["name"] for c in old.columns if not c.get("nullable", True)}
+    changes = [f"+{name}" for name in diff["added"]]
+    changes += [f"{c['name']} nullable" for c in new.columns if c["name"] in required and c["nullable"]]
+    for name in SOURCE_FIELDS:
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            changes.append(f"{name} {before} → {after or 'everything'}" if name == "hot_window_seconds"
+                           else _field_change(name, before, after))
+    return ", ".join(changes)
+
+
+def _incompatible(diff: dict[str, Any]) -> str:
+    """What makes a source change incompatible, from `source_diff`."""
+    parts = [f"{key} {', '.join(map(str, diff[key]))}" for key in ("removed", "required_added", "made_required")
+             if diff[key]]
+    parts += [f"{c['column']} {c['from']} → {c['to']}" for c in diff["type_changed"]]
+    parts += [f"{name} {change['from']} → {change['to']}" for name, change in diff["changed"].items()]
+    return "; ".join(parts)
 
 
 def _field_change(name: str, old: Any, new: Any) -> str:

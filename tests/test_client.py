@@ -9,8 +9,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pandas.api import types as ptypes
 
@@ -186,6 +188,74 @@ def test_a_raising_etl_is_etl_failed_with_its_message(store, trained):
     assert caught.value.status == 422 and "no quotes to score" in caught.value.message
 
 
+CLICKS = [{"name": "user_id", "type": "string"}, {"name": "at", "type": "timestamp"},
+          {"name": "amount", "type": "float"}, {"name": "clicks", "type": "integer"}]
+
+
+def clicks_frame(users: list[str]) -> pd.DataFrame:
+    """Three clicks: Paris time (12:00Z, 13:30Z, next day 07:00Z), a NaN amount and a missing click count."""
+    at = pd.to_datetime(["2024-05-01 14:00", "2024-05-01 15:30", "2024-05-02 09:00"]).tz_localize("Europe/Paris")
+    return pd.DataFrame({"user_id": users, "at": at, "amount": [1.5, float("nan"), 3.0],
+                         "clicks": pd.array([2, None, 7], dtype="Int64")})
+
+
+@pytest.mark.slow
+def test_a_source_declared_ingested_and_read_back(store):
+    declared = store.declare_source("client_clicks", columns=CLICKS, entity_keys=["user_id"], event_time="at",
+                                    description="clicks", tags=["client"])
+    assert declared["version"] == 1 and declared["columns"][1] == {"name": "at", "type": "timestamp",
+                                                                   "nullable": False}
+    assert store.declare_source("client_clicks", columns=CLICKS, entity_keys=["user_id"], event_time="at",
+                                description="clicks", tags=["client"]) == declared  # the same definition
+
+    frame = clicks_frame(["u1", "u1", "u2"])
+    written = store.ingest("client_clicks", frame, batch_id="clicks-1")
+    assert (written["rows"], written["realtime_rows"], written["duplicate"]) == (3, 3, False)
+    assert (written["min_event_time"], written["max_event_time"]) == ("2024-05-01T12:00:00Z", "2024-05-02T07:00:00Z")
+    assert store.ingest("client_clicks", frame, batch_id="clicks-1")["duplicate"] is True
+    chunked = store.ingest("client_clicks", clicks_frame(["u3"] * 3), batch_id="clicks-2", chunk_rows=2)
+    assert (chunked["rows"], chunked["batch_id"], chunked["duplicate"]) == (3, "clicks-2", False)
+    assert store.ingest("client_clicks", clicks_frame(["u3"] * 3), batch_id="clicks-2", chunk_rows=2)["duplicate"]
+    row = {"user_id": "u4", "at": pd.Timestamp("2024-05-03T10:00Z"), "amount": float("nan"), "clicks": None}
+    assert store.ingest_rows("client_clicks", [row], batch_id="rows-1")["rows"] == 1
+    assert store.ingest_rows("client_clicks", [row], batch_id="rows-1")["duplicate"] is True
+    described = store.source("client_clicks")
+    assert described["warehouse"]["rows"] == 7 and described["versions"] == [1]
+    assert "client_clicks" in [item["name"] for item in store.sources(limit=500).items]
+
+    query = store.query_train("SELECT user_id, at, amount, clicks FROM client_clicks", name="clicks", save=True)
+    assert logical(query.data) == ["string", "timestamp", "float", "integer"] and len(query.data) == 7
+    served = store.query_realtime(query.query_id, "user_id", "u1").sort_values("at", ignore_index=True)
+    assert served["at"].tolist() == [pd.Timestamp("2024-05-01T12:00:00Z"), pd.Timestamp("2024-05-01T13:30:00Z")]
+    assert served["amount"].isna().tolist() == [False, True] and served["clicks"].tolist() == [2, pd.NA]
+    assert logical(served) == logical(query.data)
+
+    wider = store.declare_source("client_clicks", columns=[*CLICKS, {"name": "page", "type": "string"}],
+                                 entity_keys=["user_id"], event_time="at", description="clicks", tags=["client"])
+    assert wider["version"] == 2  # a new nullable column: the next version
+    with pytest.raises(client.SourceIncompatible) as caught:
+        store.declare_source("client_clicks", columns=[*CLICKS[:3], {"name": "clicks", "type": "string"}],
+                             entity_keys=["user_id"], event_time="at")
+    error = caught.value
+    assert isinstance(error, errors.SourceIncompatible) and (error.code, error.status) == ("source_incompatible", 409)
+    assert error.details["diff"]["type_changed"] == [{"column": "clicks", "from": "integer", "to": "string"}]
+    assert error.details["dependent_queries"] == [query.query_id]
+
+
+@pytest.mark.slow
+def test_source_errors_are_the_services_classes(store):
+    with pytest.raises(client.NotFound) as caught:
+        store.source("no_such_source")
+    assert (caught.value.code, caught.value.status) == ("source_not_found", 404)
+    with pytest.raises(client.NotFound):
+        store.ingest("no_such_source", clicks_frame(["u1"] * 3))
+    store.declare_source("client_naive", columns=CLICKS, entity_keys=["user_id"], event_time="at")
+    with pytest.raises(client.InvalidInput, match="time zone"):
+        store.ingest("client_naive", clicks_frame(["u1"] * 3).assign(at=lambda f: f["at"].dt.tz_localize(None)))
+    with pytest.raises(client.InvalidInput, match="outside the load directory"):
+        store.load("client_naive", "../elsewhere.parquet")
+
+
 def test_etl_location_is_etl_path_or_repo_and_path():
     bad = ({}, {"etl_path": "a.py", "repo": "r", "path": "a.py"}, {"repo": "r"}, {"etl_path": "a.py", "ref": "v1"})
     with client.FeatureStore(f"http://127.0.0.1:{free_port()}") as fs:
@@ -307,6 +377,62 @@ def test_a_proxy_page_is_an_unexpected_response(stub, fs):
         fs.etl("e_" + "0" * 16)
     assert caught.value.status == 502 and "Bad Gateway" in caught.value.text
     assert len(stub.requests) == 3
+
+
+INGESTED = {"source": "clicks", "version": 1, "rows": 2, "realtime_rows": 2, "min_event_time": "2024-05-01T12:00:00Z",
+            "max_event_time": "2024-05-01T13:00:00Z", "batch_id": None, "duplicate": False}
+
+
+def sent_batch_ids(stub: StubServer) -> list[str | None]:
+    return [parse_qs(urlsplit(r["path"]).query).get("batch_id", [None])[0] for r in stub.requests]
+
+
+def test_ingest_is_retried_only_with_a_batch_id(stub, fs):
+    frame = clicks_frame(["u1", "u1", "u2"])
+    for write in (lambda: fs.ingest("clicks", frame), lambda: fs.ingest_rows("clicks", [{"user_id": "u1"}]),
+                  lambda: fs.load("clicks", "clicks.parquet")):
+        stub.reply(DOWN)
+        with pytest.raises(client.BackendUnavailable):
+            write()
+        assert len(stub.requests) == 1
+    stub.reply(DOWN, (200, INGESTED))
+    assert fs.ingest("clicks", frame, batch_id="b1") == INGESTED
+    assert [r["path"].split("?")[0] for r in stub.requests] == ["/v1.0/sources/clicks/rows"] * 2
+    assert sent_batch_ids(stub) == ["b1", "b1"]
+    assert stub.requests[0]["headers"]["Content-Type"] == "application/vnd.apache.arrow.stream"
+    sent = pa.ipc.open_stream(stub.requests[0]["body"]).read_all()
+    assert sent.schema.field("at").type == pa.timestamp("us", tz="Europe/Paris")
+    assert sent.column("amount").to_pylist() == [1.5, None, 3.0] and sent.column("clicks").to_pylist() == [2, None, 7]
+    stub.reply(DOWN, (200, INGESTED))
+    fs.ingest_rows("clicks", [{"user_id": "u1", "at": frame["at"][0], "amount": float("nan")}], batch_id="b2")
+    assert len(stub.requests) == 2 and json.loads(stub.requests[1]["body"]) == {
+        "rows": [{"user_id": "u1", "at": "2024-05-01T14:00:00+02:00", "amount": None}], "batch_id": "b2"}
+
+
+def test_a_large_frame_goes_in_chunks_of_their_own_batch_ids(stub, fs):
+    stub.reply((200, INGESTED), (200, {**INGESTED, "min_event_time": "2024-05-01T11:00:00Z", "duplicate": True}),
+               (200, {**INGESTED, "rows": 1, "realtime_rows": 0, "max_event_time": "2024-05-01T13:00:00.5Z"}))
+    frame = pd.concat([clicks_frame(["u1", "u2", "u3"]), clicks_frame(["u4", "u5", "u6"])], ignore_index=True)
+    answer = fs.ingest("clicks", frame.iloc[:5], batch_id="big", chunk_rows=2)
+    assert sent_batch_ids(stub) == ["big:0", "big:1", "big:2"]
+    assert [pa.ipc.open_stream(r["body"]).read_all().num_rows for r in stub.requests] == [2, 2, 1]
+    assert answer == {**INGESTED, "rows": 5, "realtime_rows": 4, "min_event_time": "2024-05-01T11:00:00Z",
+                      "max_event_time": "2024-05-01T13:00:00.5Z", "batch_id": "big", "duplicate": False}
+    fs.ingest("clicks", frame.iloc[:2], batch_id="small", chunk_rows=2)
+    assert sent_batch_ids(stub)[3:] == ["small"]  # one call: the batch id as given
+
+
+def test_declaring_a_source_is_retried_and_adopts_without_columns(stub, fs):
+    record = {"name": "clicks", "version": 1, "table": "raw.clicks"}
+    stub.reply(DOWN, (201, record))
+    assert fs.declare_source("clicks", table="raw.clicks", entity_keys=["user_id"], event_time="at") == record
+    assert len(stub.requests) == 2 and json.loads(stub.requests[1]["body"]) == {
+        "name": "clicks", "table": "raw.clicks", "entity_keys": ["user_id"], "event_time": "at", "kind": "table",
+        "description": "", "tags": [], "owner": ""}
+    stub.reply((409, error("source_incompatible", "not compatible", diff={"removed": ["x"]})))
+    with pytest.raises(client.SourceIncompatible) as caught:
+        fs.declare_source("clicks", columns=CLICKS, entity_keys=["user_id"], event_time="at")
+    assert caught.value.details["diff"] == {"removed": ["x"]} and len(stub.requests) == 1
 
 
 def test_the_api_key_is_a_bearer_token_on_one_session(stub):

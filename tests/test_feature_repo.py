@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from app.cli import main
+from demo.sources import demo_source_declarations
 from featurerepo.config import RepoConfigError, load_repo
 from tests.fixtures_git import make_etl_repo
 from tests.fixtures_server import free_port, live_server, running_server  # noqa: F401  (fixture)
@@ -47,7 +48,7 @@ def lines(result: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], str
     """(kind, name) → the line's symbol, for every object line of the output."""
     found = {}
     for line in result.stdout.splitlines():
-        match = re.match(r"^([+~=!?]) (query|etl|feature_set) +(\S+)", line)
+        match = re.match(r"^([+~=!?]) (source|query|etl|feature_set) +(\S+)", line)
         if match:
             found[(match[2], match[3])] = match[1]
     return found
@@ -77,6 +78,8 @@ def publish(base: str, api_key: str | None = None) -> None:
 KEY = "feature-repo-ci-key-0123456789"
 EVERYTHING = {("query", "quote_join"), ("etl", "quote_features"), ("etl", "fitted_features"),
               ("feature_set", "conversion"), ("feature_set", "conversion_fitted")}
+SOURCES = {("source", name) for name in ("users", "quotes", "transactions", "policies")}
+DECLARED = {key: "=" for key in SOURCES}  # the demo's sources, declared by publish as the repo declares them
 
 
 @pytest.mark.slow
@@ -89,13 +92,13 @@ def test_plan_apply_lifecycle(tmp_path, feature_repo):
 
         planned = cli("plan", repo_dir, "--api-key", KEY, url=base)
         assert planned.returncode == 0, planned.stderr  # changes are not an error without --detailed-exitcode
-        assert lines(planned) == {key: "+" for key in EVERYTHING}, planned.stdout
-        assert "Plan: 5 to create, 0 to change, 0 unchanged." in planned.stdout
+        assert lines(planned) == {**DECLARED, **{key: "+" for key in EVERYTHING}}, planned.stdout
+        assert "Plan: 5 to create, 0 to change, 4 unchanged." in planned.stdout
         assert catalog_counts(base, KEY) == (0, 0, 0)  # a plan changes nothing
 
         applied = cli("apply", repo_dir, url=base, api_key=KEY)
         assert applied.returncode == 0, applied.stdout + applied.stderr
-        assert lines(applied) == {key: "+" for key in EVERYTHING}, applied.stdout
+        assert lines(applied) == {**DECLARED, **{key: "+" for key in EVERYTHING}}, applied.stdout
         assert "registering etl quote_features" in applied.stderr  # progress, on stderr
         assert catalog_counts(base, KEY) == (1, 2, 2)
         first = versions(base, "conversion", KEY)
@@ -106,7 +109,7 @@ def test_plan_apply_lifecycle(tmp_path, feature_repo):
 
         again = cli("apply", repo_dir, url=base, api_key=KEY)
         assert again.returncode == 0, again.stdout + again.stderr
-        assert lines(again) == {key: "=" for key in EVERYTHING}, again.stdout
+        assert lines(again) == {key: "=" for key in EVERYTHING | SOURCES}, again.stdout
         assert "registering" not in again.stderr
         assert catalog_counts(base, KEY) == (1, 2, 2) and len(versions(base, "conversion", KEY)) == 1
 
@@ -128,12 +131,12 @@ def test_plan_apply_lifecycle(tmp_path, feature_repo):
                             "Stage the fitted set")
         changed = cli("plan", repo_dir, "--detailed-exitcode", url=base, api_key=KEY)
         assert changed.returncode == 2, changed.stdout + changed.stderr
-        assert lines(changed) == {("query", "quote_join"): "=", ("etl", "quote_features"): "~",
+        assert lines(changed) == {**DECLARED, ("query", "quote_join"): "=", ("etl", "quote_features"): "~",
                                   ("etl", "fitted_features"): "=", ("feature_set", "conversion"): "~",
                                   ("feature_set", "conversion_fitted"): "~"}, changed.stdout
         assert re.search(rf"~ etl +quote_features +{old_etl} → e_[0-9a-f]{{16}} +new version", changed.stdout)
         assert re.search(r"~ feature_set +conversion +v1 → v2", changed.stdout)
-        assert "Plan: 0 to create, 3 to change, 2 unchanged." in changed.stdout
+        assert "Plan: 0 to create, 3 to change, 6 unchanged." in changed.stdout
         assert catalog_counts(base, KEY) == (1, 2, 2)
 
         applied = cli("apply", repo_dir, url=base, api_key=KEY)
@@ -145,6 +148,84 @@ def test_plan_apply_lifecycle(tmp_path, feature_repo):
         assert catalog_counts(base, KEY) == (1, 3, 2)
         final = cli("plan", repo_dir, "--detailed-exitcode", url=base, api_key=KEY)
         assert final.returncode == 0 and set(lines(final).values()) == {"="}, final.stdout
+
+
+# Adopts the warehouse table the repo's quotes source declares (no columns: read from the warehouse).
+QUOTE_EVENTS = 'table = "quotes"\nentity_keys = ["quote_id"]\nevent_time = "creation_date"\nowner = "ci"\n'
+
+
+@pytest.mark.slow
+def test_sources_plan_and_apply(tmp_path, feature_repo):
+    """On a service with nothing declared, apply declares the sources before the query reading them; then a
+    compatible edit is the next version and an incompatible one fails the plan before anything changes."""
+    feature_repo.commit("sources/quote_events.toml", QUOTE_EVENTS, "Adopt the quotes table")
+    created = {key: "+" for key in EVERYTHING | SOURCES | {("source", "quote_events")}}
+    unchanged = {key: "=" for key in created}
+    with running_server(tmp_path / "data", DEMO_SOURCES="off") as base:
+        repo_dir = str(feature_repo.path)
+        planned = cli("plan", repo_dir, url=base)
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        assert lines(planned) == created, planned.stdout
+        assert re.search(r"\+ source +users +v1 +4 columns, from sources/users.toml", planned.stdout)
+        assert re.search(r"\+ source +quote_events +v1 +adopts warehouse table quotes", planned.stdout)
+        assert "checked once policies, quotes, transactions, users are declared" in planned.stdout
+        assert get(base, "sources")["total"] == 0  # a plan changes nothing
+
+        applied = cli("apply", repo_dir, url=base)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert lines(applied) == created, applied.stdout
+        assert get(base, "sources")["total"] == 5 and catalog_counts(base) == (1, 2, 2)
+        adopted = get(base, "sources/quote_events")
+        assert adopted["table"] == "quotes" and [c["name"] for c in adopted["columns"]] == [
+            "quote_id", "user_id", "creation_date", "binding_date", "quote_type", "quote_device", "is_binded",
+            "is_paid"]
+        again = cli("apply", repo_dir, url=base)
+        assert again.returncode == 0 and lines(again) == unchanged, again.stdout + again.stderr
+
+        users = feature_repo.file("sources/users.toml").read_text()
+        feature_repo.commit("sources/users.toml", users + '\n[[columns]]\nname = "email"\ntype = "string"\n',
+                            "Users have an email")
+        compatible = cli("plan", repo_dir, "--detailed-exitcode", url=base)
+        assert compatible.returncode == 2, compatible.stdout + compatible.stderr
+        assert lines(compatible) == {**unchanged, ("source", "users"): "~"}, compatible.stdout
+        assert re.search(r"~ source +users +v1 → v2 +new version: \+email", compatible.stdout)
+        applied = cli("apply", repo_dir, url=base)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert get(base, "sources/users")["versions"] == [1, 2]
+        assert lines(cli("apply", repo_dir, url=base)) == unchanged
+
+        retyped = users.replace('name = "address"\ntype = "string"', 'name = "address"\ntype = "integer"')
+        feature_repo.commit("sources/users.toml", retyped, "Addresses are numbers now")
+        incompatible = cli("plan", repo_dir, url=base)
+        assert incompatible.returncode == 1 and "error" in incompatible.stderr
+        assert lines(incompatible)[("source", "users")] == "!", incompatible.stdout
+        assert "source_incompatible" in incompatible.stdout and "address string → integer" in incompatible.stdout
+        assert "removed email" in incompatible.stdout  # the file dropped it too: both are in the diff
+        refused = cli("apply", repo_dir, url=base)
+        assert refused.returncode == 1 and "nothing changed" in refused.stdout
+        assert get(base, "sources/users")["versions"] == [1, 2]
+
+
+def test_example_sources_equal_the_demo_declarations(feature_repo):
+    declared = {spec.name: spec.declaration for spec in load_repo(feature_repo.path).sources}
+    assert declared == {body["name"]: body for body in demo_source_declarations()}, \
+        "update examples/feature_repo/sources from demo/sources.py"
+
+
+def test_source_files_are_checked_with_the_repo(feature_repo):
+    users = feature_repo.file("sources/users.toml")
+    users.write_text(users.read_text().replace('event_time = "creation_date"', 'event_time = "created"'))
+    feature_repo.file("sources/broken.toml").write_text("entity_keys = [\n")
+    feature_repo.file("sources/Clicks.toml").write_text('entity_keys = ["id"]\nevent_time = "at"\ncolour = 1\n')
+    feature_repo.file("sources/again.toml").write_text(QUOTE_EVENTS + 'name = "quotes"\n')
+    with pytest.raises(RepoConfigError) as caught:
+        load_repo(feature_repo.path)
+    problems = caught.value.problems
+    assert any(p.startswith("sources/users.toml: event_time names 'created', which is not a declared column")
+               for p in problems), problems
+    assert any(p.startswith("sources/broken.toml: ") for p in problems)
+    assert any(p.startswith("sources/Clicks.toml: unknown key(s) colour") for p in problems)
+    assert "sources/quotes.toml: source 'quotes' is also declared in sources/again.toml" in problems
 
 
 @pytest.mark.slow

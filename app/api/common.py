@@ -78,14 +78,16 @@ def service() -> FeatureService:
     return current_app.extensions["feature_service"]
 
 
-def json_body(model: Model) -> dict[str, Any]:
-    """The request's JSON object, validated against `model` (unknown fields refused)."""
+def json_body(model: Model, nullable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The request's JSON object, validated against `model` (unknown fields refused); a null in one of
+    the optional `nullable` fields means the same as leaving it out."""
     try:
         body = jsonio.strict_loads(request.get_data(cache=True) or b"null")
     except ValueError as error:  # orjson's JSONDecodeError is a ValueError too
         raise InvalidInput(f"the request body is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
+    body = {key: value for key, value in body.items() if value is not None or key not in nullable}
     errors = sorted(_validator(model).iter_errors(body), key=lambda e: list(e.path))
     if errors:
         raise InvalidInput("the request body is not valid", {"errors": [

@@ -73,7 +73,8 @@ class SourceList(Resource):
     @allow(*SCIENTIST)
     def post(self):
         """Declare a source (with columns), or adopt an existing warehouse table (without columns)."""
-        record, created = sources().declare(json_body(declaration), created_by=caller())
+        body = json_body(declaration, nullable=("created_time", "hot_window_seconds", "table"))
+        record, created = sources().declare(body, created_by=caller())
         return record.to_dict(), 201 if created else 200
 
     @ns.doc(params=PAGING)
