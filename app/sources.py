@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 from sqlglot import exp
 
 from catalog.base import Catalog, SourceRecord, utc_now
-from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, NotFound
-from common.errors import SourceIncompatible as SourceConflict  # the 409 source_incompatible, shared with the client
+from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, InvalidQuery, NotFound
+from common.errors import SourceIncompatible
 from common.logical_types import logical_of_engine_type
 from extraction.sql import prepare_query
 from realtime.base import RealtimeStore, time_value
@@ -123,7 +123,7 @@ class SourceService:
         """Declare (or adopt) a source; (the stored record, whether it is new). Idempotent.
 
         Without `columns`, the columns are read from the existing warehouse table. A compatible
-        change makes the next version; an incompatible one is SourceConflict with the diff and the
+        change makes the next version; an incompatible one is SourceIncompatible with the diff and the
         saved queries that read the source.
         """
         if not isinstance(body, dict):
@@ -145,15 +145,18 @@ class SourceService:
             if latest is not None:
                 diff = source_diff(latest, declared)
                 if not diff["compatible"]:
-                    raise SourceConflict(
+                    raise SourceIncompatible(
                         f"source {declared.name!r} exists (version {latest.version}) and this definition is not a "
                         "compatible change; declare it under a new name", {
                             "name": declared.name, "version": latest.version, "diff": diff,
                             "dependent_queries": self.dependent_queries(declared.name)})
-            self._prepare_warehouse(declared, latest)
-            record = self.catalog.save_source(replace(declared, version=(latest.version if latest else 0) + 1))
-            self.realtime.register(record)
+            adopted = self._prepare_warehouse(declared, latest)
+            record = replace(declared, version=(latest.version if latest else 0) + 1)
+            self.realtime.register(record)  # before the catalog: a store that refuses leaves no record behind
+            record = self.catalog.save_source(record)
             self._current[record.name] = record
+            if adopted and record.kind == "table":  # rows already in the warehouse are served at once
+                self.realtime.hydrate(self.warehouse, [record])
         return record, True
 
     def _introspected(self, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,12 +173,13 @@ class SourceService:
                                "source with columns over a view that casts them", {"columns": unmapped})
         return [{"name": name, "type": logical_of_engine_type(kind)} for name, kind in columns]
 
-    def _prepare_warehouse(self, declared: SourceRecord, latest: SourceRecord | None) -> None:
-        """Create the table, add a compatible version's new columns, or check an existing table agrees."""
+    def _prepare_warehouse(self, declared: SourceRecord, latest: SourceRecord | None) -> bool:
+        """Create the table, apply a compatible version's changes, or check an existing table agrees;
+        whether a table that existed before its source is being adopted (it may hold rows)."""
         existing = self.warehouse.table_columns(declared.table)
         if existing is None:
             self.warehouse.create_table(declared)
-            return
+            return False
         have = {name: logical_of_engine_type(kind) for name, kind in existing}
         missing = [c for c in declared.columns if c["name"] not in have]
         wrong = [{"column": c["name"], "declared": c["type"], "warehouse": have[c["name"]]}
@@ -189,6 +193,12 @@ class SourceService:
                                "create", {"missing": [c["name"] for c in missing]})
         if missing:
             self.warehouse.add_columns(declared.table, missing)
+        if latest is not None:
+            before = {c["name"]: c.get("nullable", True) for c in latest.columns}
+            relaxed = [c["name"] for c in declared.columns if c.get("nullable", True) and before.get(c["name"]) is False]
+            if relaxed:
+                self.warehouse.drop_not_null(declared.table, relaxed)
+        return latest is None
 
     def dependent_queries(self, name: str) -> list[str]:
         """Ids of the saved queries that read source `name`."""
@@ -238,7 +248,11 @@ class SourceService:
         for name, answer in answers.items():
             answer["realtime_rows"] = hot[name].num_rows if name in hot else 0
         mark = None if batch_id is None else BatchMark(next(iter(rows)), batch_id, answers[next(iter(rows))])
-        seen = self.warehouse.append({records[name].table: table for name, table in rows.items()}, mark)
+        try:
+            seen = self.warehouse.append({records[name].table: table for name, table in rows.items()}, mark)
+        except InvalidQuery as error:  # the engine's own refusal of a value (a constraint, an encoding)
+            raise InvalidInput(f"the warehouse refused the rows: {error.message}",
+                               {"sources": sorted(rows)}) from None
         if seen is not None:
             return {seen["source"]: {**seen, "duplicate": True}}
         hot = {name: table for name, table in hot.items() if table.num_rows}
@@ -270,7 +284,7 @@ class SourceService:
                 table = pq.read_table(target)
             else:
                 table = pa_csv.read_csv(target, convert_options=pa_csv.ConvertOptions(
-                    column_types=arrow_schema(source), strings_can_be_null=False))
+                    column_types=arrow_schema(source), null_values=[""], strings_can_be_null=False))
         except (pa.ArrowInvalid, OSError) as error:
             raise InvalidInput(f"cannot read {path!r} as {kind}: {error}", {"path": path}) from None
         rows = rows_from_arrow(source, table.to_batches(max_chunksize=1_000_000))

@@ -17,6 +17,11 @@ ROLE = "realtime store"
 ROWS_PREFIX = "_fs_rows_"  # the table behind each source's view
 
 
+def index_name(source: str, column: str) -> str:
+    """A realtime index's name: the source's length first, so no two (source, column) pairs share one."""
+    return f"_fs_idx_{len(source)}_{source}_{column}"
+
+
 def rows_table(source: str) -> str:
     """The table that holds a source's rows; the source's own name is a view over its hot window."""
     return ROWS_PREFIX + source

@@ -18,7 +18,7 @@ from common.errors import InvalidInput
 from common.urls import duckdb_path
 from extraction.engines import DuckDBEngine, quote_identifier
 from extraction.sql import PreparedQuery
-from realtime.base import ROLE, RealtimeStore, rows_table, time_value
+from realtime.base import ROLE, RealtimeStore, index_name, rows_table, time_value
 
 
 class DuckDBRealtimeStore(RealtimeStore):
@@ -64,7 +64,7 @@ class DuckDBRealtimeStore(RealtimeStore):
     def index(self, source: str, column: str) -> None:
         if column in self._indexes[source]:
             return
-        self.engine.execute_ddl([f"CREATE INDEX {quote_identifier(f'_fs_{source}_{column}_idx')} ON "
+        self.engine.execute_ddl([f"CREATE INDEX {quote_identifier(index_name(source, column))} ON "
                                  f"{quote_identifier(rows_table(source))} ({quote_identifier(column)})"])
         self._indexes[source].append(column)
 

@@ -50,7 +50,7 @@ from catalog.base import SourceRecord
 from common import logical_types
 from extraction.engines import checked_timeout, python_columns, query_timeout, quote_identifier
 from extraction.sql import PreparedQuery
-from realtime.base import ROLE, RealtimeStore, rows_table
+from realtime.base import ROLE, RealtimeStore, index_name, rows_table
 _READ_ONLY_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
                       getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
 # The progress handler runs every this many virtual-machine steps (a few microseconds of work).
@@ -135,13 +135,13 @@ class SqliteRealtimeStore(RealtimeStore):
     def _create_index(self, source: str, column: str) -> None:
         if column in self._indexes[source]:
             return
-        self._connection.execute(f"CREATE INDEX {quote_identifier(f'_fs_{source}_{column}_idx')} "
+        self._connection.execute(f"CREATE INDEX {quote_identifier(index_name(source, column))} "
                                  f"ON {quote_identifier(rows_table(source))} ({quote_identifier(column)})")
         self._indexes[source].append(column)
 
     def _rebuild_indexes(self, source: str, create: bool) -> None:
         for column in self._indexes[source]:
-            index = quote_identifier(f"_fs_{source}_{column}_idx")
+            index = quote_identifier(index_name(source, column))
             self._connection.execute(f"CREATE INDEX {index} ON {quote_identifier(rows_table(source))} "
                                      f"({quote_identifier(column)})" if create else f"DROP INDEX {index}")
 

@@ -132,21 +132,40 @@ def _cast_array(source: SourceRecord, array: pa.Array, field: pa.Field, offset: 
                            {"column": field.name, "first_row": offset}) from None
 
 
+# Timestamps the engines and Python all represent: years 1 to 9999, in microseconds since the epoch.
+_FIRST_US, _LAST_US = -62135596800 * 10**6, 253402300799999999
+
+
 def checked_table(source: SourceRecord, table: pa.Table) -> pa.Table:
-    """`table` if its required columns have no nulls and its floats are finite, else InvalidInput."""
+    """`table` if its required columns have no nulls, its floats are finite, its timestamps lie in years
+    1 to 9999 and its strings hold no NUL character; else InvalidInput naming the first bad row."""
     for column in source.columns:
-        values = table.column(column["name"])
+        values, name = table.column(column["name"]), column["name"]
+        if not len(values):
+            continue
         if not column.get("nullable", True) and values.null_count:
-            row = _first_row(pc.is_null(values))
-            role = ("entity key" if column["name"] in source.entity_keys else
-                    "event time" if column["name"] == source.event_time else "required column")
-            raise InvalidInput(f"row {row}: the {role} {column['name']!r} of source {source.name!r} is missing "
-                               "or null", {"row": row, "column": column["name"]})
-        if column["type"] == "float" and len(values) and not pc.all(pc.is_finite(values)).as_py() in (True, None):
-            row = _first_row(pc.invert(pc.fill_null(pc.is_finite(values), True)))
-            raise InvalidInput(f"row {row}: column {column['name']!r} of source {source.name!r} is NaN or "
-                               "infinite; send null for a missing value", {"row": row, "column": column["name"]})
+            role = ("entity key" if name in source.entity_keys else
+                    "event time" if name == source.event_time else "required column")
+            _refuse(source, name, pc.is_null(values), f"the {role} is missing or null")
+        if column["type"] == "float":
+            _refuse(source, name, pc.invert(pc.fill_null(pc.is_finite(values), True)),
+                    "is NaN or infinite; send null for a missing value")
+        elif column["type"] == "timestamp":
+            micros = pc.cast(values, pa.int64())
+            _refuse(source, name, pc.fill_null(pc.or_(pc.less(micros, _FIRST_US), pc.greater(micros, _LAST_US)),
+                                               False), "is outside the years 1 to 9999")
+        elif column["type"] == "string":
+            _refuse(source, name, pc.fill_null(pc.match_substring(values, "\x00"), False),
+                    "contains a NUL character")
     return table
+
+
+def _refuse(source: SourceRecord, column: str, bad: Any, problem: str) -> None:
+    """InvalidInput for the first row where `bad` (a boolean array) is true; nothing when none is."""
+    if pc.any(bad).as_py():
+        row = _first_row(bad)
+        raise InvalidInput(f"row {row}: column {column!r} of source {source.name!r} {problem}",
+                           {"row": row, "column": column})
 
 
 def _first_row(mask: Any) -> int:

@@ -34,7 +34,7 @@ class Warehouse(ABC):
     - write each `append` in one transaction, durable when it returns; with a `BatchMark` whose
       (source, batch_id) was written before, write nothing and return that batch's stored answer;
     - report a table's columns with the engine's own type names (`table_columns`), None for no table;
-    - never create or alter a table except through `create_table` and `add_columns`.
+    - never create or alter a table except through `create_table`, `add_columns` and `drop_not_null`.
     """
 
     dialect: str  # sqlglot dialect user SQL is read and written in
@@ -58,6 +58,10 @@ class Warehouse(ABC):
     @abstractmethod
     def add_columns(self, table: str, columns: list[dict[str, Any]]) -> None:
         """Add nullable columns to `table` (a compatible new version of its source)."""
+
+    @abstractmethod
+    def drop_not_null(self, table: str, columns: list[str]) -> None:
+        """Let `columns` of `table` hold nulls (a compatible new version made them nullable)."""
 
     @abstractmethod
     def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:

@@ -54,6 +54,10 @@ class DuckDBWarehouse(Warehouse):
         self.engine.execute_ddl([f"ALTER TABLE {qualified(table)} ADD COLUMN IF NOT EXISTS "
                                  f"{quote_identifier(c['name'])} {logical_types.DUCKDB[c['type']]}" for c in columns])
 
+    def drop_not_null(self, table: str, columns: list[str]) -> None:
+        self.engine.execute_ddl([f"ALTER TABLE {qualified(table)} ALTER COLUMN {quote_identifier(c)} DROP NOT NULL"
+                                 for c in columns])
+
     def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
         if batch is not None:
             self.engine.execute_ddl([f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (source VARCHAR, batch_id VARCHAR, "

@@ -98,6 +98,14 @@ class SqlAlchemyWarehouse(Warehouse):
                 connection.exec_driver_sql(f"ALTER TABLE {_qualified(table)} ADD COLUMN "
                                            f"{_quoted(column['name'])} {types[column['type']]}")
 
+    def drop_not_null(self, table: str, columns: list[str]) -> None:
+        if self.dialect != "postgres":  # SQLite cannot drop a constraint in place; tables it made have none
+            return
+        with self._translated(), self.sa_engine.begin() as connection:
+            for column in columns:
+                connection.exec_driver_sql(f"ALTER TABLE {_qualified(table)} ALTER COLUMN {_quoted(column)} "
+                                           "DROP NOT NULL")
+
     def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
         tables = {table: _arrow(frame) for table, frame in frames.items()}
         if batch is not None:
