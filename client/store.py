@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 from urllib.parse import quote
 
@@ -23,6 +23,7 @@ class TrainingResult:
     etl_id: str | None
     schema: list[Column] | None
     data: pd.DataFrame | None
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # e.g. a source's hot window (code hot_window)
 
 
 @dataclass(frozen=True)
@@ -81,30 +82,36 @@ class FeatureStore:
         return self._http.call("PUT", "/publish", retry=False, params=params)
 
     def query_train(self, query: str, name: str | None = None, save: bool = False,
-                    include_data: bool = True, arrow: bool = False) -> TrainingResult:
+                    include_data: bool = True, arrow: bool = False, hot_window: bool = False) -> TrainingResult:
         """Run SQL on the warehouse; `save` keeps it (same SQL, same `query_id`).
 
-        `arrow=True` streams the rows as Arrow IPC (no row limit, read straight into a DataFrame).
+        `arrow=True` streams the rows as Arrow IPC (no row limit, read straight into a DataFrame);
+        `hot_window=True` reads only the rows each source's hot window holds now, as serving does.
         """
         body = {"query": query, **({"query_name": name} if name is not None else {})}
         if arrow:
             table, headers = self._http.call("POST", "/query/train", retry=True, body=body,
-                                             params={**_flags(save, True), "format": "arrow"})
+                                             params={**_flags(save, True, hot_window), "format": "arrow"})
             return TrainingResult(headers.get("X-Query-Id"), None, None, table.to_pandas())
         payload = self._http.call("POST", "/query/train", retry=True, body=body,
-                                  params=_flags(save, include_data))
+                                  params=_flags(save, include_data, hot_window))
         return self._training(payload, payload.get("query_id"), None)
 
-    def query_realtime(self, query_id: str, index_key: str, index_value: Scalar) -> pd.DataFrame:
-        """One entity's rows of a saved query, from hot data, typed like its training result."""
-        body = {"query_id": query_id, "index_key": index_key, "index_value": _scalar(index_value)}
-        payload = self._http.call("POST", "/query/realtime", retry=True, body=body)
+    def query_realtime(self, query_id: str, index_key: str, index_value: Scalar,
+                       request_rows: dict[str, list[dict[str, Any]]] | None = None, log: bool = False) -> pd.DataFrame:
+        """One entity's rows of a saved query, from hot data, typed like its training result.
+
+        `request_rows` ({source: [row, …]}) supply the rows of the request sources the query reads;
+        `log=True` also appends them to those sources."""
+        body = {"query_id": query_id, "index_key": index_key, "index_value": _scalar(index_value),
+                **_request(request_rows, log)}
+        payload = self._http.call("POST", "/query/realtime", retry=not log, body=body)
         return records_frame(payload["data"], self._schema("queries", query_id))
 
     def extract_train(self, query_id: str, etl_path: str | os.PathLike[str] | None = None, *,
                       repo: str | None = None, ref: str | None = None, path: str | None = None,
                       name: str | None = None, save: bool = False, include_data: bool = True,
-                      arrow: bool = False) -> TrainingResult:
+                      arrow: bool = False, hot_window: bool = False) -> TrainingResult:
         """Run an ETL from git on a saved query's result; `save` registers it (`etl_id`).
 
         Give `etl_path` (a file in a local repository, ``git+<url>@<ref>#<path>``, or an
@@ -122,17 +129,20 @@ class FeatureStore:
             body["name"] = name
         if arrow:
             table, headers = self._http.call("POST", "/extract/train", retry=True, body=body,
-                                             params={**_flags(save, True), "format": "arrow"})
+                                             params={**_flags(save, True, hot_window), "format": "arrow"})
             return TrainingResult(query_id, headers.get("X-Etl-Id"), None, table.to_pandas())
         payload = self._http.call("POST", "/extract/train", retry=True, body=body,
-                                  params=_flags(save, include_data))
+                                  params=_flags(save, include_data, hot_window))
         return self._training(payload, query_id, payload.get("etl_id"))
 
-    def extract_realtime(self, query_id: str, etl_id: str, index_key: str, index_value: Scalar) -> pd.DataFrame:
-        """One entity's features from hot data, schema-checked by the service; warnings in ``.attrs``."""
+    def extract_realtime(self, query_id: str, etl_id: str, index_key: str, index_value: Scalar,
+                         request_rows: dict[str, list[dict[str, Any]]] | None = None, log: bool = False
+                         ) -> pd.DataFrame:
+        """One entity's features from hot data, schema-checked by the service; warnings in ``.attrs``
+        (`request_rows` and `log` as for `query_realtime`)."""
         body = {"query_id": query_id, "etl_id": etl_id, "index_key": index_key,
-                "index_value": _scalar(index_value)}
-        payload = self._http.call("POST", "/extract/realtime", retry=True, body=body)
+                "index_value": _scalar(index_value), **_request(request_rows, log)}
+        payload = self._http.call("POST", "/extract/realtime", retry=not log, body=body)
         frame = records_frame(payload["data"], self._schema("etls", etl_id))
         if payload.get("warnings"):
             frame.attrs["warnings"] = payload["warnings"]
@@ -198,12 +208,14 @@ class FeatureStore:
         return self._http.call("PUT", f"/feature-sets/{quote(name, safe='')}/versions/{int(version)}/stage",
                                retry=True, body={"stage": stage or "none"})
 
-    def feature_set_realtime(self, name: str, index_value: Scalar, version: int | None = None) -> pd.DataFrame:
+    def feature_set_realtime(self, name: str, index_value: Scalar, version: int | None = None,
+                             request_rows: dict[str, list[dict[str, Any]]] | None = None, log: bool = False
+                             ) -> pd.DataFrame:
         """One entity's features of a feature set (default: its production version, else the newest)."""
-        body: dict[str, Any] = {"index_value": _scalar(index_value)}
+        body: dict[str, Any] = {"index_value": _scalar(index_value), **_request(request_rows, log)}
         if version is not None:
             body["version"] = int(version)
-        payload = self._http.call("POST", f"/feature-sets/{quote(name, safe='')}/realtime", retry=True, body=body)
+        payload = self._http.call("POST", f"/feature-sets/{quote(name, safe='')}/realtime", retry=not log, body=body)
         frame = records_frame(payload["data"], payload.get("schema"))
         frame.attrs.update(version=payload["version"], warnings=payload.get("warnings", []))
         return frame
@@ -286,7 +298,8 @@ class FeatureStore:
         if saved_id and schema:
             self._schemas[saved_id] = schema
         data = payload.get("data")
-        return TrainingResult(query_id, etl_id, schema, None if data is None else records_frame(data, schema))
+        return TrainingResult(query_id, etl_id, schema, None if data is None else records_frame(data, schema),
+                              payload.get("warnings", []))
 
     def _schema(self, kind: str, record_id: str) -> list[Column] | None:
         if record_id not in self._schemas:
@@ -295,8 +308,19 @@ class FeatureStore:
         return self._schemas[record_id]
 
 
-def _flags(save: bool, include_data: bool) -> dict[str, str]:
-    return {"save": str(bool(save)).lower(), "include_data": str(bool(include_data)).lower()}
+def _flags(save: bool, include_data: bool, hot_window: bool = False) -> dict[str, str]:
+    flags = {"save": str(bool(save)).lower(), "include_data": str(bool(include_data)).lower()}
+    return {**flags, "hot_window": "true"} if hot_window else flags
+
+
+def _request(request_rows: dict[str, list[dict[str, Any]]] | None, log: bool) -> dict[str, Any]:
+    """The request-data fields of a realtime call (none when there are no rows and no log)."""
+    fields: dict[str, Any] = {}
+    if request_rows is not None:
+        fields["request_rows"] = {name: json_rows(rows) for name, rows in request_rows.items()}
+    if log:
+        fields["log"] = True
+    return fields
 
 
 def _scalar(value: Any) -> Any:

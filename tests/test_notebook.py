@@ -79,6 +79,7 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert "'is_mobile'" in flagged and "'minutes_to_bind'" not in flagged  # only iOS users were served
     plot = cell_tagged(notebook, "skew-plot")
     assert any("image/png" in output.get("data", {}) for output in plot.outputs)
+    assert "served features equal the training rows for 50 customers" in text_of(cell_tagged(notebook, "shop-served"))
 
 
 def test_committed_notebook_is_cleared_or_fully_run():
