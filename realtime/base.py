@@ -85,9 +85,18 @@ class RealtimeStore(ABC):
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
         """Raise InvalidQuery unless the query runs here; return its output types where known."""
 
-    @abstractmethod
     def evict(self, now: float | None = None) -> dict[str, int]:
-        """Delete rows past each source's window; rows deleted per source."""
+        """Delete rows past each source's window; rows deleted per source (those with a window)."""
+        deleted = {}
+        for name, source in list(self.sources.items()):
+            cutoff = self.cutoff(source, now)
+            if cutoff is not None:
+                deleted[name] = self._delete_through(source, cutoff)
+        return deleted
+
+    @abstractmethod
+    def _delete_through(self, source: SourceRecord, cutoff: float) -> int:
+        """Delete the source's rows with event time at or before `cutoff` (epoch seconds); how many."""
 
     @abstractmethod
     def stats(self, source: str) -> dict[str, Any]:

@@ -85,17 +85,11 @@ class DuckDBRealtimeStore(RealtimeStore):
         self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")
         return prepared.output_types(self.tables())
 
-    def evict(self, now: float | None = None) -> dict[str, int]:
-        deleted = {}
-        for name, source in list(self.sources.items()):
-            cutoff = self.cutoff(source, now)
-            if cutoff is None:
-                continue
-            with self.engine.transaction() as cursor:
-                cursor.execute(f"DELETE FROM {quote_identifier(rows_table(name))} WHERE "
-                               f"{quote_identifier(source.event_time)} <= ?", [time_value(source, cutoff)])
-                deleted[name] = cursor.fetchone()[0]
-        return deleted
+    def _delete_through(self, source: SourceRecord, cutoff: float) -> int:
+        with self.engine.transaction() as cursor:
+            cursor.execute(f"DELETE FROM {quote_identifier(rows_table(source.name))} WHERE "
+                           f"{quote_identifier(source.event_time)} <= ?", [time_value(source, cutoff)])
+            return cursor.fetchone()[0]
 
     def stats(self, source: str) -> dict[str, Any]:
         column = quote_identifier(self.sources[source].event_time)

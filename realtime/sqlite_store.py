@@ -210,18 +210,11 @@ class SqliteRealtimeStore(RealtimeStore):
         finally:
             self._writing = False
 
-    def evict(self, now: float | None = None) -> dict[str, int]:
-        deleted = {}
-        for name, source in list(self.sources.items()):
-            cutoff = self.cutoff(source, now)
-            if cutoff is None:
-                continue
-            bound = _timestamp_text(cutoff) if _is_timestamp(source, source.event_time) else cutoff
-            with self._writes():
-                deleted[name] = self._connection.execute(
-                    f"DELETE FROM {quote_identifier(rows_table(name))} WHERE "
-                    f"{quote_identifier(source.event_time)} <= ?", (bound,)).rowcount
-        return deleted
+    def _delete_through(self, source: SourceRecord, cutoff: float) -> int:
+        bound = _timestamp_text(cutoff) if _is_timestamp(source, source.event_time) else cutoff
+        with self._writes():
+            return self._connection.execute(f"DELETE FROM {quote_identifier(rows_table(source.name))} WHERE "
+                                            f"{quote_identifier(source.event_time)} <= ?", (bound,)).rowcount
 
     def stats(self, source: str) -> dict[str, Any]:
         record = self.sources[source]
