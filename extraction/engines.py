@@ -241,7 +241,7 @@ class DuckDBEngine:
 
     def ping(self) -> None:
         with self._translated():
-            self._cursor().execute("SELECT 1").fetchone()
+            self._cursor().execute("SELECT 1").fetchall()  # fetchall: nothing left pending on the cursor
 
     def close(self) -> None:
         self._connection.close()

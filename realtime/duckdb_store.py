@@ -89,7 +89,7 @@ class DuckDBRealtimeStore(RealtimeStore):
         with self.engine.transaction() as cursor:
             cursor.execute(f"DELETE FROM {quote_identifier(rows_table(source.name))} WHERE "
                            f"{quote_identifier(source.event_time)} <= ?", [time_value(source, cutoff)])
-            return cursor.fetchone()[0]
+            return cursor.fetchall()[0][0]
 
     def stats(self, source: str) -> dict[str, Any]:
         column = quote_identifier(self.sources[source].event_time)

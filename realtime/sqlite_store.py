@@ -168,6 +168,8 @@ class SqliteRealtimeStore(RealtimeStore):
                 self._connection.execute("COMMIT")
             except BaseException as error:
                 self._connection.execute("ROLLBACK")
+                if isinstance(error, (sqlite3.InterfaceError, sqlite3.ProgrammingError)):  # a value it cannot bind
+                    raise InvalidInput(f"the realtime store refused the values: {error}") from None
                 if isinstance(error, sqlite3.Error):
                     raise BackendUnavailable(ROLE, error) from None
                 raise
@@ -191,7 +193,11 @@ class SqliteRealtimeStore(RealtimeStore):
         source = self.sources.get(name)
         if source is None:
             raise InvalidInput(f"the realtime store has no source {name!r}")
-        names = [c["name"] for c in source.columns if c["name"] in _column_names(frame)]
+        given = _column_names(frame)
+        unknown = sorted(set(given) - {c["name"] for c in source.columns})
+        if unknown:
+            raise InvalidInput(f"the source {name!r} has no column(s) {unknown}", {"unknown_columns": unknown})
+        names = [c["name"] for c in source.columns if c["name"] in given]
         columns = python_columns(_stored(frame, source), names)
         insert = (f"INSERT INTO {quote_identifier(rows_table(name))} ({', '.join(map(quote_identifier, names))}) "
                   f"VALUES ({', '.join('?' * len(names))})")

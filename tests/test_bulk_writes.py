@@ -1,5 +1,5 @@
-"""The fast bulk-write paths: PostgreSQL COPY, the SQLite store's column conversion and index rebuild,
-and the Arrow-built demo generator. Each writes exactly what the slower path wrote, atomically."""
+"""The fast bulk-write paths: PostgreSQL COPY (of Arrow-written CSV), the SQLite store's column conversion and
+index rebuild, and the Arrow-built demo generator. Each writes exactly what the slower path wrote, atomically."""
 from __future__ import annotations
 
 import hashlib
@@ -11,13 +11,16 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from common.errors import InvalidInput, InvalidQuery
+from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from demo.flows import INDEX_COLUMNS, TABLES, generate_flows
 from extraction.engines import python_columns
 from extraction.sql import prepare_query
 from warehouse import open_warehouse
 from warehouse.sql import SqlAlchemyWarehouse
+from realtime.base import index_name
 from realtime.sqlite_store import REBUILD_INDEX_MIN_ROWS, SqliteRealtimeStore
+from sources.rows import rows_from_arrow
+from tests.demo_stores import demo_sources, with_demo_tables
 
 NOW = 1_700_000_000
 # Text that a COPY or CSV encoding could get wrong, and the empty string (which is not NULL).
@@ -55,6 +58,7 @@ def _plain_rows(frame: pd.DataFrame, key: str) -> list[tuple]:
 def pg_warehouse(pg_database_url: str) -> Iterator[SqlAlchemyWarehouse]:
     opened = open_warehouse(pg_database_url)
     assert isinstance(opened, SqlAlchemyWarehouse) and opened._copy
+    with_demo_tables(opened)
     yield opened
     opened.close()
 
@@ -63,8 +67,7 @@ def pg_warehouse(pg_database_url: str) -> Iterator[SqlAlchemyWarehouse]:
 def test_copy_writes_exactly_the_rows(pg_warehouse: SqlAlchemyWarehouse) -> None:
     flows = generate_flows(300, seed=4, now=NOW)
     extra = awkward_quotes()
-    written = pg_warehouse.append({**flows, "quotes": pd.concat([flows["quotes"], extra], ignore_index=True)})
-    assert written["quotes"] == 300 + len(extra)
+    assert pg_warehouse.append({**flows, "quotes": pd.concat([flows["quotes"], extra], ignore_index=True)}) is None
     for table, frame in flows.items():
         key = [c for c, _ in TABLES[table]][0]
         expected = pd.concat([frame, extra], ignore_index=True) if table == "quotes" else frame
@@ -91,13 +94,15 @@ def test_copy_and_executemany_store_the_same(pg_warehouse: SqlAlchemyWarehouse, 
 
 @pytest.mark.postgres
 def test_copy_is_atomic_when_a_late_row_fails(pg_warehouse: SqlAlchemyWarehouse) -> None:
-    """The last row of the last table is bad: everything streamed before it is rolled back."""
+    """The last row of the last table is one PostgreSQL refuses while copying: everything streamed before it
+    is rolled back. (The times go as text, which Arrow writes as it is, so the refusal is the server's.)"""
     pg_warehouse.append(generate_flows(20, seed=6, now=NOW))
     flows = generate_flows(2_000, seed=7, now=NOW)
-    policies = flows["policies"].astype({"purchase_time": object})
-    policies.loc[policies.index[-1], "purchase_time"] = "not a number"
-    with pytest.raises(InvalidQuery, match="not a number"):
+    times = flows["policies"]["purchase_time"].astype(str).tolist()
+    policies = flows["policies"].assign(purchase_time=pd.array([*times[:-1], "not a number"], dtype="str"))
+    with pytest.raises(InvalidQuery, match="not a number") as caught:
         pg_warehouse.append({**flows, "policies": policies})
+    assert f"COPY policies, line {len(policies)}," in str(caught.value)  # the very last row
     counts = pg_warehouse.query("SELECT (SELECT count(*) FROM quotes) AS q, (SELECT count(*) FROM policies) AS p")
     assert (int(counts["q"].iloc[0]), int(counts["p"].iloc[0])) == (20, len(generate_flows(20, seed=6)["policies"]))
     pg_warehouse.append(generate_flows(5, seed=8, now=NOW))  # the writer is usable afterwards
@@ -106,12 +111,30 @@ def test_copy_is_atomic_when_a_late_row_fails(pg_warehouse: SqlAlchemyWarehouse)
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("value", ["maybe", 2, "true"])
-def test_copy_refuses_non_booleans_like_sqlalchemy(pg_warehouse: SqlAlchemyWarehouse, value: Any) -> None:
+def test_copy_refuses_non_booleans(pg_warehouse: SqlAlchemyWarehouse, value: Any) -> None:
+    """A boolean column holding another value: converting the batch to Arrow refuses it, before any COPY."""
     quotes = awkward_quotes().astype({"is_paid": object})
     quotes.loc[3, "is_paid"] = value
-    with pytest.raises(InvalidInput, match=f"Not a boolean value: {value!r}"):
+    with pytest.raises(InvalidInput, match=f"the warehouse refused the values: .*Could not convert {value!r}"):
         pg_warehouse.append({"users": generate_flows(10, seed=9, now=NOW)["users"], "quotes": quotes})
     assert int(pg_warehouse.query("SELECT count(*) AS n FROM users")["n"].iloc[0]) == 0
+
+
+@pytest.mark.postgres
+def test_copy_refuses_text_that_is_not_a_boolean(pg_warehouse: SqlAlchemyWarehouse) -> None:
+    """A whole text column where the table has BOOLEAN reaches the server, which refuses the COPY."""
+    quotes = awkward_quotes().assign(is_paid=pd.array(["true"] * (len(AWKWARD) - 1) + ["maybe"], dtype="str"))
+    with pytest.raises(InvalidQuery, match='invalid input syntax for type boolean: "maybe"'):
+        pg_warehouse.append({"users": generate_flows(10, seed=9, now=NOW)["users"], "quotes": quotes})
+    assert int(pg_warehouse.query("SELECT count(*) AS n FROM users")["n"].iloc[0]) == 0
+
+
+def test_ingestion_refuses_non_booleans_before_any_store() -> None:
+    """What reaches a warehouse in the service has passed sources.rows: a non-boolean never gets that far."""
+    quotes = next(s for s in demo_sources() if s.name == "quotes")
+    batch = pa.Table.from_pandas(awkward_quotes().assign(is_paid=["maybe"] * len(AWKWARD)), preserve_index=False)
+    with pytest.raises(InvalidInput, match="is_paid"):
+        rows_from_arrow(quotes, batch.to_batches())
 
 
 # -- SQLite store -------------------------------------------------------------------------------------
@@ -120,12 +143,39 @@ def _index_names(store: SqliteRealtimeStore) -> set[str]:
     return set(store.query("SELECT name FROM sqlite_master WHERE type = 'index'")["name"])
 
 
-EXPECTED_INDEXES = {f"{table}_{column}_idx" for table, columns in INDEX_COLUMNS.items() for column in columns}
+def demo_store() -> SqliteRealtimeStore:
+    """A SQLite store with the demo's sources registered and their join columns indexed, as the service
+    does when it saves a query joining on them."""
+    store = SqliteRealtimeStore()
+    with_demo_tables(realtime=store)
+    for table, columns in INDEX_COLUMNS.items():
+        for column in columns:
+            store.index(table, column)
+    return store
+
+
+# register: each source's entity keys and event time; index(): the join columns (only quotes.user_id is new)
+REGISTERED_INDEXES = {index_name(source, column) for source, column in [
+    ("users", "user_id"), ("users", "creation_date"), ("quotes", "quote_id"), ("quotes", "creation_date"),
+    ("transactions", "user_id"), ("transactions", "ref_id"), ("transactions", "transaction_time"),
+    ("policies", "user_id"), ("policies", "quote_id"), ("policies", "purchase_time")]}
+EXPECTED_INDEXES = REGISTERED_INDEXES | {index_name("quotes", "user_id")}
+
+
+def test_register_and_index_create_the_expected_indexes() -> None:
+    store = SqliteRealtimeStore()
+    assert _index_names(store) == set()  # nothing on open
+    with_demo_tables(realtime=store)
+    assert _index_names(store) == REGISTERED_INDEXES
+    store.index("quotes", "user_id")
+    store.index("quotes", "user_id")  # idempotent
+    store.index("quotes", "quote_id")  # already there as an entity key
+    assert _index_names(store) == EXPECTED_INDEXES
 
 
 def test_sqlite_store_writes_pandas_and_arrow_alike() -> None:
     quotes = awkward_quotes()
-    from_pandas, from_arrow = SqliteRealtimeStore(), SqliteRealtimeStore()
+    from_pandas, from_arrow = demo_store(), demo_store()
     from_pandas.append({"quotes": quotes})
     from_arrow.append({"quotes": pa.Table.from_pandas(quotes, preserve_index=False)})
     sql = "SELECT *, typeof(binding_date) AS t1, typeof(is_paid) AS t2, typeof(quote_device) AS t3 FROM quotes"
@@ -139,42 +189,51 @@ def test_sqlite_store_writes_pandas_and_arrow_alike() -> None:
 
 
 def test_a_large_first_batch_rebuilds_the_indexes_and_lookups_use_them() -> None:
-    store = SqliteRealtimeStore()
+    store = demo_store()
     flows = generate_flows(REBUILD_INDEX_MIN_ROWS + 500, seed=10, now=NOW)
     store.append(flows)
     assert _index_names(store) == EXPECTED_INDEXES
-    plan = store.query("EXPLAIN QUERY PLAN SELECT * FROM quotes WHERE quote_id = 'x'")
-    assert plan["detail"].str.contains("quotes_quote_id_idx").any()
+    for column in ("quote_id", "user_id"):  # through the source's view, on its rows table
+        plan = store.query(f"EXPLAIN QUERY PLAN SELECT * FROM quotes WHERE {column} = 'x'")
+        assert plan["detail"].str.contains(index_name("quotes", column)).any(), plan
     user = flows["users"]["user_id"].iloc[-1]
     assert len(store.lookup(prepare_query("SELECT * FROM users"), "user_id", user, 10)) == 1
 
 
 def test_a_failed_large_first_batch_keeps_the_indexes_and_writes_nothing() -> None:
-    store = SqliteRealtimeStore()
+    store = demo_store()
     flows = generate_flows(REBUILD_INDEX_MIN_ROWS + 500, seed=11, now=NOW)
-    with pytest.raises(KeyError):  # policies lacks a column: found while converting, before any write
-        store.append({**flows, "policies": flows["policies"].drop(columns=["policy_device"])})
-    with pytest.raises(Exception):  # an unknown table, after the big tables went in
+    assert len(flows["quotes"]) >= REBUILD_INDEX_MIN_ROWS  # so the quotes' indexes are dropped and rebuilt
+    with pytest.raises(InvalidInput, match="no source 'no_such_table'"):  # found while converting, before any write
         store.append({**flows, "no_such_table": flows["users"]})
-    assert int(store.query("SELECT count(*) AS n FROM quotes")["n"].iloc[0]) == 0
+    # A value SQLite cannot bind, in the last row of the last table: refused after the big tables went in.
+    policies = flows["policies"].assign(policy_device=[*flows["policies"]["policy_device"].iloc[:-1], {"a": 1}])
+    with pytest.raises(InvalidInput, match="refused the values.*binding parameter"):  # a bad value is 400, not 503
+        store.append({**flows, "policies": policies})
+    for table in TABLES:
+        assert int(store.query(f"SELECT count(*) AS n FROM _fs_rows_{table}")["n"].iloc[0]) == 0, table
     assert _index_names(store) == EXPECTED_INDEXES
 
 
 def test_sqlite_batch_failing_inside_the_transaction_rolls_back_the_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure after the indexes were dropped and the rows inserted: the rollback restores both."""
-    store = SqliteRealtimeStore()
+    store = demo_store()
     flows = generate_flows(REBUILD_INDEX_MIN_ROWS + 500, seed=12, now=NOW)
-    real_create = store._create_indexes
+    real_rebuild = store._rebuild_indexes
+    rebuilt: list[str] = []
 
-    def create_then_fail(table: str) -> None:
-        real_create(table)
-        if table == "quotes":  # the one table of this batch large enough to be rebuilt
-            raise RuntimeError("disk on fire")
+    def rebuild_then_fail(source: str, create: bool) -> None:
+        real_rebuild(source, create)
+        if create:
+            rebuilt.append(source)
+            if source == "quotes":  # the one table of this batch large enough to be rebuilt
+                raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store, "_create_indexes", create_then_fail)
+    monkeypatch.setattr(store, "_rebuild_indexes", rebuild_then_fail)
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.append(flows)
     monkeypatch.undo()
+    assert rebuilt == ["quotes"]
     assert int(store.query("SELECT count(*) AS n FROM users")["n"].iloc[0]) == 0
     assert _index_names(store) == EXPECTED_INDEXES
     store.append(flows)  # and the store still takes the batch

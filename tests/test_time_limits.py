@@ -23,6 +23,7 @@ from realtime import open_realtime_store
 from realtime.base import RealtimeStore
 from realtime.duckdb_store import DuckDBRealtimeStore
 from realtime.sqlite_store import SqliteRealtimeStore
+from tests.demo_stores import with_demo_tables
 
 LIMIT = 0.5
 WITHIN = 2.0  # seconds from the call to the error, limit included
@@ -53,6 +54,7 @@ def assert_times_out(call: Callable[[], Any]) -> None:
 @pytest.fixture
 def duckdb_warehouse(tmp_path: Path) -> Iterator[Warehouse]:
     opened = open_warehouse(f"duckdb:///{tmp_path}/warehouse.db", statement_timeout=LIMIT)
+    with_demo_tables(opened)
     opened.append(generate_flows(50, seed=1, now=NOW))
     yield opened
     opened.close()
@@ -61,6 +63,7 @@ def duckdb_warehouse(tmp_path: Path) -> Iterator[Warehouse]:
 @pytest.fixture
 def pg_warehouse(pg_database_url: str) -> Iterator[Warehouse]:
     opened = open_warehouse(pg_database_url, statement_timeout=LIMIT)
+    with_demo_tables(opened)  # DDL goes through the writer's sessions, which have no limit
     opened.append(generate_flows(50, seed=1, now=NOW))
     yield opened
     opened.close()
@@ -128,6 +131,7 @@ def test_postgresql_without_a_limit_runs_long_statements(pg_database_url: str) -
 @pytest.fixture(params=["sqlite:///:memory:", "duckdb:///:memory:"])
 def store(request: pytest.FixtureRequest) -> Iterator[RealtimeStore]:
     opened = open_realtime_store(request.param, statement_timeout=LIMIT)
+    with_demo_tables(realtime=opened)
     opened.append(generate_flows(50, seed=1, now=NOW))
     yield opened
     opened.close()

@@ -6,6 +6,7 @@ filled warehouse per backend, so the suite creates a few dozen databases rather 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,10 +18,11 @@ import pytest
 from psycopg import sql as pgsql
 
 from common.errors import InvalidInput, InvalidQuery, ResultTooLarge
+from common.logical_types import logical_of_engine_type
 from demo.flows import TABLES, TIME_COLUMNS, generate_flows
 from extraction.schema import frame_schema
 from extraction.sql import prepare_query
-from warehouse import Warehouse, open_warehouse
+from warehouse import BatchMark, Warehouse, open_warehouse
 from warehouse.duckdb import DuckDBWarehouse
 from warehouse.sql import SqlAlchemyWarehouse
 from realtime import open_realtime_store
@@ -28,6 +30,7 @@ from realtime.base import RealtimeStore
 from realtime.duckdb_store import DuckDBRealtimeStore
 from realtime.sqlite_store import SqliteRealtimeStore
 from tests.conftest import JsonClient
+from tests.demo_stores import demo_sources, with_demo_tables
 from tests.fixtures_pg import ADMIN_DATABASE
 
 NOW = 1_700_000_000
@@ -51,7 +54,9 @@ def warehouse_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) 
 
 @pytest.fixture
 def open_wh(warehouse_url: str) -> Iterator[Callable[[], Warehouse]]:
-    """Open the test's warehouse URL (several times, to test reopening); all are closed afterwards."""
+    """Open the test's warehouse URL (several times, to test reopening); all are closed afterwards.
+
+    A warehouse creates no tables on open: tests create the demo's with `with_demo_tables`."""
     opened: list[Warehouse] = []
 
     def make() -> Warehouse:
@@ -65,7 +70,10 @@ def open_wh(warehouse_url: str) -> Iterator[Callable[[], Warehouse]]:
 
 @pytest.fixture
 def warehouse(open_wh: Callable[[], Warehouse]) -> Warehouse:
-    return open_wh()
+    """A fresh warehouse with the demo's four (empty) tables."""
+    opened = open_wh()
+    with_demo_tables(opened)
+    return opened
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +113,7 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     else:
         url = request.getfixturevalue("pg_module_database_url")
     opened = open_warehouse(url)
+    with_demo_tables(opened)
     opened.append(shared_flows)
     yield opened
     opened.close()
@@ -134,16 +143,51 @@ def _counts(warehouse: Warehouse) -> dict[str, int]:
     return {table: int(warehouse.query(f"SELECT count(*) AS n FROM {table}")["n"].iloc[0]) for table in TABLES}
 
 
-def test_the_url_picks_the_backend(warehouse: Warehouse, backend: str) -> None:
+def test_the_url_picks_the_backend_and_opening_creates_no_tables(open_wh: Callable[[], Warehouse],
+                                                                  backend: str) -> None:
+    warehouse = open_wh()
     expected = {"duckdb": (DuckDBWarehouse, "duckdb"), "postgresql": (SqlAlchemyWarehouse, "postgres")}[backend]
     assert (type(warehouse), warehouse.dialect) == expected
     warehouse.ping()
+    assert {table: warehouse.table_columns(table) for table in TABLES} == {table: None for table in TABLES}
+    with pytest.raises(InvalidQuery):
+        warehouse.query("SELECT count(*) AS n FROM quotes")
+    with_demo_tables(warehouse)
     assert _counts(warehouse) == {table: 0 for table in TABLES}
 
 
+def test_create_table_makes_the_declared_columns(warehouse: Warehouse) -> None:
+    """`table_columns` gives the engine's own type names; each maps back to the declared logical type."""
+    for source in demo_sources():
+        columns = warehouse.table_columns(source.table)
+        assert [name for name, _ in columns] == [c["name"] for c in source.columns], source.name
+        assert [logical_of_engine_type(kind) for _, kind in columns] == [c["type"] for c in source.columns], columns
+
+
+def test_the_required_columns_refuse_nulls(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    """Entity keys and event time are NOT NULL in the table too, not only in ingestion."""
+    quotes = flows["quotes"].head(3).assign(creation_date=pd.array([NOW, None, NOW], dtype="Int64"))
+    with pytest.raises(InvalidQuery, match="creation_date"):
+        warehouse.append({"users": flows["users"], "quotes": quotes})
+    assert _counts(warehouse) == {table: 0 for table in TABLES}
+
+
+def test_add_columns_keeps_the_rows_and_reads_null(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    warehouse.append({"quotes": flows["quotes"]})
+    warehouse.add_columns("quotes", [{"name": "discount", "type": "float", "nullable": True},
+                                     {"name": "campaign", "type": "string", "nullable": True}])
+    columns = warehouse.table_columns("quotes")
+    assert [name for name, _ in columns][-2:] == ["discount", "campaign"]
+    assert [logical_of_engine_type(kind) for _, kind in columns][-2:] == ["float", "string"]
+    old = _plain(warehouse.query("SELECT * FROM quotes"))
+    assert len(old) == len(flows["quotes"]) and old["discount"].isna().all() and old["campaign"].isna().all()
+    warehouse.append({"quotes": flows["quotes"].head(1).assign(quote_id="new", discount=0.5, campaign="spring")})
+    new = _plain(warehouse.query("SELECT quote_id, discount, campaign FROM quotes WHERE quote_id = 'new'"))
+    assert new.to_dict("records") == [{"quote_id": "new", "discount": 0.5, "campaign": "spring"}]
+
+
 def test_append_then_query_reads_the_same_rows(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
-    written = warehouse.append(flows)
-    assert written == {table: len(frame) for table, frame in flows.items()}
+    assert warehouse.append(flows) is None  # None: written (an answer comes back only for a repeated batch)
     for table, key in ID_COLUMNS.items():
         read = warehouse.query(f"SELECT * FROM {table}")
         assert list(read.columns) == [name for name, _ in TABLES[table]]
@@ -154,6 +198,28 @@ def test_appends_accumulate(warehouse: Warehouse, flows: dict[str, pd.DataFrame]
     warehouse.append(flows)
     warehouse.append(generate_flows(30, seed=8, now=NOW))
     assert _counts(warehouse)["quotes"] == len(flows["quotes"]) + 30
+
+
+def test_a_batch_with_an_id_is_written_once(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    """A retry of a batch gets the first answer back and writes nothing; the id is per source."""
+    first = BatchMark("quotes", "batch-1", {"rows": len(flows["quotes"])})
+    assert warehouse.append({"quotes": flows["quotes"]}, first) is None
+    retry = BatchMark("quotes", "batch-1", {"rows": -1})
+    assert warehouse.append({"quotes": flows["quotes"]}, retry) == {"rows": len(flows["quotes"])}
+    assert _counts(warehouse)["quotes"] == len(flows["quotes"])
+    assert warehouse.append({"users": flows["users"]}, BatchMark("users", "batch-1", {"rows": 1})) is None
+    assert warehouse.append({"quotes": flows["quotes"].head(2)}, BatchMark("quotes", "batch-2", {})) is None
+    assert _counts(warehouse) == {**{table: 0 for table in TABLES}, "users": len(flows["users"]),
+                                  "quotes": len(flows["quotes"]) + 2}
+
+
+def test_a_failed_batch_leaves_its_id_free(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    """The id is claimed in the batch's own transaction: a batch that fails can be sent again."""
+    mark = BatchMark("policies", "batch-1", {"rows": len(flows["policies"])})
+    with pytest.raises(InvalidInput):
+        warehouse.append(_wrong_type(flows), mark)
+    assert warehouse.append(flows, mark) is None
+    assert _counts(warehouse) == {table: len(frame) for table, frame in flows.items()}
 
 
 @pytest.mark.parametrize("max_rows", [0, 1, 2047, 2048, SHARED_FLOWS - 1])
@@ -193,16 +259,38 @@ def test_recent_rows_returns_only_the_window(filled: Warehouse, shared_flows: di
     since = None if days is None else NOW - days * DAY
     for table, key in ID_COLUMNS.items():
         frame, time_column = flows[table], TIME_COLUMNS[table]
-        expected = frame if since is None else frame[frame[time_column] >= since]
+        expected = frame if since is None else frame[frame[time_column] > since]
         got = _plain(warehouse.recent_rows(table, time_column, since))
         assert sorted(got[key]) == sorted(expected[key]), (table, days)
         assert list(got.columns) == [name for name, _ in TABLES[table]]
         if since is not None:
-            assert 0 < len(got) < len(frame) and (got[time_column] >= since).all()
+            assert 0 < len(got) < len(frame) and (got[time_column] > since).all()
+
+
+def test_recent_rows_is_strictly_after_since(warehouse: Warehouse, flows: dict[str, pd.DataFrame]) -> None:
+    """A row exactly at `since` is out of the window (it is what the realtime store's evict deletes)."""
+    quotes = flows["quotes"].head(3).assign(quote_id=["before", "at", "after"],
+                                            creation_date=[NOW - DAY - 1, NOW - DAY, NOW - DAY + 1])
+    warehouse.append({"quotes": quotes})
+    assert list(_plain(warehouse.recent_rows("quotes", "creation_date", NOW - DAY))["quote_id"]) == ["after"]
+    assert sorted(_plain(warehouse.recent_rows("quotes", "creation_date", None))["quote_id"]) == [
+        "after", "at", "before"]
 
 
 def test_recent_rows_of_the_future_is_empty(filled: Warehouse) -> None:
     assert len(_plain(filled.recent_rows("quotes", "creation_date", NOW + 1))) == 0
+
+
+def test_table_stats(filled: Warehouse, shared_flows: dict[str, pd.DataFrame]) -> None:
+    for table, time_column in TIME_COLUMNS.items():
+        times = shared_flows[table][time_column]
+        assert filled.table_stats(table, time_column) == {
+            "rows": len(times), "min_event_time": int(times.min()), "max_event_time": int(times.max())}, table
+
+
+def test_table_stats_of_an_empty_table(warehouse: Warehouse) -> None:
+    assert warehouse.table_stats("quotes", "creation_date") == {
+        "rows": 0, "min_event_time": None, "max_event_time": None}
 
 
 def _wrong_type(batch: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -227,19 +315,19 @@ BAD_BATCHES: dict[str, Callable[[dict[str, pd.DataFrame]], dict[str, Any]]] = {
     "unknown table": lambda b: {**b, "no_such_table": b["users"]},
     "unknown column": lambda b: {**b, "policies": b["policies"].assign(no_such_column=1)},
 }
-# (backend, bad batch) -> the 400 the warehouse raises. DuckDB reports every refusal of the INSERT as
-# InvalidQuery ("the warehouse rejected the query"); PostgreSQL's own refusal of a value is InvalidQuery too,
-# while what is checked before the INSERT (table and column names) or by SQLAlchemy's Boolean processor
-# is InvalidInput. Both are 400s; InvalidQuery is a subclass of InvalidInput.
+# (backend, bad batch) -> the 400 the warehouse raises. Values are validated before they reach the warehouse
+# (sources/rows.py), so the warehouse checks nothing itself: each refusal is the engine's own, of the INSERT
+# (DuckDB) or the COPY (PostgreSQL), and is InvalidQuery ("the warehouse rejected the query"), a subclass
+# of InvalidInput: a 400, never a 503.
 BAD_BATCH_ERRORS: dict[tuple[str, str], tuple[type[InvalidInput], str]] = {
     ("duckdb", "text into BIGINT"): (InvalidQuery, "Could not convert string 'not a number'"),
     ("duckdb", "text into BOOLEAN"): (InvalidQuery, "Could not convert string 'maybe'"),
     ("duckdb", "unknown table"): (InvalidQuery, "no_such_table"),
     ("duckdb", "unknown column"): (InvalidQuery, "no_such_column"),
-    ("postgresql", "text into BIGINT"): (InvalidQuery, "not a number"),
-    ("postgresql", "text into BOOLEAN"): (InvalidInput, "Not a boolean value: 'maybe'"),
-    ("postgresql", "unknown table"): (InvalidInput, r"no such warehouse table\(s\): \['no_such_table'\]"),
-    ("postgresql", "unknown column"): (InvalidInput, r"policies has no column\(s\) \['no_such_column'\]"),
+    ("postgresql", "text into BIGINT"): (InvalidQuery, 'invalid input syntax for type bigint: "not a number"'),
+    ("postgresql", "text into BOOLEAN"): (InvalidQuery, 'invalid input syntax for type boolean: "maybe"'),
+    ("postgresql", "unknown table"): (InvalidQuery, 'relation "no_such_table" does not exist'),
+    ("postgresql", "unknown column"): (InvalidQuery, 'column "no_such_column" of relation "policies" does not exist'),
 }
 
 
@@ -257,9 +345,11 @@ def test_a_bad_batch_is_invalid_input_and_writes_nothing(warehouse: Warehouse, b
 
 def test_rows_survive_reopening_the_url(open_wh: Callable[[], Warehouse], flows: dict[str, pd.DataFrame]) -> None:
     first = open_wh()
+    with_demo_tables(first)
     first.append(flows)
     first.close()
-    second = open_wh()
+    second = open_wh()  # the tables are found, not created again
+    assert {table: second.table_columns(table) is not None for table in TABLES} == {table: True for table in TABLES}
     for table, key in ID_COLUMNS.items():
         assert _rows(second.query(f"SELECT * FROM {table}"), key) == _rows(flows[table], key), table
     second.append(generate_flows(5, seed=6, now=NOW))
@@ -369,23 +459,41 @@ def _realtime_rows(store: RealtimeStore, warehouse: Warehouse, sql: str) -> pd.D
     return store.lookup(prepare_query(sql, warehouse.dialect), "k", 1, 10**6)
 
 
+def _windowed(days: int | None) -> list:
+    """The demo's sources, each with a hot window of `days` (None: all history)."""
+    return [replace(source, hot_window_seconds=None if days is None else days * DAY) for source in demo_sources()]
+
+
 @pytest.mark.parametrize("days", [None, 3, 1])
 def test_hydrate_keeps_only_the_window(filled: Warehouse, realtime: RealtimeStore,
                                        shared_flows: dict[str, pd.DataFrame], days: int | None) -> None:
     flows, warehouse = shared_flows, filled
-    written = realtime.hydrate(warehouse, None if days is None else days * DAY, now=NOW)
+    realtime.clock = lambda: NOW  # the views cut at the same "now" as the hydration
+    written = realtime.hydrate(warehouse, _windowed(days), now=NOW)
     since = NOW - days * DAY if days is not None else None
     for table, key in ID_COLUMNS.items():
         frame, time_column = flows[table], TIME_COLUMNS[table]
-        expected = frame if since is None else frame[frame[time_column] >= since]
+        expected = frame if since is None else frame[frame[time_column] > since]
         got = _realtime_rows(realtime, warehouse, f"SELECT {key}, {time_column}, 1 AS k FROM {table}")
         assert sorted(got[key]) == sorted(expected[key]), (table, days)
-        assert written[table] == len(expected)
+        assert written[table] == len(expected) == realtime.stats(table)["rows"]
+        if since is not None:
+            assert 0 < len(expected) < len(frame)
 
 
 def test_hydrate_an_empty_window(filled: Warehouse, realtime: RealtimeStore) -> None:
-    assert realtime.hydrate(filled, 10, now=NOW + 30 * DAY) == {table: 0 for table in TABLES}
+    sources = [replace(source, hot_window_seconds=10) for source in demo_sources()]
+    assert realtime.hydrate(filled, sources, now=NOW + 30 * DAY) == {table: 0 for table in TABLES}
     assert _realtime_rows(realtime, filled, "SELECT quote_id, 1 AS k FROM quotes").empty
+
+
+def test_hydrate_skips_request_sources(filled: Warehouse, realtime: RealtimeStore) -> None:
+    """A request source's rows come with each call: none of them is copied from the warehouse."""
+    sources = [replace(s, kind="request") if s.name == "users" else s for s in demo_sources()]
+    written = realtime.hydrate(filled, sources, now=NOW)
+    assert written == {name: realtime.stats(name)["rows"] for name in ("quotes", "transactions", "policies")}
+    assert written["quotes"] == SHARED_FLOWS
+    assert "users" not in realtime.sources or realtime.stats("users")["rows"] == 0
 
 
 TYPED_QUERIES = {
@@ -420,7 +528,7 @@ def test_realtime_types_and_values_equal_the_warehouse(filled: Warehouse, realti
     if bug:
         request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=bug))
     warehouse = filled
-    realtime.hydrate(warehouse, None)
+    realtime.hydrate(warehouse, demo_sources())
     prepared = prepare_query(TYPED_QUERIES[name], warehouse.dialect)
     trained = warehouse.query(prepared.sql_for(warehouse.dialect))
     served = _realtime_rows(realtime, warehouse, TYPED_QUERIES[name])

@@ -67,9 +67,9 @@ class DuckDBWarehouse(Warehouse):
         def already_written(cursor: Any) -> bool:
             """Claim the batch id in the ledger inside the transaction, unless it is there already."""
             row = cursor.execute(f"SELECT answer FROM {LEDGER_TABLE} WHERE source = ? AND batch_id = ?",
-                                 [batch.source, batch.batch_id]).fetchone()
-            if row is not None:
-                seen.append(json.loads(row[0]))
+                                 [batch.source, batch.batch_id]).fetchall()
+            if row:
+                seen.append(json.loads(row[0][0]))
                 return True
             cursor.execute(f"INSERT INTO {LEDGER_TABLE} VALUES (?, ?, ?)",
                            [batch.source, batch.batch_id, json.dumps(batch.answer)])
