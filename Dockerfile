@@ -10,12 +10,17 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY app ./app
 COPY catalog ./catalog
+COPY checks ./checks
 COPY client ./client
 COPY common ./common
 COPY demo ./demo
+COPY etl ./etl
 COPY extraction ./extraction
 COPY featurerepo ./featurerepo
 COPY realtime ./realtime
+COPY sources ./sources
+COPY sql ./sql
+COPY warehouse ./warehouse
 
 USER featurestore
 ENV HOST=0.0.0.0 \

@@ -32,8 +32,8 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     from app.serving_stats import ServingStats
     from app.sources import SourceService
     from catalog import open_catalog
-    from extraction.etl_isolation import open_etl_runner
-    from extraction.etl_source import EtlFetcher
+    from etl.isolation import open_etl_runner
+    from etl.source import EtlFetcher
     from realtime import open_realtime_store
     from warehouse import open_warehouse
 

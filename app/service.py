@@ -22,12 +22,12 @@ from app.serving_stats import ServingStats
 from app.sources import SourceService
 from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch)
-from extraction.etl_runner import EtlRunner
-from extraction.etl_source import EtlFetcher
-from extraction.expectations import check_expectations, validate_expectations
-from extraction.schema import compare_schemas, frame_schema, served_schema
-from extraction.stats import frame_stats, skew_report
-from extraction.sql import PreparedQuery, prepare_query
+from etl.runner import EtlRunner
+from etl.source import EtlFetcher
+from checks.expectations import check_expectations, validate_expectations
+from checks.schema import compare_schemas, frame_schema, served_schema
+from checks.stats import frame_stats, skew_report
+from sql.prepared import PreparedQuery, prepare_query
 from realtime.base import RealtimeStore
 from warehouse import Warehouse
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from catalog.base import Catalog
 from common.errors import FeatureStoreError
-from extraction.stats import ServingWindow
+from checks.stats import ServingWindow
 
 log = logging.getLogger(__name__)
 

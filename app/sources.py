@@ -21,8 +21,8 @@ from sqlglot import exp
 from catalog.base import Catalog, SourceRecord, utc_now
 from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, InvalidQuery, NotFound
 from common.errors import SourceIncompatible
-from common.logical_types import logical_of_engine_type
-from extraction.sql import prepare_query
+from sql.types import logical_of_engine_type
+from sql.prepared import prepare_query
 from realtime.base import RealtimeStore, time_value
 from sources.definition import check_table_name, parse_source, source_diff
 from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow, rows_from_json

@@ -114,7 +114,7 @@ def postgres(n_flows: int, rounds: int) -> None:
 
 def lookups(n_flows: int, n_lookups: int, rounds: int) -> None:
     """Per-lookup time of the SQLite store without a limit and with one (the progress handler), alternating."""
-    from extraction.sql import prepare_query
+    from sql.prepared import prepare_query
     from realtime.sqlite_store import _lookup_plan
 
     frames = generate_flows(n_flows, seed=1)

@@ -44,7 +44,7 @@ def data(users: int, rows: int) -> tuple[Any, list[Any]]:
     import numpy as np
 
     from demo.flows import generate_flows
-    from extraction.sql import prepare_query
+    from sql.prepared import prepare_query
     from warehouse import open_warehouse
     from realtime import open_realtime_store
 
@@ -73,8 +73,8 @@ def main() -> None:
 
     import pickle
 
-    from extraction.etl_isolation import IsolatedEtlPool
-    from extraction.etl_runner import EtlRunner
+    from etl.isolation import IsolatedEtlPool
+    from etl.runner import EtlRunner
 
     training, rows = data(args.users, 200)
     code = ETL.read_text()

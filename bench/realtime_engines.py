@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from demo.flows import generate_flows
-from extraction.sql import prepare_query
+from sql.prepared import prepare_query
 from realtime import open_realtime_store
 from tests.walkthrough import FOUR_TABLE_QUERY
 

@@ -1,1 +1,1 @@
-"""SQL handling, warehouse access, ETL loading and running, schema comparison."""
+"""Kept for ETL scripts: ``extraction.etl_contract`` is the contract's stable import path (see `etl.contract`)."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from catalog.base import SourceRecord
-from extraction.sql import PreparedQuery
+from sql.prepared import PreparedQuery
 from warehouse import Warehouse
 
 ROLE = "realtime store"

@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 
 from catalog.base import SourceRecord
-from common import logical_types
+from sql import types as logical_types
 from common.errors import InvalidInput
 from common.urls import duckdb_path
-from extraction.engines import DuckDBEngine, quote_identifier
-from extraction.sql import PreparedQuery
+from sql.duckdb_engine import DuckDBEngine, quote_identifier
+from sql.prepared import PreparedQuery
 from realtime.base import ROLE, RealtimeStore, index_name, rows_table, time_value
 
 

@@ -47,9 +47,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
-from common import logical_types
-from extraction.engines import checked_timeout, python_columns, query_timeout, quote_identifier
-from extraction.sql import PreparedQuery
+from sql import types as logical_types
+from sql.duckdb_engine import checked_timeout, python_columns, query_timeout, quote_identifier
+from sql.prepared import PreparedQuery
 from realtime.base import ROLE, RealtimeStore, index_name, rows_table
 _READ_ONLY_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
                       getattr(sqlite3, "SQLITE_RECURSIVE", 33)}

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from catalog.base import SOURCE_KINDS, SourceRecord
 from common.errors import InvalidInput
-from common.logical_types import LOGICAL_TYPES
+from sql.types import LOGICAL_TYPES
 
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,62}")
 RESERVED_PREFIXES = ("_fs", "fs_", "sqlite_", "pg_", "duckdb_")

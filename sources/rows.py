@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
 from common.errors import InvalidInput
-from common.logical_types import ARROW
+from sql.types import ARROW
 
 # JSON value types each logical type accepts (timestamps are ISO-8601 text with a zone offset)
 _JSON_TYPES: dict[str, tuple[type, ...]] = {"integer": (int,), "float": (int, float), "boolean": (bool,),

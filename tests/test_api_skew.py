@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from catalog.base import QueryRecord
-from extraction.sql import prepare_query
+from sql.prepared import prepare_query
 from tests.walkthrough import FOUR_TABLE_QUERY, example_repo, train_walkthrough
 
 # Behaves like a realtime store without booleans: one served row gets 0/1 where training had booleans.

@@ -11,10 +11,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
+from common.errors import InvalidInput, InvalidQuery
 from demo.flows import INDEX_COLUMNS, TABLES, generate_flows
-from extraction.engines import python_columns
-from extraction.sql import prepare_query
+from sql.duckdb_engine import python_columns
+from sql.prepared import prepare_query
 from warehouse import open_warehouse
 from warehouse.sql import SqlAlchemyWarehouse
 from realtime.base import index_name

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from app import close_app
-from extraction.etl_runner import EtlRunner
-from extraction.etl_source import code_sha256
+from etl.runner import EtlRunner
+from etl.source import code_sha256
 from tests.conftest import JsonClient
 from tests.walkthrough import EXAMPLE_ETLS, example_repo, train_walkthrough
 

@@ -21,8 +21,8 @@ import pytest
 
 from common.errors import BackendUnavailable, EtlFailed, EtlTampered, InvalidEtl
 from demo.flows import generate_flows
-from extraction.etl_isolation import IsolatedEtlPool, RemoteTraceback, open_etl_runner
-from extraction.etl_runner import EtlRunner
+from etl.isolation import IsolatedEtlPool, RemoteTraceback, open_etl_runner
+from etl.runner import EtlRunner
 from tests.fixtures_git import BAD_RETURN_ETL, BROKEN_ETL, BROKEN_LINE, FEATURES_ETL, LEGACY_ETL
 from tests.walkthrough import EXAMPLE_ETLS
 
@@ -361,7 +361,7 @@ def test_a_worker_killed_while_idle_is_replaced_without_failing_a_call(joined, m
         os.kill(pid, 9)
         assert wait_until_gone([pid]) == []
         if not noticed:  # the pool takes it for alive; sending the request is what fails
-            monkeypatch.setattr("extraction.etl_isolation._Worker.alive", lambda worker: True)
+            monkeypatch.setattr("etl.isolation._Worker.alive", lambda worker: True)
         assert len(runner.run("k", FEATURES_ETL, sha256(FEATURES_ETL), joined)) == len(joined)
         assert pool.pids() != [pid] and len(pool.pids()) == 1 and pool.info()["replaced"] == 1
     assert wait_until_gone(pool.info()["started_pids"]) == []

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from common.errors import EtlFailed, FeatureStoreError, InvalidEtl
-from extraction.etl_runner import EtlRunner
-from extraction.etl_source import EtlFetcher
+from etl.runner import EtlRunner
+from etl.source import EtlFetcher
 from tests.fixtures_git import (
     BAD_RETURN_ETL,
     BROKEN_ETL,

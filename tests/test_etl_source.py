@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import InvalidEtl, UpstreamUnavailable
-from extraction.etl_source import MAX_SOURCE_BYTES, EtlFetcher, FetchedEtl
+from etl.source import MAX_SOURCE_BYTES, EtlFetcher, FetchedEtl
 from tests.fixtures_git import BROKEN_ETL, FEATURES_ETL, LEGACY_ETL, EtlRepo
 
 

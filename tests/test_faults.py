@@ -178,7 +178,7 @@ def test_warehouse_on_a_closed_port_answers_quickly_naming_it(make_app):
 @pytest.mark.postgres
 @pytest.mark.xfail(strict=True, reason=(
     "BUG? app/__init__.py:40-44 (build_service opens the warehouse and hydrates from it) and "
-    "extraction/warehouse.py:124 (SqlAlchemyWarehouse.__init__ "
+    "warehouse/sql.py:124 (SqlAlchemyWarehouse.__init__ "
     "creates its tables on open): a warehouse down when the service starts stops the start, unlike the "
     "catalog, which opens lazily; the issue asks for 503 naming it and recovery without a restart"))
 def test_postgres_warehouse_down_when_the_app_starts_then_up(make_app, private_pg: PgServer):
@@ -199,7 +199,7 @@ def test_postgres_warehouse_down_when_the_app_starts_then_up(make_app, private_p
 
 @pytest.mark.postgres
 @pytest.mark.xfail(strict=True, reason=(
-    "BUG catalog/sql.py:129 and extraction/warehouse.py:98,109 (SqlAlchemyWarehouse engines): PostgreSQL engines set only connect_timeout; "
+    "BUG catalog/sql.py:129 and warehouse/sql.py:98,109 (SqlAlchemyWarehouse engines): PostgreSQL engines set only connect_timeout; "
     "a pooled connection's pre-ping/statement has no client-side time limit (no tcp_user_timeout or "
     "keepalives; a server-side statement_timeout cannot fire on a hung server), so a hung server hangs every request forever"))
 def test_frozen_postgres_does_not_hang_requests(make_app, private_pg: PgServer):

@@ -13,7 +13,7 @@ import pytest
 from catalog.base import SourceRecord
 from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from demo.flows import generate_flows
-from extraction.sql import prepare_query
+from sql.prepared import prepare_query
 from realtime import open_realtime_store
 from realtime.base import RealtimeStore, index_name, rows_table
 from sources.definition import parse_source, source_diff

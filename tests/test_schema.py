@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extraction.schema import (column_type, compare_schemas, compatible, frame_schema, logical_type,
+from checks.schema import (column_type, compare_schemas, compatible, frame_schema, logical_type,
                                served_schema, widened_integers)
 
 S = pd.Series

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from sqlglot import exp
 
 from common.errors import InvalidQuery
-from extraction.sql import LOOKUP_ALIAS, PreparedQuery, prepare_query
+from sql.prepared import LOOKUP_ALIAS, PreparedQuery, prepare_query
 
 DIALECTS = ["duckdb", "postgres"]
 

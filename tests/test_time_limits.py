@@ -15,7 +15,7 @@ import pytest
 from catalog import open_catalog
 from common.errors import InvalidQuery
 from demo.flows import generate_flows
-from extraction.sql import prepare_query
+from sql.prepared import prepare_query
 from warehouse import Warehouse, open_warehouse
 from warehouse.duckdb import DuckDBWarehouse
 from warehouse.sql import SqlAlchemyWarehouse

@@ -18,10 +18,10 @@ import pytest
 from psycopg import sql as pgsql
 
 from common.errors import InvalidInput, InvalidQuery, ResultTooLarge
-from common.logical_types import logical_of_engine_type
+from sql.types import logical_of_engine_type
 from demo.flows import TABLES, TIME_COLUMNS, generate_flows
-from extraction.schema import frame_schema
-from extraction.sql import prepare_query
+from checks.schema import frame_schema
+from sql.prepared import prepare_query
 from warehouse import BatchMark, Warehouse, open_warehouse
 from warehouse.duckdb import DuckDBWarehouse
 from warehouse.sql import SqlAlchemyWarehouse
@@ -509,12 +509,12 @@ TYPED_QUERIES = {
 }
 TYPE_BUGS = {
     ("postgres", "sqlite", "sum"): (
-        "OPEN extraction/sql.py:128-132 (_duckdb_sum_widening, dialect 'duckdb' only): PostgreSQL's SUM(bigint) "
+        "OPEN sql/prepared.py:128-132 (_duckdb_sum_widening, dialect 'duckdb' only): PostgreSQL's SUM(bigint) "
         "is NUMERIC, read as Float64 ('float'), but the SQLite store types the same sum 'integer' and returns "
         "int64. The values are equal and the save-time and serving checks accept it (a served integer may "
         "stand for a trained float), so the query is served, with another dtype than training"),
     ("postgres", "duckdb", "division"): (
-        "OPEN extraction/sql.py:49-51 (sql_for): PostgreSQL's integer '/' is transpiled to DuckDB's '/' "
+        "OPEN sql/prepared.py:49-51 (sql_for): PostgreSQL's integer '/' is transpiled to DuckDB's '/' "
         "unchanged, which divides as float: training gives 472222 (integer), serving 472222.22 (float). "
         "The save-time check does not see it (sqlglot types both sides 'integer'), so every realtime call "
         "of such a saved query is a 409 schema_mismatch"),

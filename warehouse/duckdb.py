@@ -8,9 +8,9 @@ from typing import Any, Iterator
 import pandas as pd
 
 from catalog.base import SourceRecord
-from common import logical_types
+from sql import types as logical_types
 from common.urls import duckdb_path
-from extraction.engines import DuckDBEngine, quote_identifier
+from sql.duckdb_engine import DuckDBEngine, quote_identifier
 from warehouse.base import LEDGER_TABLE, BatchMark, Warehouse, split_table
 
 ROLE = "warehouse"

@@ -20,10 +20,10 @@ from psycopg import sql as psycopg_sql
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from catalog.base import SourceRecord
-from common import logical_types
+from sql import types as logical_types
 from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from common.urls import sqlalchemy_url
-from extraction.engines import _bounded_frame, checked_timeout, python_columns, query_timeout
+from sql.duckdb_engine import _bounded_frame, checked_timeout, python_columns, query_timeout
 from warehouse.base import LEDGER_TABLE, BatchMark, Warehouse, split_table
 
 ROLE = "warehouse"

@@ -20,7 +20,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sqlglot.optimizer.qualify import qualify
 
 from common.errors import InvalidQuery
-from common.logical_types import SQLGLOT as SQLGLOT_TYPES
+from sql.types import SQLGLOT as SQLGLOT_TYPES
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 

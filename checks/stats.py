@@ -19,7 +19,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from common.jsonsafe import json_safe
-from extraction.schema import logical_type
+from checks.schema import logical_type
 
 TOP_CATEGORIES = 20
 BINS = 10

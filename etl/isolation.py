@@ -45,7 +45,7 @@ from typing import Any, Callable, NoReturn
 
 import common.errors
 from common.errors import BackendUnavailable, EtlFailed, FeatureStoreError
-from extraction.etl_runner import EtlRunner, timeout_error, verify_sha256
+from etl.runner import EtlRunner, timeout_error, verify_sha256
 
 MODES = ("inprocess", "process")
 _PROTOCOL = 5
@@ -73,7 +73,7 @@ class IsolatedEtlPool:
         if start_method == "forkserver":
             # Import pandas and the runner once in the fork server, not in every worker. Ignored
             # if the process already started a fork server without it (workers then import them).
-            self._context.set_forkserver_preload(["extraction.etl_isolation"])
+            self._context.set_forkserver_preload(["etl.isolation"])
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # an idle worker, a vacancy or closing
         # A stack: under light load one worker stays hot (scheduled, caches warm).

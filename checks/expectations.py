@@ -18,7 +18,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from common.errors import InvalidEtl
-from extraction.schema import column_type, compatible
+from checks.schema import column_type, compatible
 
 RULES = ("type", "nullable", "min", "max", "allowed", "unique")
 EXAMPLES = 5

@@ -18,7 +18,7 @@ the server's, and once every one of them is stuck new ETL calls fail at once wit
 directly on the caller's thread (the hop to an ETL thread costs about 50-80 µs at
 the median on the one-row example, `python -m bench.etl_isolation`).
 
-Isolated, with ``isolation=IsolatedEtlPool(...)`` (extraction/etl_isolation.py), the
+Isolated, with ``isolation=IsolatedEtlPool(...)`` (etl/isolation.py), the
 same calls run in warm worker processes that are killed and replaced past the time
 limit, with a memory limit and no network.
 """
@@ -39,10 +39,10 @@ import pandas as pd
 
 from common.errors import BackendUnavailable, EtlFailed, EtlTampered, InvalidEtl
 from common.jsonsafe import json_safe
-from extraction.etl_contract import install_compat_module
+from etl.contract import install_compat_module
 
 if TYPE_CHECKING:
-    from extraction.etl_isolation import IsolatedEtlPool
+    from etl.isolation import IsolatedEtlPool
 
 T = TypeVar("T")
 

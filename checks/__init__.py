@@ -1,0 +1,1 @@
+"""What keeps train and serve the same: schema comparison, declared expectations, statistics and skew."""

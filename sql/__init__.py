@@ -1,0 +1,1 @@
+"""User SQL as a tree (checks, rewrites, output types), the one logical-type map, and the DuckDB engine."""
