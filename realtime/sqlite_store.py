@@ -40,7 +40,6 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -51,6 +50,7 @@ from sql import types as logical_types
 from sql.duckdb_engine import checked_timeout, python_columns, query_timeout, quote_identifier
 from sql.prepared import PreparedQuery
 from realtime.base import ROLE, RealtimeStore, index_name, rows_table
+
 _READ_ONLY_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
                       getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
 # The progress handler runs every this many virtual-machine steps (a few microseconds of work).
