@@ -267,6 +267,8 @@ class SourceService:
             return rows
         column = rows.column(source.event_time)
         bound = pa.scalar(time_value(source, cutoff), column.type) if pa.types.is_timestamp(column.type) else cutoff
+        if pc.greater(pc.min(column), bound).as_py():  # all inside: no copy
+            return rows
         return rows.filter(pc.greater(column, bound))
 
     def load_file(self, name: str, path: str, file_format: str | None = None,

@@ -33,7 +33,7 @@ class RealtimeStore(ABC):
     - give each registered source a table named after it (a view) that shows only rows with
       ``event_time > now - hot_window_seconds`` (all rows without a window), so a row past its
       window is never served even before `evict` deletes it; "now" is `clock()`;
-    - index every source on its entity keys and event time, and on the columns `index` is asked for;
+    - index every source on its entity keys and on the columns `index` is asked for;
     - run a saved query for one entity with the key as a bound parameter, returning the DataFrame
       dtypes the warehouse's DuckDB engine would (bool/boolean, int64/Int64, float64, str,
       datetime64[us, UTC]), typed from the registered sources' declared columns;

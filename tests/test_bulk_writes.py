@@ -154,11 +154,10 @@ def demo_store() -> SqliteRealtimeStore:
     return store
 
 
-# register: each source's entity keys and event time; index(): the join columns (only quotes.user_id is new)
+# register: each source's entity keys (no event-time index); index(): the join columns (only quotes.user_id is new)
 REGISTERED_INDEXES = {index_name(source, column) for source, column in [
-    ("users", "user_id"), ("users", "creation_date"), ("quotes", "quote_id"), ("quotes", "creation_date"),
-    ("transactions", "user_id"), ("transactions", "ref_id"), ("transactions", "transaction_time"),
-    ("policies", "user_id"), ("policies", "quote_id"), ("policies", "purchase_time")]}
+    ("users", "user_id"), ("quotes", "quote_id"), ("transactions", "user_id"), ("transactions", "ref_id"),
+    ("policies", "user_id"), ("policies", "quote_id")]}
 EXPECTED_INDEXES = REGISTERED_INDEXES | {index_name("quotes", "user_id")}
 
 

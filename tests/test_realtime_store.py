@@ -330,5 +330,27 @@ def test_index_names_of_different_sources_never_collide(store):
         indexes = store.query("SELECT index_name AS name, table_name AS tbl_name FROM duckdb_indexes()")
     on = dict(zip(indexes["name"], indexes["tbl_name"]))
     assert on[index_name("a", "b_c")] == rows_table("a") and on[index_name("a_b", "c")] == rows_table("a_b")
-    assert sorted(on) == sorted(index_name(s, c) for s, c in [("a", "id"), ("a", "at"), ("a", "b_c"),
-                                                               ("a_b", "id"), ("a_b", "at"), ("a_b", "c")])
+    assert sorted(on) == sorted(index_name(s, c) for s, c in [("a", "id"), ("a", "b_c"), ("a_b", "id"), ("a_b", "c")])
+
+
+def test_sqlite_eviction_walks_rowid_chunks_and_deletes_exactly_the_old_rows(monkeypatch):
+    """Eviction without an event-time index: rowid ranges of EVICT_CHUNK_ROWS, one transaction each."""
+    import realtime.sqlite_store as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "EVICT_CHUNK_ROWS", 7)
+    store = sqlite_store.SqliteRealtimeStore()
+    source = replace(parse_source({"name": "ticks", "columns": [{"name": "k", "type": "integer"},
+                                                                {"name": "at", "type": "integer"}],
+                                   "entity_keys": ["k"], "event_time": "at", "hot_window_seconds": 100},
+                                  created_by="test", created_at=""), version=1)
+    store.register(source)
+    ages = [500, 10, 101, 100, 99, 3, 1000] * 5  # 35 rows over 5 chunks; ages >= 100 are out of the window
+    store.append({"ticks": pa.table({"k": list(range(len(ages))), "at": [10_000 - a for a in ages]})})
+    transactions = []
+    real_writes = store._writes
+    monkeypatch.setattr(store, "_writes", lambda: (transactions.append(1), real_writes())[1])
+    assert store.evict(now=10_000) == {"ticks": 4 * 5}
+    assert len(transactions) == 5
+    left = store.query("SELECT at FROM _fs_rows_ticks ORDER BY rowid")["at"].tolist()
+    assert left == [10_000 - a for a in ages if a < 100]
+    store.close()

@@ -40,9 +40,16 @@ source_record = ns.inherit("Source", declaration, {
     "version": fields.Integer, "created_by": fields.String, "created_at": fields.String})
 source_page = ns.model("SourcePage", {"items": fields.List(fields.Nested(source_record)), "total": fields.Integer,
                                       "offset": fields.Integer, "limit": fields.Integer})
+class RowList(fields.Raw):
+    """A JSON array of row objects; each row is checked against the source (one pass, in sources/rows.py)
+    rather than by the request schema (another pass over every row)."""
+
+    __schema_type__ = "array"
+
+
 rows_request = ns.model("SourceRows", {
-    "rows": fields.List(fields.Raw, required=True, description="objects keyed by column; timestamps as ISO-8601 "
-                                                                "with a zone offset"),
+    "rows": RowList(required=True, description="objects keyed by column; timestamps as ISO-8601 with a zone "
+                                               "offset"),
     "batch_id": fields.String(max_length=200, description="a retry with the same id writes nothing twice"),
 })
 load_request = ns.model("SourceLoad", {
