@@ -4,6 +4,7 @@
     .venv/bin/python bench/ingest.py --rows 200000 --repeats 5
     .venv/bin/python bench/ingest.py --profile arrow       # and profile one path in-process afterwards
     .venv/bin/python bench/ingest.py --skip-bench --profile json
+    .venv/bin/python bench/ingest.py --only arrow json parquet --realtime-url duckdb:///:memory:
 
 A `python -m app` process (waitress, the default THREADS) runs on a fresh temporary DATA_DIR,
 a free loopback port, AUTH=off and a large MAX_INGEST_BYTES; it is stopped by its PID. A
@@ -29,7 +30,10 @@ every repeat so load from other processes falls on all of them alike:
              call, and (realtime-1call) once with all N rows
 
 Rows/s of a run is its rows over the sum of its calls' latencies (request sent to answer read);
-the tables give the median, min and max over the repeats, and per-call latencies.
+the tables give the median, min and max over the repeats, and per-call latencies, the server's
+CPU seconds and the whole machine's busy cores during each run (from /proc: others' load shows).
+Each repeat first waits (up to --max-wait s) for the 1-minute load average to drop below
+--max-load. The client-side encoding of the bodies and the Parquet file is done before timing.
 
 `--profile` then builds the service in-process (`app.create_app`, embedded backends on a fresh
 DATA_DIR, DEMO_SOURCES off), declares the same source and, for the chosen path (`auto`: the one
@@ -57,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -173,6 +178,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
+
+
+def wait_for_quiet(max_load: float, max_wait: float) -> float:
+    """Wait (up to `max_wait` s) for the 1-minute load average to drop below `max_load`; the load average."""
+    started = time.monotonic()
+    while True:
+        load = os.getloadavg()[0]
+        if load < max_load or time.monotonic() - started >= max_wait:
+            if load >= max_load:
+                print(f"  load average still {load:.2f} after {max_wait:.0f} s: measuring anyway")
+            return load
+        print(f"  load average {load:.2f} >= {max_load}: waiting (others are using the machine)")
+        time.sleep(min(20.0, max(1.0, max_wait - (time.monotonic() - started))))
+
+
 def memory(pid: int) -> dict[str, int]:
     values = {}
     for line in open(f"/proc/{pid}/status"):
@@ -258,6 +283,7 @@ class Run:
     rows: int
     calls: list[float]  # seconds per call
     server_cpu: float | None = None  # CPU seconds of the server process during the run
+    machine_busy: float | None = None  # busy cores of the whole machine during the run (others included)
     parts: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -416,15 +442,18 @@ def run_benchmark(args: argparse.Namespace, data: Data, work: Path) -> dict[str,
 
     results: dict[str, list[Run]] = {key: [] for key in VARIANTS}
     order = list(VARIANTS)
-    with running_server(data_dir) as server:
-        print(f"server: pid {server.pid}, port {server.port}, DATA_DIR {data_dir}, log {server.log_path}")
+    settings = {} if args.realtime_url is None else {"REALTIME_URL": args.realtime_url}
+    with running_server(data_dir, **settings) as server:
+        print(f"server: pid {server.pid}, port {server.port}, DATA_DIR {data_dir}, REALTIME_URL "
+              f"{args.realtime_url or 'sqlite:///:memory: (the default)'}, log {server.log_path}")
         for repeat in range(args.repeats):
             shift = repeat * (len(order) // args.repeats or 1)
             rotated = order[shift % len(order):] + order[:shift % len(order)]
-            load = os.getloadavg()[0]
+            load = wait_for_quiet(args.max_load, args.max_wait)
             print(f"\nrepeat {repeat + 1}/{args.repeats} (load average {load:.2f}): {', '.join(rotated)}")
             for key in rotated:
                 name = f"bench_{key.replace('-', '_')}_{repeat}"
+                busy, total = machine_ticks()
                 if key == "arrow":
                     run = http_rows(server, name, data.arrow_bodies, ARROW_STREAM)
                 elif key == "json":
@@ -445,14 +474,17 @@ def run_benchmark(args: argparse.Namespace, data: Data, work: Path) -> dict[str,
                     run = inproc_realtime(name, [validated_whole])
                 else:
                     raise AssertionError(key)
+                busy_after, total_after = machine_ticks()
+                run.machine_busy = (busy_after - busy) / max(total_after - total, 1) * (os.cpu_count() or 1)
                 results[key].append(run)
                 cpu = "" if run.server_cpu is None else f", server CPU {run.server_cpu:.2f} s " \
                                                          f"({run.server_cpu / run.seconds:.2f} cores)"
+                cpu += f", machine busy {run.machine_busy:.2f} cores"
                 print(f"  {key:<16} {run.rows:>10,} rows {run.seconds:7.2f} s {run.rate:>12,.0f} rows/s; calls "
                       f"{', '.join(f'{c:.3f}' for c in run.calls)} s{cpu}")
         mem = memory(server.pid)
         print(f"\nserver memory at the end: RSS {mem['VmRSS'] / 2**30:.2f} GiB, peak {mem['VmHWM'] / 2**30:.2f} GiB "
-              f"(its SQLite store holds every run's rows)")
+              f"(its realtime store holds every run's rows)")
     warehouse.close()
     return results
 
@@ -464,8 +496,8 @@ def summarize(args: argparse.Namespace, results: dict[str, list[Run]]) -> None:
     print(f"\n## Ingestion, {args.rows:,} rows (JSON: {args.json_rows:,}), median of {args.repeats} alternating "
           f"repeats\n")
     print("| variant | rows | calls x rows | median rows/s | min | max | per call median s | per call max s | "
-          "server CPU s (median) |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+          "server CPU s | machine busy cores |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for key, (label, _, _) in VARIANTS.items():
         runs = results[key]
         if not runs:
@@ -473,20 +505,19 @@ def summarize(args: argparse.Namespace, results: dict[str, list[Run]]) -> None:
         calls = [c for run in runs for c in run.calls]
         per_call = f"{len(runs[0].calls)} x {runs[0].rows // len(runs[0].calls):,}"
         cpu = [run.server_cpu for run in runs if run.server_cpu is not None]
+        busy = [run.machine_busy for run in runs if run.machine_busy is not None]
         print(f"| {key}: {label} | {runs[0].rows:,} | {per_call} | {statistics.median(rates(key)):,.0f} | "
               f"{min(rates(key)):,.0f} | {max(rates(key)):,.0f} | {statistics.median(calls):.3f} | {max(calls):.3f} | "
-              f"{statistics.median(cpu):.2f} |" if cpu else
-              f"| {key}: {label} | {runs[0].rows:,} | {per_call} | {statistics.median(rates(key)):,.0f} | "
-              f"{min(rates(key)):,.0f} | {max(rates(key)):,.0f} | {statistics.median(calls):.3f} | {max(calls):.3f} | "
-              "— |")
+              f"{f'{statistics.median(cpu):.2f}' if cpu else '—'} | "
+              f"{f'{statistics.median(busy):.2f}' if busy else '—'} |")
 
     print("\nPer-call latency by call index (median over repeats, seconds):")
     for key in ("arrow", "json", "upload", "warehouse", "realtime"):
-        if results[key]:
+        if results.get(key):
             by_index = zip(*(run.calls for run in results[key]))
             print(f"  {key:<10} " + " ".join(f"{statistics.median(values):.3f}" for values in by_index))
 
-    if all(results[k] for k in ("arrow", "upload", "validate", "warehouse", "realtime")):
+    if all(results.get(k) for k in ("arrow", "upload", "validate", "warehouse", "realtime")):
         median_seconds = {k: statistics.median(run.seconds for run in results[k])
                           for k in ("arrow", "upload", "validate", "warehouse", "realtime")}
         rest = median_seconds["arrow"] - sum(median_seconds[k] for k in ("upload", "validate", "warehouse",
@@ -527,7 +558,7 @@ class TimedConnection:
         self._connection, self._parts = connection, parts
 
     def executemany(self, *args: Any) -> Any:
-        return timed(self._parts, "sqlite executemany (rows inserted, indexes kept)", self._connection.executemany)(
+        return timed(self._parts, "sqlite executemany (the row inserts)", self._connection.executemany)(
             *args)
 
     def __getattr__(self, name: str) -> Any:
@@ -634,7 +665,7 @@ def run_profile(args: argparse.Namespace, data: Data, path: str, work: Path) -> 
                   f"({rows / total:,.0f} rows/s)")
             realtime = parts.get("realtime.append (SQLite)", 0.0)
             inner = ("sqlite _stored (timestamps to text)", "sqlite python_columns (Arrow to Python lists)",
-                     "sqlite executemany (rows inserted, indexes kept)", "sqlite index drop/rebuild",
+                     "sqlite executemany (the row inserts)", "sqlite index drop/rebuild",
                      "sqlite row estimate")
             lines = [("warehouse.append (DuckDB)", parts.get("warehouse.append (DuckDB)", 0.0)),
                      ("realtime.append (SQLite)", realtime),
@@ -706,6 +737,8 @@ def run_profile(args: argparse.Namespace, data: Data, path: str, work: Path) -> 
 # -- main -----------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    # DuckDB's note on the warehouse's own `table_stats` (read once per run to check the row count)
+    warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="N: rows per run (default 1,000,000)")
@@ -714,9 +747,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-call-rows", type=int, default=100_000, help="rows per JSON call (100,000)")
     parser.add_argument("--json-rows", type=int, default=None, help="rows per JSON run (default: N)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--max-load", type=float, default=1.5,
+                        help="before each repeat, wait for the 1-minute load average to drop below this (1.5)")
+    parser.add_argument("--max-wait", type=float, default=300.0, help="longest such wait, seconds (300)")
+    parser.add_argument("--realtime-url", default=None,
+                        help="the server's REALTIME_URL (default: its own, sqlite:///:memory:); e.g. duckdb:///:memory: "
+                             "to compare engines (the in-process 'realtime' variants stay SQLite)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run only these variants")
-    parser.add_argument("--profile", choices=["none", "auto", "arrow", "json", "parquet"], default="none",
-                        help="afterwards, profile a path in-process (auto: the one furthest below its target)")
+    parser.add_argument("--profile", choices=["none", "auto", "all", "arrow", "json", "parquet"], default="none",
+                        help="afterwards, profile a path in-process (auto: the one furthest below its target; "
+                             "all: each of the three)")
     parser.add_argument("--profile-repeats", type=int, default=2, help="timed ingest runs in the profile (2)")
     parser.add_argument("--profile-top", type=int, default=25, help="functions listed per profile (25)")
     parser.add_argument("--skip-bench", action="store_true", help="only the profile")
@@ -744,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nslowest against its target: {path} ({ratios[path]:.0%} of target)")
         elif path == "auto":
             path = "arrow"
-        if path != "none":
-            run_profile(args, data, path, work)
+        for one in (["arrow", "json", "parquet"] if path == "all" else [] if path == "none" else [path]):
+            run_profile(args, data, one, work / f"profile-{one}")
         print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     finally:
         if args.keep:
