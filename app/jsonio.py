@@ -53,10 +53,11 @@ def strict_loads(text: str | bytes) -> Any:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
+    unique = dict(pairs)  # one dict per object, the common case: no key list, no set
+    if len(unique) != len(pairs):
+        keys = [key for key, _ in pairs]
         raise ValueError(f"duplicate keys in a JSON object: {sorted({k for k in keys if keys.count(k) > 1})}")
-    return dict(pairs)
+    return unique
 
 
 def _refuse_nul(value: Any) -> None:
