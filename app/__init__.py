@@ -46,12 +46,11 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
         realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=timeout)
         opened.callback(realtime.close)
         sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
-        if sources.load():  # else the catalog is down: sources load (and hydrate) on first use
-            if settings["DEMO_SOURCES"]:
-                from demo.publishing import declare_demo_sources
+        # Load and hydrate every source once; if the catalog is down, that happens on first use instead.
+        if sources.ensure_loaded() and settings["DEMO_SOURCES"]:
+            from demo.publishing import declare_demo_sources
 
-                declare_demo_sources(sources)
-            log.info("realtime store hydrated from the warehouse: %s", sources.hydrate())
+            declare_demo_sources(sources)
         fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
                              settings["REMOTE_TIMEOUT_SECONDS"])
         runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],

@@ -196,10 +196,26 @@ class FeatureService:
         """The saved query over hot data for one entity, checked against its training schema.
 
         `request` supplies the rows of the request sources the query reads (and may log them)."""
-        record = self.get_query(query_id)
-        frame = self._lookup(record, index_key, index_value, request)
-        self._check_schema(record.schema, frame, stage="query", ids={"query_id": query_id})
+        frame, rows = self._served_query(query_id, index_key, index_value, request)
+        self._log_request(request, rows)
         return frame
+
+    def _served_query(self, query_id: str, index_key: str, index_value: Any, request: RequestData | None
+                      ) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The checked lookup and the request rows it ran with (logged by the caller once all has succeeded)."""
+        record = self.get_query(query_id)
+        frame, rows = self._lookup(record, index_key, index_value, request)
+        trained = [column["name"] for column in record.schema]
+        if len(frame.columns) > len(trained) and prepare_query(record.sql, self.warehouse.dialect).selects_star:
+            # a compatible new column of a source widens SELECT *; the saved query's output is its saved schema
+            frame = frame[[name for name in frame.columns if name in set(trained)]]
+        self._check_schema(record.schema, frame, stage="query", ids={"query_id": query_id})
+        return frame, rows
+
+    def _log_request(self, request: RequestData | None, rows: dict[str, Any]) -> None:
+        """Append a served request's rows to their sources when it asked (`log`): only after it succeeded."""
+        if request is not None and request.log and rows:
+            self.sources.ingest_many(rows)
 
     def get_query(self, query_id: str) -> QueryRecord:
         return self._queries.get_or_make(query_id, lambda: self.catalog.get_query(query_id))
@@ -241,7 +257,8 @@ class FeatureService:
                 etl_id=etl_id, name=name or PurePosixPath(fetched.source.path or fetched.source.url).stem,
                 query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
                 schema=schema, created_by=created_by, created_at=utc_now(), state=state,
-                expectations=expectations, serving_policy=policy, training_stats=frame_stats(features)))
+                expectations=expectations, serving_policy=policy, training_stats=frame_stats(features),
+                extra={"hot_window": True} if hot_window else {}))
         return record, record.schema if record else schema, features if include_data else None
 
     def plan_etl(self, query_id: str, location: EtlLocation) -> dict[str, Any]:
@@ -257,7 +274,8 @@ class FeatureService:
         """A registered ETL's training set now: its stored code and fitted state on the warehouse."""
         etl = self.get_etl(etl_id)
         query = self.get_query(etl.query_id)
-        raw = self.warehouse.query(self._training_sql(prepare_query(query.sql, self.warehouse.dialect)))
+        prepared = prepare_query(query.sql, self.warehouse.dialect)
+        raw = self.warehouse.query(self._training_sql(prepared, bool(etl.extra.get("hot_window"))))
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         return features[[column["name"] for column in etl.schema if column["name"] in features.columns]]
 
@@ -272,7 +290,7 @@ class FeatureService:
         if etl.query_id != query_id:
             raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
                                {"etl_id": etl_id, "trained_query_id": etl.query_id})
-        raw = self.realtime_query(query_id, index_key, index_value, request)
+        raw, request_rows = self._served_query(query_id, index_key, index_value, request)
         if raw.empty:
             raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
                            {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
@@ -293,6 +311,7 @@ class FeatureService:
                 raise ExpectationsFailed(f"the served features break {len(violations)} expectation(s) of the ETL",
                                          {"stage": "serve", "etl_id": etl_id, "violations": violations})
         window.record(features)
+        self._log_request(request, request_rows)
         return features, violations
 
     def skew(self, etl_id: str) -> dict[str, Any]:
@@ -410,7 +429,7 @@ class FeatureService:
             return False
 
     def _lookup(self, record: QueryRecord, index_key: str, index_value: Any,
-                request: RequestData | None = None) -> pd.DataFrame:
+                request: RequestData | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
         types = {column["name"]: column["type"] for column in record.schema}
         if not isinstance(index_key, str) or index_key not in types:
             raise InvalidInput(f"index_key {index_key!r} is not an output column of query {record.query_id}",
@@ -418,10 +437,7 @@ class FeatureService:
         value = _coerce_index_value(index_value, types[index_key], index_key)
         prepared = prepare_query(record.sql, self.warehouse.dialect)
         rows = self.sources.request_tables(prepared.table_names(), request.rows if request else None)
-        frame = self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows, rows or None)
-        if request is not None and request.log and rows:
-            self.sources.ingest_many(rows)  # what was served, so training later sees it
-        return frame
+        return self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows, rows or None), rows
 
     def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame,
                  state: dict[str, Any]) -> pd.DataFrame:

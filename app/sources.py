@@ -23,7 +23,7 @@ from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, I
 from common.errors import SourceIncompatible
 from sql.types import logical_of_engine_type
 from sql.prepared import prepare_query
-from realtime.base import RealtimeStore, time_value
+from realtime.base import RealtimeStore, time_value, window_rows
 from sources.definition import check_table_name, parse_source, source_diff
 from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow, rows_from_json
 from warehouse import BatchMark, Warehouse
@@ -50,8 +50,8 @@ class SourceService:
     # -- the current definitions ------------------------------------------------------------------
 
     def load(self) -> bool:
-        """Read the newest version of every source from the catalog (on start, and again on first use if
-        the catalog was down then); whether it could be read."""
+        """Read the newest version of every source from the catalog (on start, or on first use if the catalog
+        was down then); whether it could be read. `hydrate` then marks the sources ready."""
         try:
             total = self.catalog.list_sources(0, 0).total
             records = self.catalog.list_sources(0, total).items if total else []
@@ -59,14 +59,26 @@ class SourceService:
             log.warning("sources not loaded (%s); the realtime store starts empty until they are", error.message)
             return False
         self._current = {record.name: record for record in records}
-        self._loaded = True
         return True
+
+    def ensure_loaded(self) -> bool:
+        """Load and hydrate the sources once (at start, or on first use if the catalog was down then);
+        whether they are loaded."""
+        if self._loaded:
+            return True
+        with self._lock:
+            if not self._loaded and self.load():
+                log.info("realtime store hydrated from the warehouse: %s", self.hydrate())
+        return self._loaded
 
     def tables(self) -> dict[str, list[tuple[str, str]]]:
         """(column, logical type) of every source, by name: what saved queries are typed with."""
-        if not self._loaded and self.load():
-            self.hydrate()
+        self.ensure_loaded()
         return {name: record.column_types() for name, record in self._current.items()}
+
+    def _publish(self, record: SourceRecord) -> None:
+        """Make `record` the current version: a new mapping, so readers iterating the old one never see it change."""
+        self._current = {**self._current, record.name: record}
 
     def warehouse_tables(self) -> dict[str, str]:
         """Source name -> the warehouse table that holds its rows."""
@@ -109,12 +121,10 @@ class SourceService:
         return filters
 
     def get(self, name: str) -> SourceRecord:
+        self.ensure_loaded()
         record = self._current.get(name)
         if record is None:
-            versions = self.catalog.source_versions(name) if isinstance(name, str) else []
-            if not versions:
-                raise NotFound(f"no source named {name!r}", {"name": name}, code="source_not_found")
-            record = self._current[name] = versions[-1]
+            raise NotFound(f"no source named {name!r}", {"name": name}, code="source_not_found")
         return record
 
     # -- declaring ---------------------------------------------------------------------------------
@@ -131,6 +141,7 @@ class SourceService:
         if "columns" not in body:
             body = {**body, "columns": self._introspected(body)}
         declared = parse_source(body, created_by=created_by, created_at=utc_now())
+        self.ensure_loaded()
         known = self._current.get(declared.name)
         if known is not None and known.definition() == declared.definition():
             return known, False
@@ -140,7 +151,7 @@ class SourceService:
             if latest is not None and latest.definition() == declared.definition():
                 if self.warehouse.table_columns(latest.table) is None:  # a new, empty warehouse
                     self.warehouse.create_table(latest)
-                self._current[latest.name] = latest
+                self._publish(latest)
                 return latest, False
             if latest is not None:
                 diff = source_diff(latest, declared)
@@ -150,14 +161,37 @@ class SourceService:
                         "compatible change; declare it under a new name", {
                             "name": declared.name, "version": latest.version, "diff": diff,
                             "dependent_queries": self.dependent_queries(declared.name)})
-            adopted = self._prepare_warehouse(declared, latest)
+            adopted = self._prepare_warehouse(declared, latest)  # checks an existing table's types first
+            self._check_table_is_its_own(declared)
             record = replace(declared, version=(latest.version if latest else 0) + 1)
+            backfill = self._backfill(record, latest, adopted)  # read (and type-checked) before anything is saved
             self.realtime.register(record)  # before the catalog: a store that refuses leaves no record behind
             record = self.catalog.save_source(record)
-            self._current[record.name] = record
-            if adopted and record.kind == "table":  # rows already in the warehouse are served at once
-                self.realtime.hydrate(self.warehouse, [record])
+            if backfill is not None and backfill.num_rows:
+                self.realtime.append({record.name: backfill})
+            self._publish(record)
         return record, True
+
+    def _backfill(self, record: SourceRecord, latest: SourceRecord | None, adopted: bool) -> pa.Table | None:
+        """Warehouse rows the realtime store must get with this version: an adopted table's window, or
+        the rows a longer window now reaches (between the new and the old cutoff)."""
+        if record.kind != "table":
+            return None
+        if adopted:
+            return window_rows(self.warehouse, record, self.realtime.cutoff(record))
+        old_cutoff = None if latest is None else self.realtime.cutoff(latest)
+        new_cutoff = self.realtime.cutoff(record)
+        if old_cutoff is None or (new_cutoff is not None and new_cutoff >= old_cutoff):
+            return None
+        return window_rows(self.warehouse, record, new_cutoff, through=old_cutoff)
+
+    def _check_table_is_its_own(self, declared: SourceRecord) -> None:
+        """Refuse a warehouse table another source already reads: its rows would reach only one realtime view."""
+        owner = next((r.name for r in self._current.values() if r.table == declared.table and r.name != declared.name),
+                     None)
+        if owner is not None:
+            raise InvalidInput(f"the warehouse table {declared.table!r} is already source {owner!r}'s",
+                               {"table": declared.table, "source": owner})
 
     def _introspected(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The columns of the warehouse table a source adopts, as logical types (400 for unmapped ones)."""
@@ -239,7 +273,7 @@ class SourceService:
 
     def ingest_many(self, rows: dict[str, pa.Table], batch_id: str | None = None) -> dict[str, dict[str, Any]]:
         """Rows of several sources: one transaction in the warehouse, then one in the realtime store."""
-        records = {name: self.get(name) for name in rows}
+        records = {name: self.get(name) for name in rows}  # loads the sources first, if start-up could not
         answers = {name: {"source": name, "version": records[name].version, "rows": table.num_rows,
                           **event_time_range(records[name], table), "batch_id": batch_id}
                    for name, table in rows.items()}
@@ -257,7 +291,11 @@ class SourceService:
             return {seen["source"]: {**seen, "duplicate": True}}
         hot = {name: table for name, table in hot.items() if table.num_rows}
         if hot:
-            self.realtime.append(hot)
+            try:
+                self.realtime.append(hot)
+            except FeatureStoreError as error:  # the warehouse has the rows: not a refusal, an outage of the copy
+                raise BackendUnavailable("realtime store", f"{error.message} (the rows are in the warehouse; the "
+                                         "realtime store gets them at the next start)") from None
         return {name: {**answer, "duplicate": False} for name, answer in answers.items()}
 
     def _hot_rows(self, source: SourceRecord, rows: pa.Table) -> pa.Table:
@@ -281,13 +319,17 @@ class SourceService:
         if kind not in ("parquet", "csv"):
             raise InvalidInput("format must be 'parquet' or 'csv' (or the file must end in .parquet or .csv)",
                                {"path": path})
+        files = self._files_in(target, path)
         try:
             if kind == "parquet":
-                table = pq.read_table(target)
-            else:
-                table = pa_csv.read_csv(target, convert_options=pa_csv.ConvertOptions(
-                    column_types=arrow_schema(source), null_values=[""], strings_can_be_null=False))
-        except (pa.ArrowInvalid, OSError) as error:
+                tables = [pq.read_table(file) for file in files]
+            else:  # only an empty field is null (an empty string too: a required string column refuses it)
+                options = pa_csv.ConvertOptions(column_types=arrow_schema(source), null_values=[""],
+                                                strings_can_be_null=True)
+                tables = [pa_csv.read_csv(file, convert_options=options) for file in files]
+            table = pa.concat_tables(tables, promote_options="default") if tables else \
+                pa.Table.from_batches([], schema=arrow_schema(source))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
             raise InvalidInput(f"cannot read {path!r} as {kind}: {error}", {"path": path}) from None
         rows = rows_from_arrow(source, table.to_batches(max_chunksize=1_000_000))
         return {**self.ingest(name, rows, batch_id), "path": path, "format": kind}
@@ -305,18 +347,37 @@ class SourceService:
             raise InvalidInput(f"no file {path!r} in the load directory", {"path": path})
         return target
 
+    def _files_in(self, target: Path, path: str) -> list[Path]:
+        """The file `target`, or every file below the folder `target`, each one checked to resolve inside
+        the load directory (a link inside a folder may point anywhere)."""
+        if not target.is_dir():
+            return [target]
+        root = self.load_dir.resolve()
+        files = sorted(p for p in target.rglob("*") if not p.is_dir())
+        outside = [str(p.relative_to(target)) for p in files if not p.resolve().is_relative_to(root)]
+        if outside:
+            raise InvalidInput(f"{path!r} holds links to files outside the load directory: {outside[:5]}",
+                               {"path": path, "outside": outside[:20]})
+        return files
+
     # -- the hot window ------------------------------------------------------------------------------
 
     def hydrate(self) -> dict[str, int]:
         """Fill the realtime store with every table source's hot window (on start)."""
-        present = []
+        loaded = {}
         for source in self._current.values():
-            if self.warehouse.table_columns(source.table) is None:
-                log.warning("source %r: the warehouse has no table %r; nothing to hydrate", source.name, source.table)
+            try:
+                if self.warehouse.table_columns(source.table) is None:
+                    log.warning("source %r: the warehouse has no table %r; nothing to hydrate", source.name,
+                                source.table)
+                    self.realtime.register(source)
+                    continue
+                loaded.update(self.realtime.hydrate(self.warehouse, [source]))
+            except InvalidInput as error:  # a value the store refuses: serve the rest, say which source
+                log.error("source %r not hydrated: %s", source.name, error.message)
                 self.realtime.register(source)
-            else:
-                present.append(source)
-        return self.realtime.hydrate(self.warehouse, present)
+        self._loaded = True
+        return loaded
 
     def start_evictor(self, interval_seconds: float) -> None:
         """Delete rows past their window every `interval_seconds` (0: never; the views still hide them)."""

@@ -8,8 +8,11 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
+from sources.rows import stored_rows
 from sql.prepared import PreparedQuery
 from warehouse import Warehouse
 
@@ -118,10 +121,23 @@ class RealtimeStore(ABC):
             self.register(source)
             if source.kind != "table":  # a request source's rows come with each request
                 continue
-            cutoff = self.cutoff(source, now)
-            rows = warehouse.recent_rows(source.table, source.event_time, time_value(source, cutoff))
-            loaded[source.name] = self.append({source.name: rows})[source.name]
+            loaded[source.name] = self.append({source.name: window_rows(warehouse, source, self.cutoff(source, now))})[
+                source.name]
         return loaded
+
+
+def window_rows(warehouse: Warehouse, source: SourceRecord, since: float | None,
+                through: float | None = None) -> Any:
+    """The source's declared columns of its warehouse rows with event time in (since, through] (epoch
+    seconds; None: unbounded), cast to the declared types (InvalidInput when a value does not fit)."""
+    rows = stored_rows(source, warehouse.recent_rows(source.table, source.event_time, time_value(source, since),
+                                                     [c["name"] for c in source.columns]))
+    if through is None or not rows.num_rows:
+        return rows
+    column = rows.column(source.event_time)
+    bound = time_value(source, through)
+    bound = pa.scalar(bound, column.type) if pa.types.is_timestamp(column.type) else bound
+    return rows.filter(pc.fill_null(pc.less_equal(column, bound), False))
 
 
 def time_value(source: SourceRecord, epoch_seconds: float | None) -> Any:

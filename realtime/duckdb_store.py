@@ -64,9 +64,10 @@ class DuckDBRealtimeStore(RealtimeStore):
     def index(self, source: str, column: str) -> None:
         if column in self._indexes[source]:
             return
-        self.engine.execute_ddl([f"CREATE INDEX {quote_identifier(index_name(source, column))} ON "
+        self.engine.execute_ddl([f"CREATE INDEX IF NOT EXISTS {quote_identifier(index_name(source, column))} ON "
                                  f"{quote_identifier(rows_table(source))} ({quote_identifier(column)})"])
-        self._indexes[source].append(column)
+        if column not in self._indexes[source]:
+            self._indexes[source].append(column)
 
     def append(self, frames: dict[str, Any]) -> dict[str, int]:
         unknown = sorted(set(frames) - set(self.sources))

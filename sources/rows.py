@@ -80,6 +80,22 @@ def _bad_value(source: SourceRecord, row: int, column: str, logical: str, value:
                         f"not {shown!r}", {"row": row, "column": column, "expected_type": logical})
 
 
+def stored_rows(source: SourceRecord, rows: Any) -> pa.Table:
+    """Rows read back from the warehouse (Arrow or pandas) as the source's declared columns and Arrow types
+    (a DECIMAL becomes float64, a narrower integer int64); InvalidInput naming a column that does not fit
+    (an unsigned value past int64, say). Unlike ingestion, nulls are kept as the warehouse holds them."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
+    schema = arrow_schema(source)
+    arrays = []
+    for field in schema:
+        try:
+            arrays.append(pc.cast(table.column(field.name), field.type, safe=True))
+        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+            raise InvalidInput(f"column {field.name!r} of the warehouse table {source.table!r} does not fit the "
+                               f"source's type {field.type}: {error}", {"column": field.name}) from None
+    return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_nullable(True) for f in schema]))
+
+
 def rows_from_arrow(source: SourceRecord, batches: Iterable[pa.RecordBatch]) -> pa.Table:
     """Arrow record batches (from an IPC stream or a file) as a table of the source's columns.
 
@@ -190,10 +206,17 @@ def json_time(value: Any) -> Any:
     return value
 
 
-def ipc_batches(stream: Any) -> Iterator[pa.RecordBatch]:
-    """Record batches from an Arrow IPC stream (a file-like object), as InvalidInput when it is not one."""
+def ipc_batches(stream: Any, max_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches from an Arrow IPC stream (a file-like object), as InvalidInput when it is not one, or
+    when its batches decode to more than `max_bytes` (a few compressed bytes can decode to gigabytes)."""
+    decoded = 0
     try:
         reader = pa.ipc.open_stream(stream)
-        yield from reader
+        for batch in reader:
+            decoded += batch.nbytes
+            if max_bytes is not None and decoded > max_bytes:
+                raise InvalidInput(f"the Arrow stream decodes to more than {max_bytes} bytes (MAX_INGEST_BYTES); "
+                                   "send it in smaller calls", {"max_bytes": max_bytes}, code="ingest_too_large")
+            yield batch
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
         raise InvalidInput(f"the body is not a valid Arrow IPC stream: {error}") from None

@@ -58,6 +58,12 @@ class PreparedQuery:
         """
         return _output_types(self, tuple((t, tuple(c)) for t, c in tables.items()))
 
+    @property
+    def selects_star(self) -> bool:
+        """Whether the outermost SELECT list has a ``*`` (its columns follow the tables')."""
+        return any(isinstance(select, exp.Star) or (isinstance(select, exp.Column) and isinstance(select.this, exp.Star))
+                   for select in self.tree.selects)
+
     def table_names(self) -> list[str]:
         """The tables the query reads (``schema.table`` when qualified), CTE names left out, sorted."""
         return _table_names(self)
@@ -74,7 +80,7 @@ class PreparedQuery:
         filters = filters or {}
         if not filters and not any(name != table for name, table in tables.items()):
             return self.sql_for(dialect)
-        tree = self.tree.copy()
+        tree = normalize_identifiers(self.tree.copy(), dialect=self.dialect)  # FROM CLICKS reads clicks
         ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
         for node in list(tree.find_all(exp.Table)):
             name = _qualified_name(node)

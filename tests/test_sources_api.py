@@ -501,9 +501,9 @@ def test_load_parquet_and_csv_from_the_load_dir(own):
     assert counts(api, "clicks") == (4, 4)
     rows = api.post("/v1.0/query/train", {"query": "SELECT user_id, page, amount, ok FROM clicks WHERE user_id > 2 "
                                                    "ORDER BY user_id"})["data"]
-    # an empty CSV field is an empty string for a string column (strings_can_be_null=False), null otherwise
+    # an empty CSV field is null in every column (so an empty required string is refused, as null is in JSON)
     assert rows == [{"user_id": 3, "page": "c", "amount": 3.5, "ok": True},
-                    {"user_id": 4, "page": "", "amount": None, "ok": None}]
+                    {"user_id": 4, "page": None, "amount": None, "ok": None}]
 
     # a file without a known suffix needs a format
     (folder / "clicks.data").write_bytes((folder / "clicks.parquet").read_bytes())

@@ -71,8 +71,9 @@ class Warehouse(ABC):
         """
 
     @abstractmethod
-    def recent_rows(self, table: str, time_column: str, since: Any) -> Any:
-        """Rows of `table` with `time_column > since` (all rows when None), as Arrow or pandas."""
+    def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
+        """`columns` (all when None) of the rows of `table` with `time_column > since` (all rows when None),
+        as Arrow or pandas."""
 
     @abstractmethod
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:

@@ -78,9 +78,10 @@ class DuckDBWarehouse(Warehouse):
         self.engine.append(frames, abort_if=None if batch is None else already_written)
         return seen[0] if seen else None
 
-    def recent_rows(self, table: str, time_column: str, since: Any) -> Any:
+    def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         where = "" if since is None else f" WHERE {quote_identifier(time_column)} > ?"
-        return self.engine.arrow(f"SELECT * FROM {qualified(table)}{where}", [] if since is None else [since])
+        selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
+        return self.engine.arrow(f"SELECT {selected} FROM {qualified(table)}{where}", [] if since is None else [since])
 
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:
         column = quote_identifier(time_column)

@@ -164,10 +164,11 @@ class SqlAlchemyWarehouse(Warehouse):
 
         return schema, stream()
 
-    def recent_rows(self, table: str, time_column: str, since: Any) -> Any:
+    def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         where = "" if since is None else f" WHERE {_quoted(time_column)} > :since"
+        selected = "*" if columns is None else ", ".join(map(_quoted, columns))
         with self._translated(), self.sa_engine.connect() as connection:
-            return pd.read_sql(sa.text(f"SELECT * FROM {_qualified(table)}{where}"), connection,
+            return pd.read_sql(sa.text(f"SELECT {selected} FROM {_qualified(table)}{where}"), connection,
                                params={} if since is None else {"since": since}, dtype_backend="pyarrow")
 
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:

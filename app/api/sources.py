@@ -28,7 +28,8 @@ declaration = ns.model("SourceDeclaration", {
                            description="omit to adopt an existing warehouse table as it is"),
     "entity_keys": fields.List(fields.String(max_length=63), required=True, min_items=1, max_items=10),
     "event_time": fields.String(required=True, max_length=63, description="a timestamp or epoch-seconds column"),
-    "created_time": NullableString(max_length=63, description="ties on one event time: the newest created wins"),
+    "created_time": NullableString(max_length=63, description="ties on one event time: the newest created wins "
+                                                                 "(stored for point-in-time training)"),
     "hot_window_seconds": NullableInteger(min=1, description="how far back the realtime store keeps rows; "
                                                              "null keeps everything"),
     "kind": fields.String(enum=["table", "request"], default="table"),
@@ -120,7 +121,7 @@ class SourceRows(Resource):
         request.max_content_length = current_app.config["MAX_INGEST_BYTES"]
         source = sources().get(check_identifier(name, "source"))
         if request.mimetype == ARROW_STREAM:
-            rows = rows_from_arrow(source, ipc_batches(request.stream))
+            rows = rows_from_arrow(source, ipc_batches(request.stream, current_app.config["MAX_INGEST_BYTES"]))
             batch_id = request.args.get("batch_id")
         else:
             body = json_body(rows_request)
