@@ -278,7 +278,7 @@ class SqliteRealtimeStore(RealtimeStore):
         plan = self._plans.get(key)
         if plan is None or plan[2] is not prepared:
             types = dict(prepared.output_types(self.tables()) or [])
-            plan = (prepared.point_lookup_sql(index_key, self.dialect), types, prepared)
+            plan = (prepared.point_lookup_sql(index_key, self.dialect, self.tables()), types, prepared)
             with self._plans_lock:
                 self._plans[key] = plan
                 while len(self._plans) > 4096:
@@ -286,7 +286,7 @@ class SqliteRealtimeStore(RealtimeStore):
         return plan[0], plan[1]
 
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
-        self._run(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0", (), 0)
+        self._run(f"SELECT * FROM ({prepared.sqlite_sql(self.tables())}) AS _fs_check LIMIT 0", (), 0)
         return prepared.output_types(self.tables())
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:

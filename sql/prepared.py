@@ -95,13 +95,20 @@ class PreparedQuery:
                 node.replace(exp.table_(table, db=schema or None, quoted=True, alias=alias))
         return tree.sql(dialect=dialect, comments=False)
 
-    def point_lookup_sql(self, index_key: str, dialect: str = REALTIME_DIALECT) -> str:
-        """The query filtered to one entity: ``SELECT * FROM (query) WHERE "key" = ?``."""
+    def point_lookup_sql(self, index_key: str, dialect: str = REALTIME_DIALECT,
+                         tables: dict[str, list[tuple[str, str]]] | None = None) -> str:
+        """The query filtered to one entity: ``SELECT * FROM (query) WHERE "key" = ?``.
+
+        For SQLite, with the tables' column types, timestamp literals become the UTC text SQLite keeps
+        timestamps as (see `timestamps_as_text`), so comparisons mean what they mean in the warehouse."""
+        tree = self.tree.copy() if dialect != "sqlite" or tables is None else timestamps_as_text(self, tables)
         column = exp.column(index_key, table=LOOKUP_ALIAS, quoted=True)
-        lookup = (exp.select("*")
-                  .from_(self.tree.copy().subquery(LOOKUP_ALIAS))
-                  .where(column.eq(exp.Placeholder())))
+        lookup = exp.select("*").from_(tree.subquery(LOOKUP_ALIAS)).where(column.eq(exp.Placeholder()))
         return lookup.sql(dialect=dialect, comments=False)
+
+    def sqlite_sql(self, tables: dict[str, list[tuple[str, str]]]) -> str:
+        """The query as the SQLite realtime store runs it (timestamp literals as its stored text)."""
+        return timestamps_as_text(self, tables).sql(dialect="sqlite", comments=False)
 
 
 def prepare_query(sql: str, dialect: str = REALTIME_DIALECT) -> PreparedQuery:
@@ -138,6 +145,50 @@ def _prepare(sql: str, dialect: str) -> PreparedQuery:
         raise InvalidQuery(f"output column names must be distinct: {repeated}", {"columns": repeated})
     normalized = normalize_identifiers(tree.copy(), dialect=dialect).sql(dialect=dialect, comments=False)
     return PreparedQuery(tree, dialect, hashlib.sha256(normalized.encode()).hexdigest())
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def timestamps_as_text(prepared: PreparedQuery, tables: dict[str, list[tuple[str, str]]]) -> exp.Expression:
+    """A copy of the tree in which every timestamp literal — ``TIMESTAMPTZ '…'``, a cast of a string to a
+    timestamp, or a string compared with a timestamp column — is the ISO text SQLite stores timestamps as
+    (UTC, microseconds), so that SQLite's text comparison orders them as the warehouse does. Literals
+    without an offset are UTC (the warehouse session's zone). A tree that cannot be typed stays as it is."""
+    tree = prepared.tree.copy()
+    schema = {table: {column: SQLGLOT_TYPES[kind] for column, kind in columns} for table, columns in tables.items()}
+    try:
+        typed = annotate_types(qualify(tree.copy(), schema=schema, dialect=prepared.dialect,
+                                       validate_qualify_columns=False), schema=schema, dialect=prepared.dialect)
+    except SqlglotError:
+        return tree
+    changed = False
+    for node in list(typed.find_all(exp.Cast)):
+        if isinstance(node.this, exp.Literal) and node.this.is_string and _is_temporal(node.to):
+            changed |= _replace_with_text(node, node.this.this)
+    for node in list(typed.find_all(*_COMPARISONS)):
+        for column, other in ((node.left, node.right), (node.right, node.left)):
+            if _is_temporal(column.type) and isinstance(other, exp.Literal) and other.is_string:
+                changed |= _replace_with_text(other, other.this)
+    return typed if changed else tree
+
+
+def _is_temporal(data_type: exp.DataType | None) -> bool:
+    return data_type is not None and data_type.this in (exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.TIMESTAMP,
+                                                        exp.DataType.Type.TIMESTAMPLTZ)
+
+
+def _replace_with_text(node: exp.Expression, text: str) -> bool:
+    """Replace `node` with `text` as SQLite's stored timestamp text; False if `text` is not a timestamp."""
+    import pandas as pd
+
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        return False
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    node.replace(exp.Literal.string(stamp.strftime("%Y-%m-%d %H:%M:%S.%f")))
+    return True
 
 
 def _qualified_name(table: exp.Table) -> str:

@@ -43,7 +43,9 @@ class Service:
 
     def call(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
         response = self.session.request(method, self.base + path, timeout=60, **kwargs)
-        assert response.status_code == status, (response.status_code, response.text[:2000])
+        if response.status_code != status:  # the server's own account (a 500's traceback) with the failure
+            log_tail = Path(self.log_path).read_text(errors="replace")[-4000:] if Path(self.log_path).exists() else ""
+            raise AssertionError((response.status_code, response.text[:2000], log_tail))
         return response.json()
 
     def sql(self, query: str) -> list[dict[str, Any]]:

@@ -150,24 +150,36 @@ def test_plan_apply_lifecycle(tmp_path, feature_repo):
         assert final.returncode == 0 and set(lines(final).values()) == {"="}, final.stdout
 
 
-# Adopts the warehouse table the repo's quotes source declares (no columns: read from the warehouse).
-QUOTE_EVENTS = 'table = "quotes"\nentity_keys = ["quote_id"]\nevent_time = "creation_date"\nowner = "ci"\n'
+# Adopts a table already in the warehouse (no columns: read from the warehouse; the test creates it first).
+QUOTE_EVENTS = 'table = "quote_log"\nentity_keys = ["quote_id"]\nevent_time = "creation_date"\nowner = "ci"\n'
+QUOTE_LOG_COLUMNS = ["quote_id", "user_id", "creation_date", "note"]
+
+
+def _warehouse_with_quote_log(data_dir) -> None:
+    """The embedded warehouse file, made before the server opens it, holding a table of the user's own."""
+    import duckdb
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb")) as connection:
+        connection.execute("CREATE TABLE quote_log (quote_id VARCHAR, user_id VARCHAR, creation_date BIGINT, note VARCHAR)")
+        connection.execute("INSERT INTO quote_log VALUES ('q1', 'u1', 1700000000, 'first')")
 
 
 @pytest.mark.slow
 def test_sources_plan_and_apply(tmp_path, feature_repo):
     """On a service with nothing declared, apply declares the sources before the query reading them; then a
     compatible edit is the next version and an incompatible one fails the plan before anything changes."""
-    feature_repo.commit("sources/quote_events.toml", QUOTE_EVENTS, "Adopt the quotes table")
+    feature_repo.commit("sources/quote_events.toml", QUOTE_EVENTS, "Adopt the quote log")
     created = {key: "+" for key in EVERYTHING | SOURCES | {("source", "quote_events")}}
     unchanged = {key: "=" for key in created}
+    _warehouse_with_quote_log(tmp_path / "data")
     with running_server(tmp_path / "data", DEMO_SOURCES="off") as base:
         repo_dir = str(feature_repo.path)
         planned = cli("plan", repo_dir, url=base)
         assert planned.returncode == 0, planned.stdout + planned.stderr
         assert lines(planned) == created, planned.stdout
         assert re.search(r"\+ source +users +v1 +4 columns, from sources/users.toml", planned.stdout)
-        assert re.search(r"\+ source +quote_events +v1 +adopts warehouse table quotes", planned.stdout)
+        assert re.search(r"\+ source +quote_events +v1 +adopts warehouse table quote_log", planned.stdout)
         assert "checked once policies, quotes, transactions, users are declared" in planned.stdout
         assert get(base, "sources")["total"] == 0  # a plan changes nothing
 
@@ -176,9 +188,8 @@ def test_sources_plan_and_apply(tmp_path, feature_repo):
         assert lines(applied) == created, applied.stdout
         assert get(base, "sources")["total"] == 5 and catalog_counts(base) == (1, 2, 2)
         adopted = get(base, "sources/quote_events")
-        assert adopted["table"] == "quotes" and [c["name"] for c in adopted["columns"]] == [
-            "quote_id", "user_id", "creation_date", "binding_date", "quote_type", "quote_device", "is_binded",
-            "is_paid"]
+        assert adopted["table"] == "quote_log" and [c["name"] for c in adopted["columns"]] == QUOTE_LOG_COLUMNS
+        assert adopted["warehouse"]["rows"] == adopted["realtime"]["rows"] == 1
         again = cli("apply", repo_dir, url=base)
         assert again.returncode == 0 and lines(again) == unchanged, again.stdout + again.stderr
 

@@ -144,3 +144,21 @@ def test_a_small_compressed_arrow_body_that_decodes_past_the_limit_is_refused(ma
                                content_type="application/vnd.apache.arrow.stream")
     assert response.status_code == 400 and response.get_json()["code"] == "ingest_too_large"
     assert api.get("/v1.0/sources/clicks")["warehouse"]["rows"] == 0
+
+
+@pytest.mark.parametrize("realtime_url", ["sqlite:///:memory:", "duckdb:///:memory:"])
+@pytest.mark.parametrize("condition", [
+    "ts > TIMESTAMPTZ '2026-12-01 09:00:00+00'", "ts > TIMESTAMPTZ '2030-01-01 00:00:00+00'",
+    "ts = TIMESTAMPTZ '2026-12-01 10:00:00+00'", "ts >= '2026-12-01T10:00:00Z'", "ts < '2026-12-01 11:00:00+01:00'",
+    "CAST('2026-12-01T10:00:00.000001Z' AS TIMESTAMPTZ) > ts",
+])
+def test_timestamp_literals_compare_as_in_the_warehouse(make_app, realtime_url, condition):
+    """SQLite keeps timestamps as text: literals are rewritten to that text, so serving answers as training."""
+    api = JsonClient(make_app(DEMO_SOURCES=False, REALTIME_URL=realtime_url).test_client())
+    api.post("/v1.0/sources", {**CLICKS, "hot_window_seconds": None}, 201)
+    api.post("/v1.0/sources/clicks/rows", {"rows": [{"user_id": 1, "ts": "2026-12-01T10:00:00Z"}]})
+    sql = f"SELECT user_id, count(*) AS n FROM clicks WHERE {condition} GROUP BY user_id"
+    trained = api.post("/v1.0/query/train?save=true", {"query": sql})
+    served = api.post("/v1.0/query/realtime", {"query_id": trained["query_id"], "index_key": "user_id",
+                                               "index_value": 1})["data"]
+    assert served == trained["data"], (condition, trained["data"], served)
