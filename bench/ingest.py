@@ -54,8 +54,6 @@ import json
 import os
 import pstats
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -76,10 +74,12 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from bench.live import (free_port, machine_busy_ticks, process_cpu_seconds, process_status, stop,  # noqa: E402
+                        wait_for_quiet)
+
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 HOT_WINDOW_SECONDS = 365 * 86400
 SPAN_SECONDS = 30 * 86400
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGETS = {"arrow": 500_000, "json": 100_000, "parquet": 1_000_000}
 COLUMNS = [("customer_id", "string"), ("event_time", "timestamp"), ("quantity", "integer"),
            ("amount_cents", "integer"), ("session_seconds", "integer"), ("price", "float"), ("score", "float"),
@@ -166,47 +166,6 @@ def prepare(args: argparse.Namespace) -> Data:
 
 # -- the server process -------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = open(f"/proc/{pid}/stat").read()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine since boot."""
-    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
-    total = sum(fields[:8])
-    return total - fields[3] - fields[4], total
-
-
-def wait_for_quiet(max_load: float, max_wait: float) -> float:
-    """Wait (up to `max_wait` s) for the 1-minute load average to drop below `max_load`; the load average."""
-    started = time.monotonic()
-    while True:
-        load = os.getloadavg()[0]
-        if load < max_load or time.monotonic() - started >= max_wait:
-            if load >= max_load:
-                print(f"  load average still {load:.2f} after {max_wait:.0f} s: measuring anyway")
-            return load
-        print(f"  load average {load:.2f} >= {max_load}: waiting (others are using the machine)")
-        time.sleep(min(20.0, max(1.0, max_wait - (time.monotonic() - started))))
-
-
-def memory(pid: int) -> dict[str, int]:
-    values = {}
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            name, amount = line.split(":", 1)
-            values[name] = int(amount.split()[0]) * 1024
-    return values
-
-
 @dataclass
 class Server:
     port: int
@@ -267,13 +226,7 @@ def running_server(data_dir: Path, startup_seconds: float = 120.0, **settings: s
             time.sleep(0.05)
         yield server
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        stop(process)  # SIGTERM, then SIGKILL after the grace period
 
 
 # -- one run of one variant -----------------------------------------------------------------------------
@@ -312,38 +265,38 @@ def _check_counts(server: Server, name: str, rows: int) -> None:
 
 def http_rows(server: Server, name: str, bodies: list[tuple[bytes, int]], content_type: str) -> Run:
     server.json("POST", "/v1.0/sources", declaration(name))
-    calls, cpu = [], cpu_seconds(server.pid)
+    calls, cpu = [], process_cpu_seconds(server.pid)
     for body, rows in bodies:
         started = time.perf_counter()
         status, data = server.request("POST", f"/v1.0/sources/{name}/rows", body, content_type)
         calls.append(time.perf_counter() - started)
         _checked_answer(status, data, rows, f"POST /v1.0/sources/{name}/rows")
-    run = Run(sum(rows for _, rows in bodies), calls, cpu_seconds(server.pid) - cpu)
+    run = Run(sum(rows for _, rows in bodies), calls, process_cpu_seconds(server.pid) - cpu)
     _check_counts(server, name, run.rows)
     return run
 
 
 def http_parquet(server: Server, name: str, file_name: str, rows: int) -> Run:
     server.json("POST", "/v1.0/sources", declaration(name))
-    cpu = cpu_seconds(server.pid)
+    cpu = process_cpu_seconds(server.pid)
     started = time.perf_counter()
     status, data = server.request("POST", f"/v1.0/sources/{name}/load", orjson.dumps({"path": file_name}))
     calls = [time.perf_counter() - started]
     _checked_answer(status, data, rows, f"POST /v1.0/sources/{name}/load")
-    run = Run(rows, calls, cpu_seconds(server.pid) - cpu)
+    run = Run(rows, calls, process_cpu_seconds(server.pid) - cpu)
     _check_counts(server, name, rows)
     return run
 
 
 def http_upload(server: Server, bodies: list[tuple[bytes, int]]) -> Run:
-    calls, cpu = [], cpu_seconds(server.pid)
+    calls, cpu = [], process_cpu_seconds(server.pid)
     for body, _ in bodies:
         started = time.perf_counter()
         status, data = server.request("POST", "/v1.0/sources/no_such_source/rows", body, ARROW_STREAM)
         calls.append(time.perf_counter() - started)
         if status != 404:
             raise RuntimeError(f"upload to an unknown source -> {status}: {data[:300]!r}")
-    return Run(sum(rows for _, rows in bodies), calls, cpu_seconds(server.pid) - cpu)
+    return Run(sum(rows for _, rows in bodies), calls, process_cpu_seconds(server.pid) - cpu)
 
 
 def source_record(name: str) -> Any:
@@ -449,11 +402,11 @@ def run_benchmark(args: argparse.Namespace, data: Data, work: Path) -> dict[str,
         for repeat in range(args.repeats):
             shift = repeat * (len(order) // args.repeats or 1)
             rotated = order[shift % len(order):] + order[:shift % len(order)]
-            load = wait_for_quiet(args.max_load, args.max_wait)
+            load = wait_for_quiet(args.max_load, args.max_wait)["load_average"][0]
             print(f"\nrepeat {repeat + 1}/{args.repeats} (load average {load:.2f}): {', '.join(rotated)}")
             for key in rotated:
                 name = f"bench_{key.replace('-', '_')}_{repeat}"
-                busy, total = machine_ticks()
+                busy, total = machine_busy_ticks()
                 if key == "arrow":
                     run = http_rows(server, name, data.arrow_bodies, ARROW_STREAM)
                 elif key == "json":
@@ -474,7 +427,7 @@ def run_benchmark(args: argparse.Namespace, data: Data, work: Path) -> dict[str,
                     run = inproc_realtime(name, [validated_whole])
                 else:
                     raise AssertionError(key)
-                busy_after, total_after = machine_ticks()
+                busy_after, total_after = machine_busy_ticks()
                 run.machine_busy = (busy_after - busy) / max(total_after - total, 1) * (os.cpu_count() or 1)
                 results[key].append(run)
                 cpu = "" if run.server_cpu is None else f", server CPU {run.server_cpu:.2f} s " \
@@ -482,7 +435,7 @@ def run_benchmark(args: argparse.Namespace, data: Data, work: Path) -> dict[str,
                 cpu += f", machine busy {run.machine_busy:.2f} cores"
                 print(f"  {key:<16} {run.rows:>10,} rows {run.seconds:7.2f} s {run.rate:>12,.0f} rows/s; calls "
                       f"{', '.join(f'{c:.3f}' for c in run.calls)} s{cpu}")
-        mem = memory(server.pid)
+        mem = process_status(server.pid)
         print(f"\nserver memory at the end: RSS {mem['VmRSS'] / 2**30:.2f} GiB, peak {mem['VmHWM'] / 2**30:.2f} GiB "
               f"(its realtime store holds every run's rows)")
     warehouse.close()
