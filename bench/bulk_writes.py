@@ -22,6 +22,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from demo.flows import generate_flows
+from demo.sources import with_demo_tables
 from warehouse.duckdb import DuckDBWarehouse
 from warehouse.sql import SqlAlchemyWarehouse
 from realtime.duckdb_store import DuckDBRealtimeStore
@@ -55,6 +56,7 @@ def bulk(n_flows: int, rounds: int) -> None:
         seconds["generate_flows"].append(timed(lambda: frames.update(generate_flows(n_flows, seed=round_))))
         with tempfile.TemporaryDirectory() as folder:
             warehouse = DuckDBWarehouse(f"duckdb:///{folder}/warehouse.duckdb")
+            with_demo_tables(warehouse=warehouse)
             seconds["DuckDBWarehouse.append (file)"].append(timed(lambda: warehouse.append(frames)))
             warehouse.close()
         earlier = generate_flows(n_flows, seed=10_000 + round_)  # what a full store already holds
@@ -64,9 +66,11 @@ def bulk(n_flows: int, rounds: int) -> None:
             if threshold is not None:
                 sqlite_module.REBUILD_INDEX_MIN_ROWS = threshold
             store = SqliteRealtimeStore()
+            with_demo_tables(realtime=store)
             seconds[f"SqliteRealtimeStore.append (empty{label})"].append(timed(lambda: store.append(frames)))
             store.close()
             store = SqliteRealtimeStore()
+            with_demo_tables(realtime=store)
             store.append(earlier)
             seconds[f"SqliteRealtimeStore.append (holding as many{label})"].append(
                 timed(lambda: store.append(frames)))
@@ -74,6 +78,7 @@ def bulk(n_flows: int, rounds: int) -> None:
         if rebuild_default is not None:
             sqlite_module.REBUILD_INDEX_MIN_ROWS = rebuild_default
         store = DuckDBRealtimeStore()
+        with_demo_tables(realtime=store)
         seconds["DuckDBRealtimeStore.append (empty)"].append(timed(lambda: store.append(frames)))
         store.close()
     seconds["publish = generate + warehouse + SQLite (empty)"] = [
@@ -101,6 +106,7 @@ def postgres(n_flows: int, rounds: int) -> None:
                 admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
                 try:
                     warehouse = SqlAlchemyWarehouse(f"{PG_SERVER_URL}/{name}")
+                    with_demo_tables(warehouse=warehouse)
                     if not hasattr(warehouse, "_copy"):
                         label = "append"  # an older checkout: executemany only
                     else:
@@ -115,17 +121,16 @@ def postgres(n_flows: int, rounds: int) -> None:
 def lookups(n_flows: int, n_lookups: int, rounds: int) -> None:
     """Per-lookup time of the SQLite store without a limit and with one (the progress handler), alternating."""
     from sql.prepared import prepare_query
-    from realtime.sqlite_store import _lookup_plan
 
     frames = generate_flows(n_flows, seed=1)
     users = frames["users"]["user_id"].tolist()[:n_lookups]
     prepared = prepare_query(FOUR_TABLE_QUERY)
-    sql, _ = _lookup_plan(prepared, "user_id")
-    stores = {"no limit": SqliteRealtimeStore()}
-    try:
-        stores["statement_timeout=30"] = SqliteRealtimeStore(statement_timeout=30.0)
-    except TypeError:
-        print("\n(no statement_timeout in this checkout: measuring the store without a limit only)")
+    stores = {"no limit": SqliteRealtimeStore(), "statement_timeout=30": SqliteRealtimeStore(statement_timeout=30.0)}
+    for store in stores.values():
+        with_demo_tables(realtime=store)
+        for table, column in prepared.join_columns(store.tables()):
+            store.index(table, column)
+    sql = prepared.point_lookup_sql("user_id", "sqlite", stores["no limit"].tables())
     for store in stores.values():
         store.append(frames)
     lookup_us: dict[str, list[float]] = defaultdict(list)

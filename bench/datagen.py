@@ -202,12 +202,12 @@ def build_warehouse(out: Path, n_users: int, seed: int = 1, chunk_users: int = 1
                 started = time.perf_counter()
                 frames = generate_chunk(size, seed, chunk, now)
                 generated = time.perf_counter()
-                written = warehouse.append(frames)
+                warehouse.append(frames)  # one transaction; every row of every frame is written
                 append_s += time.perf_counter() - generated
                 generate_s += generated - started
                 user_file.write("\n".join(frames["users"]["user_id"].tolist()) + "\n")
-                for table, count in written.items():
-                    rows[table] += count
+                for table, frame in frames.items():
+                    rows[table] += len(frame)
                 done += size
                 chunk += 1
                 log(f"  generated {done:,}/{n_users:,} users ({sum(rows.values()):,} rows)")

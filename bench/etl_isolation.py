@@ -44,6 +44,7 @@ def data(users: int, rows: int) -> tuple[Any, list[Any]]:
     import numpy as np
 
     from demo.flows import generate_flows
+    from demo.sources import with_demo_tables
     from sql.prepared import prepare_query
     from warehouse import open_warehouse
     from realtime import open_realtime_store
@@ -51,11 +52,14 @@ def data(users: int, rows: int) -> tuple[Any, list[Any]]:
     query = (ROOT / "examples" / "four_table_join.sql").read_text()
     frames = generate_flows(int(users / 0.8), seed=1)
     warehouse = open_warehouse("duckdb:///:memory:")
+    store = open_realtime_store("sqlite:///:memory:")
+    with_demo_tables(warehouse, store)
     warehouse.append(frames)
     training = warehouse.query(prepare_query(query, warehouse.dialect).sql_for(warehouse.dialect))
-    store = open_realtime_store("sqlite:///:memory:")
     store.append(frames)
     prepared = prepare_query(query)
+    for table, column in prepared.join_columns(store.tables()):
+        store.index(table, column)
     picks = np.random.default_rng(2).choice(training["user_id"].to_numpy(), size=rows, replace=False)
     lookups = [store.lookup(prepared, "user_id", user, 100) for user in picks]
     warehouse.close()

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from demo.flows import generate_flows
+from demo.sources import with_demo_tables
 from sql.prepared import prepare_query
 from realtime import open_realtime_store
 from tests.walkthrough import FOUR_TABLE_QUERY
@@ -32,9 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     frames = generate_flows(int(args.users / 0.8), seed=1)
     stores = {url: open_realtime_store(url) for url in ("sqlite:///:memory:", "duckdb:///:memory:")}
-    for store in stores.values():
-        store.append(frames)
     prepared = prepare_query(FOUR_TABLE_QUERY)
+    for store in stores.values():
+        with_demo_tables(realtime=store)
+        for table, column in prepared.join_columns(store.tables()):
+            store.index(table, column)
+        store.append(frames)
     users = frames["users"]["user_id"].to_numpy()
     rng = np.random.default_rng(2)
     results: dict[str, list[float]] = {url: [] for url in stores}

@@ -20,7 +20,7 @@ from warehouse.sql import SqlAlchemyWarehouse
 from realtime.base import index_name
 from realtime.sqlite_store import REBUILD_INDEX_MIN_ROWS, SqliteRealtimeStore
 from sources.rows import rows_from_arrow
-from tests.demo_stores import demo_sources, with_demo_tables
+from demo.sources import demo_sources, with_demo_tables
 
 NOW = 1_700_000_000
 # Text that a COPY or CSV encoding could get wrong, and the empty string (which is not NULL).

@@ -17,7 +17,7 @@ from sql.prepared import prepare_query
 from realtime import open_realtime_store
 from realtime.base import RealtimeStore, index_name, rows_table
 from sources.definition import parse_source, source_diff
-from tests.demo_stores import demo_sources, with_demo_tables
+from demo.sources import demo_sources, with_demo_tables
 from tests.walkthrough import FOUR_TABLE_QUERY
 from warehouse import open_warehouse
 

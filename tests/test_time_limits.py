@@ -23,7 +23,7 @@ from realtime import open_realtime_store
 from realtime.base import RealtimeStore
 from realtime.duckdb_store import DuckDBRealtimeStore
 from realtime.sqlite_store import SqliteRealtimeStore
-from tests.demo_stores import with_demo_tables
+from demo.sources import with_demo_tables
 
 LIMIT = 0.5
 WITHIN = 2.0  # seconds from the call to the error, limit included

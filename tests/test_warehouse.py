@@ -30,7 +30,7 @@ from realtime.base import RealtimeStore
 from realtime.duckdb_store import DuckDBRealtimeStore
 from realtime.sqlite_store import SqliteRealtimeStore
 from tests.conftest import JsonClient
-from tests.demo_stores import demo_sources, with_demo_tables
+from demo.sources import demo_sources, with_demo_tables
 from tests.fixtures_pg import ADMIN_DATABASE
 
 NOW = 1_700_000_000
