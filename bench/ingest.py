@@ -48,14 +48,12 @@ import argparse
 import contextlib
 import cProfile
 import functools
-import http.client
 import io
 import json
 import os
 import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,8 +72,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from bench.live import (free_port, machine_busy_ticks, process_cpu_seconds, process_status, stop,  # noqa: E402
-                        wait_for_quiet)
+from bench.live import (Server, machine_busy_ticks, process_cpu_seconds, process_status,  # noqa: E402
+                        running_server, wait_for_quiet)
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 HOT_WINDOW_SECONDS = 365 * 86400
@@ -166,67 +164,10 @@ def prepare(args: argparse.Namespace) -> Data:
 
 # -- the server process -------------------------------------------------------------------------------
 
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen
-    data_dir: Path
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
-                timeout: float = 900.0) -> tuple[int, bytes]:
-        """One request on a fresh connection (a loopback connect is ~0.1 ms, nothing next to a bulk call)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            headers = {"Content-Type": content_type} if body is not None else {}
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def json(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201)) -> Any:
-        status, data = self.request(method, path, None if body is None else orjson.dumps(body))
-        if status not in expect:
-            raise RuntimeError(f"{method} {path} -> {status}: {data[:1000].decode(errors='replace')}")
-        return json.loads(data)
-
-
-@contextlib.contextmanager
-def running_server(data_dir: Path, startup_seconds: float = 120.0, **settings: str) -> Iterator[Server]:
-    """`python -m app` on `data_dir` until the block ends; stopped by its PID (SIGTERM, then SIGKILL)."""
-    port = free_port()
-    env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "off",
-           "DEMO_SOURCES": "off", "PYTHONUNBUFFERED": "1", "MAX_INGEST_BYTES": str(16 * 2**30), **settings}
-    for name in ("CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL", "LOAD_DIR"):
-        if name not in settings:
-            env.pop(name, None)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"server-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    server = Server(port, process, data_dir, log_path)
-    try:
-        deadline = time.monotonic() + startup_seconds
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited ({process.returncode}): {log_path.read_text()[-3000:]}")
-            try:
-                if server.request("GET", "/v1.0/health", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer in {startup_seconds} s: {log_path}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        stop(process)  # SIGTERM, then SIGKILL after the grace period
+def ingest_server(data_dir: Path, **settings: str) -> Any:
+    """`bench.live.running_server` on `data_dir`, with nothing of the demo and room for large uploads."""
+    return running_server(data_dir, data_dir.parent, 120.0, **{
+        "DEMO_SOURCES": "off", "MAX_INGEST_BYTES": str(16 * 2**30), **settings})
 
 
 # -- one run of one variant -----------------------------------------------------------------------------
@@ -268,7 +209,8 @@ def http_rows(server: Server, name: str, bodies: list[tuple[bytes, int]], conten
     calls, cpu = [], process_cpu_seconds(server.pid)
     for body, rows in bodies:
         started = time.perf_counter()
-        status, data = server.request("POST", f"/v1.0/sources/{name}/rows", body, content_type)
+        status, _, data = server.request("POST", f"/v1.0/sources/{name}/rows", body,
+                                         headers={"Content-Type": content_type})
         calls.append(time.perf_counter() - started)
         _checked_answer(status, data, rows, f"POST /v1.0/sources/{name}/rows")
     run = Run(sum(rows for _, rows in bodies), calls, process_cpu_seconds(server.pid) - cpu)
@@ -280,7 +222,7 @@ def http_parquet(server: Server, name: str, file_name: str, rows: int) -> Run:
     server.json("POST", "/v1.0/sources", declaration(name))
     cpu = process_cpu_seconds(server.pid)
     started = time.perf_counter()
-    status, data = server.request("POST", f"/v1.0/sources/{name}/load", orjson.dumps({"path": file_name}))
+    status, _, data = server.request("POST", f"/v1.0/sources/{name}/load", {"path": file_name})
     calls = [time.perf_counter() - started]
     _checked_answer(status, data, rows, f"POST /v1.0/sources/{name}/load")
     run = Run(rows, calls, process_cpu_seconds(server.pid) - cpu)
@@ -292,7 +234,8 @@ def http_upload(server: Server, bodies: list[tuple[bytes, int]]) -> Run:
     calls, cpu = [], process_cpu_seconds(server.pid)
     for body, _ in bodies:
         started = time.perf_counter()
-        status, data = server.request("POST", "/v1.0/sources/no_such_source/rows", body, ARROW_STREAM)
+        status, _, data = server.request("POST", "/v1.0/sources/no_such_source/rows", body,
+                                         headers={"Content-Type": ARROW_STREAM})
         calls.append(time.perf_counter() - started)
         if status != 404:
             raise RuntimeError(f"upload to an unknown source -> {status}: {data[:300]!r}")
@@ -396,7 +339,7 @@ def run_benchmark(args: argparse.Namespace, data: Data, work: Path) -> dict[str,
     results: dict[str, list[Run]] = {key: [] for key in VARIANTS}
     order = list(VARIANTS)
     settings = {} if args.realtime_url is None else {"REALTIME_URL": args.realtime_url}
-    with running_server(data_dir, **settings) as server:
+    with ingest_server(data_dir, **settings) as server:
         print(f"server: pid {server.pid}, port {server.port}, DATA_DIR {data_dir}, REALTIME_URL "
               f"{args.realtime_url or 'sqlite:///:memory: (the default)'}, log {server.log_path}")
         for repeat in range(args.repeats):

@@ -189,10 +189,11 @@ class Server:
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 600.0,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One request on a fresh connection: (status, headers, body)."""
+        """One request on a fresh connection: (status, headers, body). A `bytes` body is sent as it is
+        (say an Arrow stream, with its Content-Type in `headers`); anything else as JSON."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            data = json.dumps(body).encode() if body is not None else None
+            data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
             sent = {**self.headers, **(headers or {})}
             if data is not None:
                 sent.setdefault("Content-Type", "application/json")

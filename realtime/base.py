@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable
@@ -51,7 +50,6 @@ class RealtimeStore(ABC):
     def __init__(self) -> None:
         self.clock: Callable[[], float] = time.time
         self.sources: dict[str, SourceRecord] = {}
-        self._schema_lock = threading.Lock()
 
     def tables(self) -> dict[str, list[tuple[str, str]]]:
         """(column, logical type) of every registered source: what queries are typed with here."""

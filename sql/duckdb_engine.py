@@ -42,8 +42,8 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _qualified(table: str) -> str:
-    """``schema.table`` or ``table``, each part quoted."""
+def quote_qualified(table: str) -> str:
+    """``schema.table`` or ``table`` for SQL text, each part quoted by `quote_identifier`."""
     return ".".join(quote_identifier(part) for part in table.split("."))
 
 
@@ -161,7 +161,7 @@ class DuckDBEngine:
                         cursor.execute("ROLLBACK")
                         return None
                     for table, view in views.items():
-                        cursor.execute(f"INSERT INTO {_qualified(table)} BY NAME SELECT * FROM {view}")
+                        cursor.execute(f"INSERT INTO {quote_qualified(table)} BY NAME SELECT * FROM {view}")
                     cursor.execute("COMMIT")
                 except BaseException:
                     cursor.execute("ROLLBACK")
@@ -186,7 +186,7 @@ class DuckDBEngine:
                 for i, (table, rows) in enumerate((staged or {}).items()):
                     view = f"_fs_staged_{i}"
                     cursor.register(view, rows)
-                    cursor.execute(f"INSERT INTO {_qualified(table)} BY NAME SELECT * FROM {view}")
+                    cursor.execute(f"INSERT INTO {quote_qualified(table)} BY NAME SELECT * FROM {view}")
                     cursor.unregister(view)
                 with self._time_limit(cursor):
                     result = cursor.execute(sql, list(params))

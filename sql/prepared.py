@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
+import pandas as pd
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -180,8 +181,6 @@ def _is_temporal(data_type: exp.DataType | None) -> bool:
 
 def _replace_with_text(node: exp.Expression, text: str) -> bool:
     """Replace `node` with `text` as SQLite's stored timestamp text; False if `text` is not a timestamp."""
-    import pandas as pd
-
     try:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError):

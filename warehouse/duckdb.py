@@ -10,15 +10,10 @@ import pandas as pd
 from catalog.base import SourceRecord
 from sql import types as logical_types
 from common.urls import duckdb_path
-from sql.duckdb_engine import DuckDBEngine, quote_identifier
+from sql.duckdb_engine import DuckDBEngine, quote_identifier, quote_qualified
 from warehouse.base import LEDGER_TABLE, BatchMark, Warehouse, split_table
 
 ROLE = "warehouse"
-
-
-def qualified(table: str) -> str:
-    """``schema.table`` or ``table`` quoted for SQL text."""
-    return ".".join(quote_identifier(part) for part in table.split("."))
 
 
 class DuckDBWarehouse(Warehouse):
@@ -31,6 +26,7 @@ class DuckDBWarehouse(Warehouse):
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.engine = DuckDBEngine(path, ROLE, statement_timeout=statement_timeout)
+        self._ledger_ready = False
 
     def query(self, sql: str, max_rows: int | None = None) -> pd.DataFrame:
         return self.engine.query(sql, max_rows=max_rows)
@@ -48,20 +44,21 @@ class DuckDBWarehouse(Warehouse):
     def create_table(self, source: SourceRecord) -> None:
         body = ", ".join(f"{quote_identifier(c['name'])} {logical_types.DUCKDB[c['type']]}"
                          f"{'' if c.get('nullable', True) else ' NOT NULL'}" for c in source.columns)
-        self.engine.execute_ddl([f"CREATE TABLE IF NOT EXISTS {qualified(source.table)} ({body})"])
+        self.engine.execute_ddl([f"CREATE TABLE IF NOT EXISTS {quote_qualified(source.table)} ({body})"])
 
     def add_columns(self, table: str, columns: list[dict[str, Any]]) -> None:
-        self.engine.execute_ddl([f"ALTER TABLE {qualified(table)} ADD COLUMN IF NOT EXISTS "
+        self.engine.execute_ddl([f"ALTER TABLE {quote_qualified(table)} ADD COLUMN IF NOT EXISTS "
                                  f"{quote_identifier(c['name'])} {logical_types.DUCKDB[c['type']]}" for c in columns])
 
     def drop_not_null(self, table: str, columns: list[str]) -> None:
-        self.engine.execute_ddl([f"ALTER TABLE {qualified(table)} ALTER COLUMN {quote_identifier(c)} DROP NOT NULL"
+        self.engine.execute_ddl([f"ALTER TABLE {quote_qualified(table)} ALTER COLUMN {quote_identifier(c)} DROP NOT NULL"
                                  for c in columns])
 
     def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
-        if batch is not None:
+        if batch is not None and not self._ledger_ready:  # once per process: a batch id's first use creates it
             self.engine.execute_ddl([f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (source VARCHAR, batch_id VARCHAR, "
                                      "answer VARCHAR, PRIMARY KEY (source, batch_id))"])
+            self._ledger_ready = True
         seen: list[dict[str, Any]] = []
 
         def already_written(cursor: Any) -> bool:
@@ -81,12 +78,12 @@ class DuckDBWarehouse(Warehouse):
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         where = "" if since is None else f" WHERE {quote_identifier(time_column)} > ?"
         selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
-        return self.engine.arrow(f"SELECT {selected} FROM {qualified(table)}{where}", [] if since is None else [since])
+        return self.engine.arrow(f"SELECT {selected} FROM {quote_qualified(table)}{where}", [] if since is None else [since])
 
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:
         column = quote_identifier(time_column)
         row = self.engine.arrow(f"SELECT count(*) AS n, min({column}) AS lo, max({column}) AS hi "
-                                f"FROM {qualified(table)}").to_pylist()[0]
+                                f"FROM {quote_qualified(table)}").to_pylist()[0]
         return {"rows": row["n"], "min_event_time": row["lo"], "max_event_time": row["hi"]}
 
     def ping(self) -> None:

@@ -23,7 +23,8 @@ from catalog.base import SourceRecord
 from sql import types as logical_types
 from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from common.urls import sqlalchemy_url
-from sql.duckdb_engine import _bounded_frame, checked_timeout, python_columns, query_timeout
+from sql.duckdb_engine import (_bounded_frame, checked_timeout, python_columns, query_timeout, quote_identifier,
+                               quote_qualified)
 from warehouse.base import LEDGER_TABLE, BatchMark, Warehouse, split_table
 
 ROLE = "warehouse"
@@ -58,6 +59,7 @@ class SqlAlchemyWarehouse(Warehouse):
         # PostgreSQL through psycopg takes batches by COPY (about 6x the rows per second of executemany).
         self._copy = name == "postgresql" and self.sa_engine.dialect.driver == "psycopg"
         self.dialect = {"postgresql": "postgres"}.get(name, name)
+        self._ledger_ready = False
     def query(self, sql: str, max_rows: int | None = None) -> pd.DataFrame:
         with self._translated(self.statement_timeout), self.read_engine.connect() as connection:
             # A plain string goes to the driver as it is: no bind-parameter parsing of the user's text.
@@ -67,49 +69,46 @@ class SqlAlchemyWarehouse(Warehouse):
             return _bounded_frame(iter(chunks), max_rows)
 
     def table_columns(self, table: str) -> list[tuple[str, str]] | None:
-        schema, name = split_table(table, self._default_schema())
-        if self.dialect != "postgres":
-            inspector = sa.inspect(self.sa_engine)
+        schema, name = split_table(table, "public" if self.dialect == "postgres" else "main")
+        if self.dialect != "postgres":  # no information_schema: SQLAlchemy's inspector (the default schema unless named)
+            inspector, named = sa.inspect(self.sa_engine), schema if "." in table else None
             with self._translated():
-                if not inspector.has_table(name, schema=None if "." not in table else schema):
+                if not inspector.has_table(name, schema=named):
                     return None
-                return [(c["name"], str(c["type"])) for c in inspector.get_columns(name, schema=None if "." not in
-                                                                                    table else schema)]
+                return [(c["name"], str(c["type"])) for c in inspector.get_columns(name, schema=named)]
         with self._translated(), self.sa_engine.connect() as connection:
             rows = connection.execute(sa.text(
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :schema "
                 "AND table_name = :name ORDER BY ordinal_position"), {"schema": schema, "name": name}).all()
         return [(row[0], row[1]) for row in rows] or None
 
-    def _default_schema(self) -> str:
-        return "public" if self.dialect == "postgres" else "main"
-
     def create_table(self, source: SourceRecord) -> None:
         types = logical_types.POSTGRES if self.dialect == "postgres" else logical_types.SQLITE
-        body = ", ".join(f"{_quoted(c['name'])} {types[c['type']]}{'' if c.get('nullable', True) else ' NOT NULL'}"
+        body = ", ".join(f"{quote_identifier(c['name'])} {types[c['type']]}{'' if c.get('nullable', True) else ' NOT NULL'}"
                          for c in source.columns)
         with self._translated(), self.sa_engine.begin() as connection:
-            connection.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {_qualified(source.table)} ({body})")
+            connection.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {quote_qualified(source.table)} ({body})")
 
     def add_columns(self, table: str, columns: list[dict[str, Any]]) -> None:
         types = logical_types.POSTGRES if self.dialect == "postgres" else logical_types.SQLITE
         with self._translated(), self.sa_engine.begin() as connection:
             for column in columns:
-                connection.exec_driver_sql(f"ALTER TABLE {_qualified(table)} ADD COLUMN "
-                                           f"{_quoted(column['name'])} {types[column['type']]}")
+                connection.exec_driver_sql(f"ALTER TABLE {quote_qualified(table)} ADD COLUMN "
+                                           f"{quote_identifier(column['name'])} {types[column['type']]}")
 
     def drop_not_null(self, table: str, columns: list[str]) -> None:
         if self.dialect != "postgres":  # SQLite cannot drop a constraint in place; tables it made have none
             return
         with self._translated(), self.sa_engine.begin() as connection:
             for column in columns:
-                connection.exec_driver_sql(f"ALTER TABLE {_qualified(table)} ALTER COLUMN {_quoted(column)} "
+                connection.exec_driver_sql(f"ALTER TABLE {quote_qualified(table)} ALTER COLUMN {quote_identifier(column)} "
                                            "DROP NOT NULL")
 
     def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
         tables = {table: _arrow(frame) for table, frame in frames.items()}
-        if batch is not None:
+        if batch is not None and not self._ledger_ready:  # once per process: a batch id's first use creates it
             self._ensure_ledger()
+            self._ledger_ready = True
         with self._translated(), self.sa_engine.begin() as connection:
             if batch is not None:
                 claimed = connection.execute(sa.text(
@@ -130,7 +129,7 @@ class SqlAlchemyWarehouse(Warehouse):
                 else:
                     columns = python_columns(rows, rows.column_names)
                     names = rows.column_names
-                    statement = sa.text(f"INSERT INTO {_qualified(table)} ({', '.join(map(_quoted, names))}) "
+                    statement = sa.text(f"INSERT INTO {quote_qualified(table)} ({', '.join(map(quote_identifier, names))}) "
                                         f"VALUES ({', '.join(f':p{i}' for i in range(len(names)))})")
                     connection.execute(statement, [{f"p{i}": v for i, v in enumerate(row)} for row in zip(*columns)])
         return None
@@ -165,17 +164,17 @@ class SqlAlchemyWarehouse(Warehouse):
         return schema, stream()
 
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
-        where = "" if since is None else f" WHERE {_quoted(time_column)} > :since"
-        selected = "*" if columns is None else ", ".join(map(_quoted, columns))
+        where = "" if since is None else f" WHERE {quote_identifier(time_column)} > :since"
+        selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
         with self._translated(), self.sa_engine.connect() as connection:
-            return pd.read_sql(sa.text(f"SELECT {selected} FROM {_qualified(table)}{where}"), connection,
+            return pd.read_sql(sa.text(f"SELECT {selected} FROM {quote_qualified(table)}{where}"), connection,
                                params={} if since is None else {"since": since}, dtype_backend="pyarrow")
 
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:
-        column = _quoted(time_column)
+        column = quote_identifier(time_column)
         with self._translated(), self.sa_engine.connect() as connection:
             row = connection.execute(sa.text(f"SELECT count(*), min({column}), max({column}) "
-                                             f"FROM {_qualified(table)}")).one()
+                                             f"FROM {quote_qualified(table)}")).one()
         return {"rows": int(row[0]), "min_event_time": row[1], "max_event_time": row[2]}
 
     def ping(self) -> None:
@@ -188,14 +187,6 @@ class SqlAlchemyWarehouse(Warehouse):
 
     def _translated(self, statement_timeout: float | None = None) -> "_SqlAlchemyErrors":
         return _SqlAlchemyErrors(statement_timeout)
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _qualified(table: str) -> str:
-    return ".".join(_quoted(part) for part in table.split("."))
 
 
 def _arrow(frame: Any) -> pa.Table:
