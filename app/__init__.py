@@ -31,6 +31,7 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     from app.service import FeatureService, ServiceOptions
     from app.serving_stats import ServingStats
     from app.sources import SourceService
+    from app.spine import SpineUploads
     from catalog import open_catalog
     from etl.isolation import open_etl_runner
     from etl.source import EtlFetcher
@@ -58,8 +59,9 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
                                  threads=settings["THREADS"])
         stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
         stats.start()
+        uploads = SpineUploads(Path(settings["DATA_DIR"]) / "spines", settings["SPINE_TTL_SECONDS"])
         service = FeatureService(catalog, warehouse, realtime, sources, fetcher, runner, stats,
-                                 ServiceOptions.from_settings(settings))
+                                 ServiceOptions.from_settings(settings), uploads)
         service.index_saved_queries()
         sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"])
         opened.pop_all()

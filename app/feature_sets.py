@@ -102,12 +102,20 @@ class FeatureSets:
                                                     request)
         return record, frame[record.features], warnings
 
-    def training_set(self, name: str, version: int | None = None, row_limit: bool = True
+    def training_set(self, name: str, version: int | None = None, row_limit: bool = True, spine: Any = None
                      ) -> tuple[FeatureSetRecord, pd.DataFrame]:
-        """The set's training set: the stored ETL and state over the warehouse, its features only."""
+        """The set's training set: the stored ETL and state over the warehouse, its features only (with a
+        `spine`, as of each spine row, behind the spine's columns)."""
         record = self.resolve(name, version)
-        frame = self.service.etl_training_set(record.etl_id)
+        if spine is not None and spine.index_key != record.index_key:
+            raise InvalidInput(f"spine.index_key must be the feature set's key {record.index_key!r}",
+                               {"index_key": spine.index_key, "expected": record.index_key})
+        frame = self.service.etl_training_set(record.etl_id, spine)
         if row_limit and len(frame) > self.service.options.max_response_rows:
             raise ResultTooLarge(f"the training set has {len(frame)} rows, more than a JSON response may carry",
                                  {"rows": len(frame), "max_rows": self.service.options.max_response_rows})
-        return record, frame[record.features]
+        if spine is None:
+            return record, frame[record.features]
+        features = set(record.features)
+        etl_columns = {column["name"] for column in self.service.get_etl(record.etl_id).schema}
+        return record, frame[[c for c in frame.columns if c in features or c not in etl_columns]]

@@ -20,6 +20,8 @@ import pandas as pd
 from catalog.base import Catalog, EtlRecord, Page, QueryRecord, utc_now
 from app.serving_stats import ServingStats
 from app.sources import SourceService
+from app.spine import SpineSpec, SpineUploads
+from app.training import PointInTime
 from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch)
 from etl.runner import EtlRunner
@@ -63,13 +65,14 @@ class ServiceOptions:
 
     max_response_rows: int = 100_000
     max_publish_flows: int = 100_000
+    max_spine_rows: int = 10_000_000
     skew_thresholds: dict[str, float] = field(default_factory=lambda: {
         "psi": 0.2, "mean_shift_std": 0.5, "null_rate_change": 0.1})
     skew_min_samples: int = 50
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "ServiceOptions":
-        return cls(settings["MAX_RESPONSE_ROWS"], settings["MAX_PUBLISH_FLOWS"],
+        return cls(settings["MAX_RESPONSE_ROWS"], settings["MAX_PUBLISH_FLOWS"], settings["MAX_SPINE_ROWS"],
                    {"psi": settings["SKEW_PSI_THRESHOLD"], "mean_shift_std": settings["SKEW_MEAN_SHIFT_THRESHOLD"],
                     "null_rate_change": settings["SKEW_NULL_RATE_THRESHOLD"]}, settings["SKEW_MIN_SAMPLES"])
 
@@ -131,7 +134,8 @@ class FeatureService:
     """Queries, ETLs, publishing and health over the catalog, warehouse and realtime store."""
 
     def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore, sources: SourceService,
-                 fetcher: EtlFetcher, runner: EtlRunner, stats: ServingStats, options: ServiceOptions):
+                 fetcher: EtlFetcher, runner: EtlRunner, stats: ServingStats, options: ServiceOptions,
+                 spine_uploads: SpineUploads | None = None):
         self.catalog = catalog
         self.sources = sources
         self.warehouse = warehouse
@@ -142,20 +146,27 @@ class FeatureService:
         self.options = options
         self._queries: _BoundedCache[str, QueryRecord] = _BoundedCache(1024)
         self._etls: _BoundedCache[str, EtlRecord] = _BoundedCache(1024)
+        self.spine_uploads = spine_uploads
+        self.point_in_time = PointInTime(self, spine_uploads, options.max_spine_rows)
 
     # -- queries ---------------------------------------------------------------------------------
 
     def train_query(self, sql: str, name: str | None, save: bool, include_data: bool = True,
-                    created_by: str = "anonymous", *, hot_window: bool = False
+                    created_by: str = "anonymous", *, hot_window: bool = False, spine: SpineSpec | None = None
                     ) -> tuple[QueryRecord | None, list[dict[str, str]], pd.DataFrame | None]:
         """Run `sql` on the warehouse; with `save`, keep it (idempotently) with its output schema.
 
         Returns the stored record (None unless saved), the output schema and the rows (None
-        unless `include_data`).
+        unless `include_data`). With a `spine`, the rows are the query as of each spine row.
         """
         prepared = prepare_query(sql, self.warehouse.dialect)
         if save:
             self._check_declared(prepared)  # before the warehouse, which may not have the table at all
+        if spine is not None:
+            record, schema = self._query_for_spine(prepared, sql, name, save, created_by)
+            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(schema, spine.index_key))
+            frame = self.point_in_time.query_frame(prepared, keyed, self.options.max_response_rows)
+            return record, frame_schema(frame), frame if include_data else None
         if include_data:
             frame = self.warehouse.query(self._training_sql(prepared, hot_window),
                                          max_rows=self.options.max_response_rows)
@@ -171,13 +182,26 @@ class FeatureService:
         return record, record.schema if record else schema, frame if include_data else None
 
     def query_batches(self, sql: str, name: str | None, save: bool, created_by: str = "anonymous", *,
-                      hot_window: bool = False) -> tuple[QueryRecord | None, Any, Iterator[Any]]:
+                      hot_window: bool = False, spine: SpineSpec | None = None
+                      ) -> tuple[QueryRecord | None, Any, Iterator[Any]]:
         """Like `train_query`, but the rows come as Arrow record batches straight from the warehouse,
         with no row limit: (the record if saved, the Arrow schema, the batches)."""
-        record = self.train_query(sql, name, True, False, created_by)[0] if save else None
         prepared = prepare_query(sql, self.warehouse.dialect)
+        if spine is not None:
+            record, schema = self._query_for_spine(prepared, sql, name, save, created_by)
+            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(schema, spine.index_key))
+            return (record, *self.point_in_time.query_batches(prepared, keyed))
+        record = self.train_query(sql, name, True, False, created_by)[0] if save else None
         schema, batches = self.warehouse.query_batches(self._training_sql(prepared, hot_window))
         return record, schema, batches
+
+    def _query_for_spine(self, prepared: PreparedQuery, sql: str, name: str | None, save: bool, created_by: str
+                         ) -> tuple[QueryRecord | None, list[dict[str, str]]]:
+        """The query saved (if asked) and its output schema, learnt from a sample, before a spine runs it."""
+        if save:
+            record = self.train_query(sql, name, True, False, created_by)[0]
+            return record, record.schema
+        return None, self._query_schema(prepared, self._sample(prepared))
 
     def plan_query(self, sql: str) -> dict[str, Any]:
         """What saving `sql` would do, without saving: its id, whether it exists, its schema.
@@ -227,28 +251,37 @@ class FeatureService:
 
     def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
                   include_data: bool = True, created_by: str = "anonymous", row_limit: bool = True,
-                  hot_window: bool = False) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
-        """Fetch the ETL, fit and run it on the query's full warehouse result, check its expectations,
-        and keep it with its state, schema and statistics."""
+                  hot_window: bool = False, spine: SpineSpec | None = None
+                  ) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
+        """Fetch the ETL, fit and run it on the query's full warehouse result (or, with a `spine`, on the
+        query as of each spine row), check its expectations, and keep it with its state, schema and
+        statistics."""
         query = self.get_query(query_id)
         fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
         etl_id = etl_id_of(query_id, fetched.code_sha256)
         expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
         validate_expectations(expectations)
-        raw = self.warehouse.query(self._training_sql(prepare_query(query.sql, self.warehouse.dialect), hot_window))
+        prepared = prepare_query(query.sql, self.warehouse.dialect)
         # A registered ETL keeps the state it was first fitted with (that is what serving uses), so
         # registering it again returns training rows computed with that state, never a refit.
         registered = self._registered_etl(etl_id)
-        state = registered.state if registered else self.runner.fit(etl_id, fetched.code, fetched.code_sha256, raw)
-        features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw, state)
-        violations = check_expectations(features, expectations)
-        if violations:
-            raise ExpectationsFailed(f"the training output breaks {len(violations)} expectation(s) of the ETL",
-                                     {"stage": "train", "violations": violations})
-        if include_data and row_limit and len(features) > self.options.max_response_rows:
-            raise ResultTooLarge(f"the training set has {len(features)} rows, more than the "
+        if spine is not None:
+            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(query.schema, spine.index_key))
+            answer, features, state = self.point_in_time.etl_features(
+                etl_id, fetched.code, fetched.code_sha256, prepared, keyed,
+                registered.state if registered else None, expectations)
+        else:
+            raw = self.warehouse.query(self._training_sql(prepared, hot_window))
+            state = registered.state if registered else self.runner.fit(etl_id, fetched.code, fetched.code_sha256, raw)
+            answer = features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw, state)
+            violations = check_expectations(features, expectations)
+            if violations:
+                raise ExpectationsFailed(f"the training output breaks {len(violations)} expectation(s) of the ETL",
+                                         {"stage": "train", "violations": violations})
+        if include_data and row_limit and len(answer) > self.options.max_response_rows:
+            raise ResultTooLarge(f"the training set has {len(answer)} rows, more than the "
                                  f"{self.options.max_response_rows} a JSON response may carry; "
-                                 "save with include_data=false", {"rows": len(features),
+                                 "save with include_data=false", {"rows": len(answer),
                                                                   "max_rows": self.options.max_response_rows})
         record = None
         schema = frame_schema(features)
@@ -258,8 +291,16 @@ class FeatureService:
                 query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
                 schema=schema, created_by=created_by, created_at=utc_now(), state=state,
                 expectations=expectations, serving_policy=policy, training_stats=frame_stats(features),
-                extra={"hot_window": True} if hot_window else {}))
-        return record, record.schema if record else schema, features if include_data else None
+                extra=self._training_extra(hot_window, spine)))
+        return record, frame_schema(answer) if spine else record.schema if record else schema, \
+            answer if include_data else None
+
+    @staticmethod
+    def _training_extra(hot_window: bool, spine: SpineSpec | None) -> dict[str, Any]:
+        """What the ETL record keeps of how its training set was made."""
+        if spine is not None:
+            return {"point_in_time": True}
+        return {"hot_window": True} if hot_window else {}
 
     def plan_etl(self, query_id: str, location: EtlLocation) -> dict[str, Any]:
         """What registering an ETL would do, without running or saving it: its id, whether it exists,
@@ -270,11 +311,16 @@ class FeatureService:
         return {"etl_id": etl_id, "exists": self._exists(self.get_etl, etl_id),
                 "source": dataclasses.asdict(fetched.source), "code_sha256": fetched.code_sha256}
 
-    def etl_training_set(self, etl_id: str) -> pd.DataFrame:
-        """A registered ETL's training set now: its stored code and fitted state on the warehouse."""
+    def etl_training_set(self, etl_id: str, spine: SpineSpec | None = None) -> pd.DataFrame:
+        """A registered ETL's training set now: its stored code and fitted state on the warehouse (with a
+        `spine`, as of each spine row: the spine's columns, then the features)."""
         etl = self.get_etl(etl_id)
         query = self.get_query(etl.query_id)
         prepared = prepare_query(query.sql, self.warehouse.dialect)
+        if spine is not None:
+            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(query.schema, spine.index_key))
+            return self.point_in_time.etl_features(etl_id, etl.code, etl.code_sha256, prepared, keyed, etl.state,
+                                                   etl.expectations)[0]
         raw = self.warehouse.query(self._training_sql(prepared, bool(etl.extra.get("hot_window"))))
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         return features[[column["name"] for column in etl.schema if column["name"] in features.columns]]

@@ -42,6 +42,10 @@ SETTINGS: tuple[Setting, ...] = (
             "realtime store (they are never served in between); 0 never deletes.", float),
     Setting("MAX_INGEST_BYTES", 1_073_741_824, "Largest body of POST /sources/<name>/rows and one Arrow upload; "
             "larger gets 413.", int),
+    Setting("EXPORT_DIR", None, "Folder point-in-time training sets are exported to as Parquet (nothing outside "
+            "it). Default: $DATA_DIR/exports."),
+    Setting("MAX_SPINE_ROWS", 10_000_000, "Most rows one training spine may have.", int),
+    Setting("SPINE_TTL_SECONDS", 3600.0, "How long an uploaded spine (POST /spines) is kept.", float),
     Setting("HOST", "127.0.0.1", "Address the server listens on."),
     Setting("PORT", 8080, "Port the server listens on.", int),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
@@ -94,6 +98,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     values["CATALOG_URL"] = values["CATALOG_URL"] or f"sqlite:///{data_dir}/catalog.db"
     values["WAREHOUSE_URL"] = values["WAREHOUSE_URL"] or f"duckdb:///{data_dir}/warehouse.duckdb"
     values["LOAD_DIR"] = os.path.abspath(values["LOAD_DIR"] or os.path.join(data_dir, "load"))
+    values["EXPORT_DIR"] = os.path.abspath(values["EXPORT_DIR"] or os.path.join(data_dir, "exports"))
     return values
 
 

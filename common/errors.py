@@ -39,6 +39,12 @@ class InvalidQuery(InvalidInput):
     code = "invalid_query"
 
 
+class PointInTimeUnsupported(InvalidQuery):
+    """The saved query uses a construct the point-in-time rewrite cannot answer exactly (400)."""
+
+    code = "point_in_time_unsupported"
+
+
 class InvalidEtl(InvalidInput):
     """The ETL source cannot be located, fetched or loaded (400)."""
 

@@ -172,14 +172,15 @@ class DuckDBEngine:
         return {table: len(frame) for table, frame in frames.items()}
 
     def query(self, sql: str, params: Sequence[Any] = (), max_rows: int | None = None,
-              staged: dict[str, Any] | None = None) -> pd.DataFrame:
+              staged: dict[str, Any] | None = None, relations: dict[str, Any] | None = None) -> pd.DataFrame:
         """Run one SELECT statement (DuckDB's own parser checks it too); with `max_rows`, refuse longer results.
 
         It runs in a transaction that is always rolled back, so even a write that slipped past
         both parsers (DuckDB runs a DELETE inside a CTE) leaves nothing behind. `staged` rows
         (table -> Arrow table) are inserted first in that transaction: only this statement sees them.
+        `relations` (name -> Arrow table) are readable by that name during this statement only.
         """
-        with self._translated():
+        with self._translated(), _registered(self._cursor(), relations):
             cursor = self._checked_select(sql)
             cursor.execute("BEGIN TRANSACTION")
             try:
@@ -196,12 +197,15 @@ class DuckDBEngine:
             finally:
                 _rollback(cursor)
 
-    def batches(self, sql: str, rows: int) -> tuple[Any, Iterator[Any]]:
+    def batches(self, sql: str, rows: int, relations: dict[str, Any] | None = None) -> tuple[Any, Iterator[Any]]:
         """Run one SELECT and stream it as Arrow record batches of `rows`: (schema, batches).
 
         The statement starts under the time limit; the stream itself is read at the caller's pace.
+        `relations` (name -> Arrow table) are readable by that name until the stream ends.
         """
+        registered = _registered(self._cursor(), relations)
         with self._translated():
+            registered.__enter__()
             cursor = self._checked_select(sql)
             cursor.execute("BEGIN TRANSACTION")
             try:
@@ -209,6 +213,7 @@ class DuckDBEngine:
                     reader = cursor.sql(sql).to_arrow_reader(rows)
             except BaseException:
                 _rollback(cursor)
+                registered.__exit__(None, None, None)
                 raise
 
         def stream() -> Iterator[Any]:
@@ -217,6 +222,7 @@ class DuckDBEngine:
                     yield from reader
             finally:
                 _rollback(cursor)
+                registered.__exit__(None, None, None)
 
         return reader.schema, stream()
 
@@ -361,6 +367,21 @@ class _DuckDBErrors:
         if isinstance(error, _DUCKDB_BAD_QUERY):
             raise InvalidQuery(f"the {self.role} rejected the query: {error}") from None
         raise BackendUnavailable(self.role, error) from None
+
+
+@contextlib.contextmanager
+def _registered(cursor: duckdb.DuckDBPyConnection, relations: dict[str, Any] | None) -> Iterator[None]:
+    """`relations` (name -> Arrow table) readable on `cursor` by name inside the block."""
+    for name, table in (relations or {}).items():
+        cursor.register(name, table)
+    try:
+        yield
+    finally:
+        for name in relations or {}:
+            try:
+                cursor.unregister(name)
+            except duckdb.Error:  # the cursor was interrupted and replaced by the time limit
+                pass
 
 
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:

@@ -40,12 +40,19 @@ class Warehouse(ABC):
     dialect: str  # sqlglot dialect user SQL is read and written in
 
     @abstractmethod
-    def query(self, sql: str, max_rows: int | None = None) -> pd.DataFrame:
-        """Run a validated read-only query; with `max_rows`, refuse longer results."""
+    def query(self, sql: str, max_rows: int | None = None, uploads: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Run a validated read-only query; with `max_rows`, refuse longer results.
+
+        `uploads` (name -> Arrow table, e.g. a training spine) are tables the query can read by that
+        name; no other query sees them, and nothing of them is left behind.
+        """
 
     @abstractmethod
-    def query_batches(self, sql: str, rows: int = 65_536) -> tuple[Any, Iterator[Any]]:
-        """Run a validated read-only query as Arrow record batches, with no row limit: (schema, batches)."""
+    def query_batches(self, sql: str, rows: int = 65_536, uploads: dict[str, Any] | None = None
+                      ) -> tuple[Any, Iterator[Any]]:
+        """Run a validated read-only query as Arrow record batches, with no row limit: (schema, batches).
+
+        `uploads` as for `query`, readable until the stream ends."""
 
     @abstractmethod
     def table_columns(self, table: str) -> list[tuple[str, str]] | None:

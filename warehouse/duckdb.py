@@ -28,11 +28,12 @@ class DuckDBWarehouse(Warehouse):
         self.engine = DuckDBEngine(path, ROLE, statement_timeout=statement_timeout)
         self._ledger_ready = False
 
-    def query(self, sql: str, max_rows: int | None = None) -> pd.DataFrame:
-        return self.engine.query(sql, max_rows=max_rows)
+    def query(self, sql: str, max_rows: int | None = None, uploads: dict[str, Any] | None = None) -> pd.DataFrame:
+        return self.engine.query(sql, max_rows=max_rows, relations=uploads)
 
-    def query_batches(self, sql: str, rows: int = 65_536) -> tuple[Any, Iterator[Any]]:
-        return self.engine.batches(sql, rows)
+    def query_batches(self, sql: str, rows: int = 65_536, uploads: dict[str, Any] | None = None
+                      ) -> tuple[Any, Iterator[Any]]:
+        return self.engine.batches(sql, rows, relations=uploads)
 
     def table_columns(self, table: str) -> list[tuple[str, str]] | None:
         schema, name = split_table(table, "main")

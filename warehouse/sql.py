@@ -60,8 +60,9 @@ class SqlAlchemyWarehouse(Warehouse):
         self._copy = name == "postgresql" and self.sa_engine.dialect.driver == "psycopg"
         self.dialect = {"postgresql": "postgres"}.get(name, name)
         self._ledger_ready = False
-    def query(self, sql: str, max_rows: int | None = None) -> pd.DataFrame:
+    def query(self, sql: str, max_rows: int | None = None, uploads: dict[str, Any] | None = None) -> pd.DataFrame:
         with self._translated(self.statement_timeout), self.read_engine.connect() as connection:
+            self._upload(connection, uploads)
             # A plain string goes to the driver as it is: no bind-parameter parsing of the user's text.
             if max_rows is None:
                 return pd.read_sql(sql, connection, dtype_backend="numpy_nullable")
@@ -139,10 +140,12 @@ class SqlAlchemyWarehouse(Warehouse):
             connection.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (source TEXT NOT NULL, "
                                        "batch_id TEXT NOT NULL, answer TEXT NOT NULL, PRIMARY KEY (source, batch_id))")
 
-    def query_batches(self, sql: str, rows: int = 65_536) -> tuple[Any, Iterator[Any]]:
+    def query_batches(self, sql: str, rows: int = 65_536, uploads: dict[str, Any] | None = None
+                      ) -> tuple[Any, Iterator[Any]]:
         connection = self.read_engine.connect()
         try:
             with self._translated():
+                self._upload(connection, uploads)
                 chunks = pd.read_sql(sql, connection, dtype_backend="pyarrow", chunksize=rows)
                 first = next(chunks, None)
         except BaseException:
@@ -162,6 +165,20 @@ class SqlAlchemyWarehouse(Warehouse):
                 connection.close()
 
         return schema, stream()
+
+    def _upload(self, connection: sa.Connection, uploads: dict[str, Any] | None) -> None:
+        """Copy `uploads` into temporary tables of this connection's transaction, which then turns read-only;
+        the rollback that ends it drops them."""
+        if not uploads:
+            return
+        if not self._copy:
+            raise InvalidInput("point-in-time training needs a DuckDB or PostgreSQL warehouse")
+        connection.exec_driver_sql("SET TRANSACTION READ WRITE")
+        for name, table in uploads.items():
+            columns = ", ".join(f"{quote_identifier(field.name)} {_postgres_type(field.type)}" for field in table.schema)
+            connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {quote_identifier(name)} ({columns})")
+            _copy_csv(connection, name, table)
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         where = "" if since is None else f" WHERE {quote_identifier(time_column)} > :since"
@@ -197,6 +214,14 @@ def _arrow(frame: Any) -> pa.Table:
         return pa.Table.from_pandas(frame, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise InvalidInput(f"the warehouse refused the values: {error}") from None
+
+
+def _postgres_type(arrow_type: pa.DataType) -> str:
+    """The PostgreSQL column type for an uploaded Arrow column (the spine's own columns)."""
+    for logical, kind in logical_types.ARROW.items():
+        if arrow_type == kind or (logical == "string" and pa.types.is_string(arrow_type)):
+            return logical_types.POSTGRES[logical]
+    raise InvalidInput(f"an uploaded column of type {arrow_type} has no PostgreSQL type")
 
 
 def _copy_csv(connection: sa.Connection, table: str, rows: pa.Table) -> None:

@@ -49,6 +49,26 @@ REQUEST_FIELDS = {
 }
 
 
+SPINE_FIELDS = {
+    "spine": fields.Raw(description=(
+        "point-in-time training: {index_key, time?, time_zone?, and one of rows: [{…}], spine_id (from POST "
+        "/spines) or query: 'SELECT …'}. Each spine row gets what serving returned for its key at its time "
+        "(no time column: as of now); the answer keeps every spine row, in order, its columns first")),
+}
+
+
+def spine_spec(body: dict[str, Any]) -> Any:
+    """The request's spine (None without one); `hot_window` does not combine with it."""
+    from app.spine import parse_spec
+
+    if body.get("spine") is None:
+        return None
+    if query_flag("hot_window", False):
+        raise InvalidInput("hot_window does not combine with a spine: each spine row is cut by the windows "
+                           "as of its own time")
+    return parse_spec(body["spine"])
+
+
 def request_data(body: dict[str, Any]) -> Any:
     """The request rows of a realtime call (None when it has none)."""
     from app.service import RequestData

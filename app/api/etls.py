@@ -6,7 +6,7 @@ from typing import Any
 from flask import request
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.queries import FLAGS, column
@@ -32,6 +32,7 @@ train_request = extract_ns.model("ExtractTrainRequest", {
         "or an http(s) URL of a .py file")),
     "etl": fields.Nested(etl_location, description="structured alternative to etl_path"),
     "name": fields.String(max_length=200),
+    **SPINE_FIELDS,
 })
 train_response = extract_ns.model("ExtractTrainResponse", {
     "etl_id": NullableString(description="null unless save=true"),
@@ -92,7 +93,7 @@ class ExtractTrain(Resource):
         record, schema, frame = service().train_etl(
             checked_id("query", body["query_id"]), _location(body), body.get("name"), query_flag("save", False),
             arrow or query_flag("include_data", True), caller(), row_limit=not arrow,
-            hot_window=query_flag("hot_window", False))
+            hot_window=query_flag("hot_window", False), spine=spine_spec(body))
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Etl-Id": record.etl_id} if record else {})
         return {"etl_id": record.etl_id if record else None, "schema": schema,

@@ -7,10 +7,11 @@ from typing import Any
 from flask import current_app
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
+from checks.schema import frame_schema
 from app.arrowio import arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import FeatureSetRecord
@@ -42,7 +43,7 @@ realtime_request = ns.model("FeatureSetRealtime", {
     "version": fields.Integer(min=1, description="default: the production version, else the newest"),
     **REQUEST_FIELDS,
 })
-train_request = ns.model("FeatureSetTrain", {"version": fields.Integer(min=1)})
+train_request = ns.model("FeatureSetTrain", {"version": fields.Integer(min=1), **SPINE_FIELDS})
 stage_request = ns.model("FeatureSetStage", {
     "stage": fields.String(required=True, enum=["production", "staging", "none"],
                            description="'none' clears the version's stage"),
@@ -149,8 +150,9 @@ class FeatureSetTrain(Resource):
         """The training set of a version: its ETL and fitted state over the warehouse, its features only."""
         body = json_body(train_request)
         arrow = wants_arrow()
-        record, frame = feature_sets().training_set(checked_name(name), body.get("version"), row_limit=not arrow)
+        record, frame = feature_sets().training_set(checked_name(name), body.get("version"), row_limit=not arrow,
+                                                    spine=spine_spec(body))
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Feature-Set-Version": str(record.version)})
-        return {"name": record.name, "version": record.version, "schema": feature_sets().schema(record),
-                "data": frame_records(frame)}
+        schema = frame_schema(frame) if body.get("spine") is not None else feature_sets().schema(record)
+        return {"name": record.name, "version": record.version, "schema": schema, "data": frame_records(frame)}

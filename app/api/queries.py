@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
+from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.arrowio import arrow_response, wants_arrow
@@ -20,6 +20,7 @@ train_request = query_ns.model("QueryTrainRequest", {
     "query": fields.String(required=True, min_length=1, max_length=100_000,
                            description="one read-only SELECT/WITH statement", example="SELECT * FROM users"),
     "query_name": fields.String(max_length=200, description="a name to find it by"),
+    **SPINE_FIELDS,
 })
 train_response = query_ns.model("QueryTrainResponse", {
     "query_id": NullableString(description="null unless save=true"),
@@ -64,15 +65,16 @@ class QueryTrain(Resource):
     def post(self):
         """Run a query on the warehouse; with save=true keep it (same SQL, same id)."""
         body = json_body(train_request)
+        spine = spine_spec(body)
         if wants_arrow():
             record, schema, batches = service().query_batches(body["query"], body.get("query_name"),
                                                               query_flag("save", False), caller(),
-                                                              hot_window=query_flag("hot_window", False))
+                                                              hot_window=query_flag("hot_window", False), spine=spine)
             return arrow_response(schema, batches, {"X-Query-Id": record.query_id} if record else {})
         include_data = query_flag("include_data", True)
         record, schema, frame = service().train_query(body["query"], body.get("query_name"),
                                                       query_flag("save", False), include_data, caller(),
-                                                      hot_window=query_flag("hot_window", False))
+                                                      hot_window=query_flag("hot_window", False), spine=spine)
         answer = {"query_id": record.query_id if record else None, "schema": schema,
                   "data": frame_records(frame) if frame is not None else None}
         warnings = service().query_warnings(body["query"]) if record else []
