@@ -116,6 +116,5 @@ class FeatureSets:
                                  {"rows": len(frame), "max_rows": self.service.options.max_response_rows})
         if spine is None:
             return record, frame[record.features]
-        features = set(record.features)
-        etl_columns = {column["name"] for column in self.service.get_etl(record.etl_id).schema}
-        return record, frame[[c for c in frame.columns if c in features or c not in etl_columns]]
+        spine_columns = frame.attrs["spine_columns"]
+        return record, frame[spine_columns + [f for f in record.features if f not in spine_columns]]

@@ -174,5 +174,7 @@ def _with_spine(spine: Spine, sids: np.ndarray, rows: pd.DataFrame, fill_unmatch
         order = np.argsort(sids, kind="stable")
         sids, rows = sids[order], rows.iloc[order].reset_index(drop=True)
     front = spine.table.take(pa.array(sids, pa.int64())).to_pandas()
-    return pd.concat([front, rows], axis=1)
+    answer = pd.concat([front, rows], axis=1)
+    answer.attrs["spine_columns"] = spine.table.column_names
+    return answer
 

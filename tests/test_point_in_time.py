@@ -49,10 +49,10 @@ def make_api(request, make_app):
     return make
 
 
-def shop(api: JsonClient, customers: int = 25) -> dict[str, pa.Table]:
+def shop(api: JsonClient, customers: int = 25, now: float | None = NOW) -> dict[str, pa.Table]:
     for declaration in json.loads((SHOP / "sources.json").read_text()):
         api.post("/v1.0/sources", declaration, 201)
-    data = generate(customers=customers, days=50, seed=11, now=NOW)
+    data = generate(customers=customers, days=50, seed=11, now=now)
     for name, table in data.items():
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -192,3 +192,228 @@ def test_shop_etl_features_equal_served_features_at_each_time(make_api, tmp_path
                     "spine": {"index_key": "customer_id", "time": "as_of", "rows": spine}})
     check_against_reference(api, service, saved["query_id"], SHOP_SQL, "customer_id", spine, from_iso,
                             etl_id=etl["etl_id"], etl_path=path)
+
+
+# -- edge cases, on the shop (timestamps) -------------------------------------------------------------
+
+
+@pytest.fixture
+def shop_api(make_app):
+    app = make_app(DEMO_SOURCES=False)
+    api = JsonClient(app.test_client())
+    data = shop(api, customers=8)
+    saved = api.post("/v1.0/query/train?save=true&include_data=false", {"query": SHOP_SQL, "query_name": "s"})
+    return api, data, saved["query_id"]
+
+
+def views_at(api, rows: list[dict], **spine) -> list[dict]:
+    return api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": {"index_key": "customer_id", "time": "as_of",
+                                                                       "rows": rows, **spine}})["data"]
+
+
+def test_a_row_at_exactly_the_spine_time_is_included_and_one_microsecond_later_is_not(shop_api):
+    api, data, _ = shop_api
+    first = data["page_views"].slice(0, 1).to_pylist()[0]
+    at = first["viewed_at"]
+    before = at - pd.Timedelta(microseconds=1)
+    answer = views_at(api, [{"customer_id": first["customer_id"], "as_of": iso_of(at)},
+                            {"customer_id": first["customer_id"], "as_of": iso_of(before)}])
+    assert answer[0]["views"] == answer[1]["views"] + 1
+    assert answer[0]["last_view"] == at.isoformat() and answer[1]["last_view"] != at.isoformat()
+
+
+def iso_of(stamp) -> str:
+    return pd.Timestamp(stamp).isoformat()
+
+
+def test_naive_times_are_refused_unless_a_time_zone_is_declared(shop_api):
+    api, data, _ = shop_api
+    customer = data["page_views"].column("customer_id")[0].as_py()
+    naive = [{"customer_id": customer, "as_of": "2026-05-20T12:00:00"}]
+    error = api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": {"index_key": "customer_id", "time": "as_of",
+                                                                         "rows": naive}}, 400)
+    assert error["code"] == "naive_time" and error["details"]["column"] == "as_of"
+    declared = views_at(api, naive, time_zone="Asia/Jerusalem")
+    zoned = views_at(api, [{"customer_id": customer, "as_of": "2026-05-20T12:00:00+03:00"}])
+    assert [{k: v for k, v in row.items() if k != "as_of"} for row in declared] == \
+        [{k: v for k, v in row.items() if k != "as_of"} for row in zoned]
+
+
+@pytest.mark.parametrize("rows, code, detail", [
+    ([{"customer_id": None, "as_of": "2026-05-20T12:00:00Z"}], "invalid_input", "row"),
+    ([{"customer_id": "c000001", "as_of": None}], "invalid_input", "row"),
+    ([{"customer_id": "c000001"}], "invalid_input", "columns"),
+    ([{"customer_id": "c000001", "as_of": "yesterday"}], "naive_time", "column"),
+    ([{"customer_id": "c000001", "as_of": "2026-13-45T00:00:00Z"}], "invalid_input", "column"),
+    ([{"customer_id": "c000001", "as_of": "2026-05-20T12:00:00Z", "_fs_sid": 1}], "invalid_input", "columns"),
+    ([{"customer_id": "c000001", "as_of": "2026-05-20T12:00:00Z", "views": 1}], "spine_column_clash", "columns"),
+    ([], "empty_spine", None),
+    ([1, 2], "invalid_input", None),
+])
+def test_bad_spines_are_refused_with_400(shop_api, rows, code, detail):
+    api, _, _ = shop_api
+    error = api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": {"index_key": "customer_id", "time": "as_of",
+                                                                         "rows": rows}}, 400)
+    assert error["code"] == code, error
+    assert detail is None or detail in error["details"], error
+
+
+@pytest.mark.parametrize("spine", [
+    {"time": "as_of", "rows": []},
+    {"index_key": "customer_id", "rows": [], "query": "SELECT 1"},
+    {"index_key": "customer_id", "rows": [], "colour": "red"},
+    {"index_key": "customer_id", "spine_id": "../../etc/passwd"},
+    {"index_key": "customer_id", "time_zone": "Mars/Olympus", "rows": [{"customer_id": "c"}]},
+    "customer_id",
+])
+def test_malformed_spine_objects_are_refused_with_400(shop_api, spine):
+    api, _, _ = shop_api
+    api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": spine}, 400)
+
+
+def test_hot_window_does_not_combine_with_a_spine(shop_api):
+    api, _, _ = shop_api
+    api.post("/v1.0/query/train?hot_window=true", {"query": SHOP_SQL, "spine": {
+        "index_key": "customer_id", "time": "as_of", "rows": [{"customer_id": "c1", "as_of": 0}]}}, 400)
+
+
+@pytest.mark.parametrize("sql, construct", [
+    ("SELECT customer_id, page FROM page_views LIMIT 5", "LIMIT"),
+    ("SELECT customer_id, row_number() OVER (ORDER BY viewed_at) AS n FROM page_views", "PARTITION BY"),
+    ("SELECT customer_id, count(*) AS n FROM page_views GROUP BY page, customer_id HAVING count(*) > 1 "
+     "UNION ALL SELECT customer_id, 1 FROM orders LIMIT 3", "LIMIT"),
+    ("SELECT v.customer_id, o.amount FROM page_views v RIGHT JOIN orders o ON o.customer_id = v.customer_id",
+     "RIGHT"),
+    ("SELECT customer_id, page FROM page_views WHERE customer_id IN (SELECT customer_id FROM orders)",
+     "subqueries"),
+    ("SELECT v.customer_id, s.n FROM page_views v JOIN (SELECT channel, count(*) AS n FROM orders GROUP BY channel) s "
+     "ON s.n > 0", "joined on the key"),
+    ("SELECT count(*) AS n, 'c000001' AS customer_id FROM page_views", "key"),
+    ("SELECT upper(customer_id) AS customer_id FROM page_views", "plain column"),
+])
+def test_queries_the_rewrite_cannot_answer_exactly_are_refused(shop_api, sql, construct):
+    api, _, _ = shop_api
+    error = api.post("/v1.0/query/train", {"query": sql, "spine": {
+        "index_key": "customer_id", "time": "as_of", "rows": [{"customer_id": "c000001", "as_of": 0}]}}, 400)
+    assert error["code"] == "point_in_time_unsupported", error
+    assert construct.lower() in error["message"].lower(), error["message"]
+
+
+def test_a_query_returning_several_rows_per_entity_repeats_the_spine_row(shop_api):
+    api, data, _ = shop_api
+    sql = "SELECT customer_id, order_id, amount FROM orders"
+    ids = data["orders"].column("customer_id").to_pylist()
+    customer = max(set(ids), key=ids.count)
+    answer = api.post("/v1.0/query/train", {"query": sql, "spine": {"index_key": "customer_id", "time": "as_of",
+                      "rows": [{"customer_id": customer, "as_of": iso(NOW + 1), "label": 1}]}})["data"]
+    window = pd.Timestamp(NOW + 1 - 30 * 86400, unit="s", tz="UTC")  # orders keep a 30-day hot window
+    orders = [row for row in data["orders"].to_pylist() if row["customer_id"] == customer and row["ordered_at"] > window]
+    assert sorted(row["order_id"] for row in answer) == sorted(row["order_id"] for row in orders) and len(orders) > 1
+    assert all(row["label"] == 1 and row["customer_id"] == customer for row in answer)
+
+
+def test_without_a_time_column_the_spine_is_scored_as_of_now_like_serving(make_app):
+    api = JsonClient(make_app(DEMO_SOURCES=False).test_client())
+    data = shop(api, customers=8, now=None)  # up to now: serving holds the last week and month
+    query_id = api.post("/v1.0/query/train?save=true&include_data=false", {"query": SHOP_SQL})["query_id"]
+    customers = sorted(set(data["page_views"].column("customer_id").to_pylist()))[:6] + ["nobody"]
+    answer = api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": {
+        "index_key": "customer_id", "rows": [{"customer_id": c} for c in customers]}})["data"]
+    assert [row["customer_id"] for row in answer] == customers
+    for row in answer:
+        served = api.post("/v1.0/query/realtime", {"query_id": query_id, "index_key": "customer_id",
+                                                   "index_value": row["customer_id"]})["data"]
+        if served:
+            assert canonical([row], {"customer_id"}) == canonical(served, {"customer_id"})
+        else:
+            assert row["customer_id"] == "nobody" and all(v is None for k, v in row.items() if k != "customer_id")
+
+
+def test_an_uploaded_arrow_spine_and_an_arrow_answer(shop_api):
+    api, data, query_id = shop_api
+    customers = sorted(set(data["page_views"].column("customer_id").to_pylist()))
+    spine = pa.table({"customer_id": customers * 3,
+                      "as_of": pa.array([pd.Timestamp(NOW - d * 86400, unit="s", tz="UTC") for d in (1, 10, 40)
+                                         for _ in customers], pa.timestamp("ms", tz="UTC")),
+                      "label": list(range(3 * len(customers)))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, spine.schema) as writer:
+        writer.write_table(spine)
+    response = api.client.post("/v1.0/spines", data=sink.getvalue().to_pybytes(),
+                               content_type="application/vnd.apache.arrow.stream")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    upload = response.get_json()
+    assert upload["rows"] == spine.num_rows and upload["spine_id"].startswith("sp_")
+    body = {"query": SHOP_SQL, "spine": {"index_key": "customer_id", "time": "as_of", "spine_id": upload["spine_id"]}}
+    streamed = api.client.post("/v1.0/query/train?format=arrow", json=body)
+    assert streamed.status_code == 200 and streamed.mimetype == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(streamed.data).read_all()
+    assert table.column("label").to_pylist() == list(range(spine.num_rows)), "every spine row, in spine order"
+    assert table.column_names[:3] == ["customer_id", "as_of", "label"] and "views" in table.column_names
+    as_json = api.post("/v1.0/query/train", body)["data"]
+    assert [row["views"] for row in as_json] == table.column("views").to_pylist()
+    api.post("/v1.0/query/train", {**body, "spine": {**body["spine"], "spine_id": "sp_" + "0" * 24}}, 404)
+
+
+def test_a_spine_selected_by_a_query_over_the_sources(shop_api):
+    api, data, _ = shop_api
+    spine_sql = "SELECT customer_id, ordered_at AS as_of, amount > 50 AS big FROM orders"
+    answer = api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": {
+        "index_key": "customer_id", "time": "as_of", "query": spine_sql}})["data"]
+    assert len(answer) == data["orders"].num_rows
+    assert all(row["orders"] >= 1 for row in answer if row["views"] is not None), \
+        "at an order's own time, that order is counted"
+    api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": {
+        "index_key": "customer_id", "time": "as_of", "query": "DELETE FROM orders"}}, 400)
+    api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": {
+        "index_key": "customer_id", "time": "as_of", "query": "SELECT * FROM secrets"}}, 400)
+
+
+# -- the ETL: fitted on the point-in-time rows; feature sets ---------------------------------------------
+
+
+FOUR_TABLE_SQL = (ROOT / "examples" / "four_table_join.sql").read_text()
+
+
+def test_fit_runs_on_the_point_in_time_training_set_and_serving_uses_that_state(make_app, tmp_path):
+    api = JsonClient(make_app().test_client())
+    api.put("/v1.0/publish?n_flows=80&seed=4")
+    query = api.post("/v1.0/query/train?save=true", {"query": FOUR_TABLE_SQL})
+    users = sorted({(row["user_id"], row["user_created"]) for row in query["data"]})
+    # every other user as of one second before they existed: nothing of them had happened yet
+    spine = {"index_key": "user_id", "time": "as_of", "rows": [
+        {"user_id": user, "as_of": created + (1 if i % 2 else -1), "churned": i % 2} for i, (user, created) in enumerate(users)]}
+    as_of = api.post("/v1.0/query/train", {"query": FOUR_TABLE_SQL, "spine": spine})["data"]
+    minutes = pd.Series([row["seconds_to_bind"] / 60 for row in as_of if row["seconds_to_bind"] is not None])
+    everything = pd.Series([row["seconds_to_bind"] / 60 for row in query["data"] if row["seconds_to_bind"] is not None])
+    assert len(minutes) < len(everything), "the spine sees fewer rows than the whole history"
+    path = str(example_repo(tmp_path / "repo").file("etls/fitted_features.py"))
+    etl = api.post("/v1.0/extract/train?save=true", {"query_id": query["query_id"], "etl_path": path, "spine": spine})
+    state = api.get(f"/v1.0/etls/{etl['etl_id']}")["state"]
+    assert state["minutes_mean"] == pytest.approx(minutes.mean()) != pytest.approx(everything.mean())
+    assert api.get(f"/v1.0/etls/{etl['etl_id']}")["extra"] == {"point_in_time": True}
+    assert [row["churned"] for row in etl["data"]][:5] == [row["churned"] for row in spine["rows"]][:5]
+    served = api.post("/v1.0/extract/realtime", {"query_id": query["query_id"], "etl_id": etl["etl_id"],
+                                                 "index_key": "user_id", "index_value": users[0][0]})["data"][0]
+    assert "minutes_to_bind_z" in served  # computed with the stored (point-in-time) state
+
+
+def test_a_feature_set_trains_as_of_a_spine_with_its_features_only(make_app, tmp_path):
+    api = JsonClient(make_app(DEMO_SOURCES=False).test_client())
+    data = shop(api, customers=8)
+    query_id = api.post("/v1.0/query/train?save=true&include_data=false", {"query": SHOP_SQL})["query_id"]
+    path = str(example_repo(tmp_path / "repo").file("etls/customer_features.py"))
+    etl = api.post("/v1.0/extract/train?save=true&include_data=false", {"query_id": query_id, "etl_path": path})
+    api.post("/v1.0/feature-sets", {"name": "churn", "query_id": query_id, "etl_id": etl["etl_id"],
+                                    "index_key": "customer_id", "features": ["views", "coupon_share"]}, 201)
+    customers = sorted(set(data["page_views"].column("customer_id").to_pylist()))
+    rows = [{"customer_id": c, "as_of": iso(NOW - 86400 * d), "label": d} for c in customers for d in (2, 20)]
+    answer = api.post("/v1.0/feature-sets/churn/train", {"spine": {"index_key": "customer_id", "time": "as_of",
+                                                                  "rows": rows}})
+    assert [column["name"] for column in answer["schema"]] == ["customer_id", "as_of", "label", "views", "coupon_share"]
+    assert [row["label"] for row in answer["data"]] == [row["label"] for row in rows]
+    arrow = api.client.post("/v1.0/extract/train?format=arrow", json={
+        "query_id": query_id, "etl_path": path, "spine": {"index_key": "customer_id", "time": "as_of", "rows": rows}})
+    table = pa.ipc.open_stream(arrow.data).read_all()
+    assert table.column("views").to_pylist() == [row["views"] for row in answer["data"]]
+    api.post("/v1.0/feature-sets/churn/train", {"spine": {"index_key": "label", "time": "as_of", "rows": rows}}, 400)
