@@ -79,10 +79,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"], RESTX_ERROR_404_HELP=False,
                       ERROR_INCLUDE_MESSAGE=False, RESTX_MASK_SWAGGER=False)
     app.json = OrjsonProvider(app)
+    from app.exports import ExportJobs
     from app.feature_sets import FeatureSets
 
     service = app.extensions["feature_service"] = build_service(settings)
     app.extensions["feature_sets"] = FeatureSets(service)
+    app.extensions["export_jobs"] = ExportJobs(Path(settings["EXPORT_DIR"]), service.warehouse,
+                                               lambda: set(service.sources.warehouse_tables().values()))
     try:
         _set_up_auth(settings, service.catalog)
     except BaseException:  # e.g. an ADMIN_KEY too short: nothing stays open behind the error
@@ -117,6 +120,9 @@ def _set_up_auth(settings: Mapping[str, Any], catalog: Any) -> None:
 
 def close_app(app: Flask) -> None:
     """Release every backend the app opened."""
+    jobs = app.extensions.get("export_jobs")
+    if jobs is not None:
+        jobs.close()
     service = app.extensions.get("feature_service")
     if service is not None:
         service.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from app import jsonio
@@ -417,3 +418,64 @@ def test_a_feature_set_trains_as_of_a_spine_with_its_features_only(make_app, tmp
     table = pa.ipc.open_stream(arrow.data).read_all()
     assert table.column("views").to_pylist() == [row["views"] for row in answer["data"]]
     api.post("/v1.0/feature-sets/churn/train", {"spine": {"index_key": "label", "time": "as_of", "rows": rows}}, 400)
+
+
+# -- exports -------------------------------------------------------------------------------------------
+
+
+def wait_for(api, job: dict, seconds: float = 60.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while job["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = api.get(f"/v1.0/jobs/{job['job_id']}")
+    return job
+
+
+def test_an_export_writes_parquet_under_the_export_dir_and_says_where_and_how_many(make_app):
+    app = make_app(DEMO_SOURCES=False)
+    api = JsonClient(app.test_client())
+    data = shop(api, customers=8)
+    customers = sorted(set(data["page_views"].column("customer_id").to_pylist()))
+    spine = {"index_key": "customer_id", "time": "as_of",
+             "rows": [{"customer_id": c, "as_of": iso(NOW - 86400 * d)} for c in customers for d in (1, 9)]}
+    job = api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": spine,
+                                         "export": {"path": "churn/december.parquet"}}, 202)
+    done = wait_for(api, job)
+    assert done["status"] == "succeeded", done
+    assert done["result"]["rows"] == len(spine["rows"]) == done["progress"]["rows_written"]
+    written = pq.read_table(Path(app.config["EXPORT_DIR"]) / "churn" / "december.parquet")
+    answer = api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": spine})["data"]
+    assert written.column("views").to_pylist() == [row["views"] for row in answer]
+    again = api.post("/v1.0/query/train", {"query": SHOP_SQL, "spine": spine,
+                                           "export": {"path": "churn/december.parquet"}}, 409)
+    assert again["code"] == "export_exists"
+    assert not [p for p in Path(app.config["EXPORT_DIR"]).rglob("*") if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("target", [{"path": "../outside.parquet"}, {"path": "/tmp/x.parquet"},
+                                    {"path": "x.csv"}, {"path": ".hidden/x.parquet"}, {"table": "users; DROP"},
+                                    {"path": "a.parquet", "table": "t"}, {"table": "page_views"}, "x.parquet"])
+def test_bad_export_targets_are_refused_before_any_work(shop_api, target):
+    api, _, _ = shop_api
+    api.post("/v1.0/query/train", {"query": SHOP_SQL, "export": target}, 400)
+
+
+def test_an_export_into_a_warehouse_table_and_a_failed_job_reports_its_error(make_api, tmp_path):
+    api, service = make_api(DEMO_SOURCES=False)
+    shop(api, customers=6)
+    query_id = api.post("/v1.0/query/train?save=true&include_data=false", {"query": SHOP_SQL})["query_id"]
+    path = str(example_repo(tmp_path / "repo").file("etls/customer_features.py"))
+    spine = {"index_key": "customer_id", "query": "SELECT customer_id, ordered_at AS as_of FROM orders", "time": "as_of"}
+    job = wait_for(api, api.post("/v1.0/extract/train", {"query_id": query_id, "etl_path": path, "spine": spine,
+                                                         "export": {"table": "churn_training"}}, 202))
+    assert job["status"] == "succeeded", job["error"]
+    counted = api.post("/v1.0/query/train", {"query": "SELECT count(*) AS n FROM orders"})["data"][0]["n"]
+    assert job["result"] == {**job["result"], "table": "churn_training", "rows": counted}
+    assert service.warehouse.table_columns("churn_training") is not None
+    failed = wait_for(api, api.post("/v1.0/query/train", {"query": "SELECT customer_id, amount FROM orders",
+                                                          "spine": {**spine, "time": "nope"},
+                                                          "export": {"path": "bad.parquet"}}, 202))
+    assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_input", failed
+    api.get("/v1.0/jobs/job_unknown", 404)

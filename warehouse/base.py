@@ -78,6 +78,11 @@ class Warehouse(ABC):
         """
 
     @abstractmethod
+    def write_table(self, table: str, schema: Any, batches: Iterator[Any], replace: bool = False) -> None:
+        """Create `table` with the Arrow `schema` and write `batches` into it, all in one transaction (an
+        export: nothing of it is visible until it is complete); with `replace`, an existing table goes."""
+
+    @abstractmethod
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         """`columns` (all when None) of the rows of `table` with `time_column > since` (all rows when None),
         as Arrow or pandas."""

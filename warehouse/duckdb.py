@@ -35,6 +35,19 @@ class DuckDBWarehouse(Warehouse):
                       ) -> tuple[Any, Iterator[Any]]:
         return self.engine.batches(sql, rows, relations=uploads)
 
+    def write_table(self, table: str, schema: Any, batches: Iterator[Any], replace: bool = False) -> None:
+        import pyarrow as pa
+
+        name = quote_qualified(table)
+        with self.engine.transaction() as cursor:
+            cursor.register("_fs_export", pa.Table.from_batches([], schema=schema))
+            cursor.execute(f"CREATE {'OR REPLACE ' if replace else ''}TABLE {name} AS SELECT * FROM _fs_export")
+            cursor.unregister("_fs_export")
+            for batch in batches:
+                cursor.register("_fs_export", pa.Table.from_batches([batch]))
+                cursor.execute(f"INSERT INTO {name} SELECT * FROM _fs_export")
+                cursor.unregister("_fs_export")
+
     def table_columns(self, table: str) -> list[tuple[str, str]] | None:
         schema, name = split_table(table, "main")
         rows = self.engine.arrow(

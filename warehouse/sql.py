@@ -166,6 +166,17 @@ class SqlAlchemyWarehouse(Warehouse):
 
         return schema, stream()
 
+    def write_table(self, table: str, schema: Any, batches: Iterator[Any], replace: bool = False) -> None:
+        if not self._copy:
+            raise InvalidInput("exports into a table need a DuckDB or PostgreSQL warehouse")
+        columns = ", ".join(f"{quote_identifier(field.name)} {_postgres_type(field.type)}" for field in schema)
+        with self._translated(), self.sa_engine.begin() as connection:
+            if replace:
+                connection.exec_driver_sql(f"DROP TABLE IF EXISTS {quote_qualified(table)}")
+            connection.exec_driver_sql(f"CREATE TABLE {quote_qualified(table)} ({columns})")
+            for batch in batches:
+                _copy_csv(connection, table, pa.Table.from_batches([batch]))
+
     def _upload(self, connection: sa.Connection, uploads: dict[str, Any] | None) -> None:
         """Copy `uploads` into temporary tables of this connection's transaction, which then turns read-only;
         the rollback that ends it drops them."""
@@ -218,10 +229,14 @@ def _arrow(frame: Any) -> pa.Table:
 
 def _postgres_type(arrow_type: pa.DataType) -> str:
     """The PostgreSQL column type for an uploaded Arrow column (the spine's own columns)."""
-    for logical, kind in logical_types.ARROW.items():
-        if arrow_type == kind or (logical == "string" and pa.types.is_string(arrow_type)):
+    kinds = ((pa.types.is_boolean, "boolean"), (pa.types.is_integer, "integer"), (pa.types.is_floating, "float"),
+             (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string"),
+             (lambda t: pa.types.is_timestamp(t) and t.tz is not None, "timestamp"))
+    for matches, logical in kinds:
+        if matches(arrow_type):
             return logical_types.POSTGRES[logical]
-    raise InvalidInput(f"an uploaded column of type {arrow_type} has no PostgreSQL type")
+    raise InvalidInput(f"a column of type {arrow_type} has no PostgreSQL type here (integers, floats, booleans, "
+                       "strings and zoned timestamps do)")
 
 
 def _copy_csv(connection: sa.Connection, table: str, rows: pa.Table) -> None:

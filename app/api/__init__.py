@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint
 from flask_restx import Api
 
-from app.api import etls, feature_sets, health, keys, publish, queries, sources, spines
+from app.api import etls, feature_sets, health, jobs, keys, publish, queries, sources, spines
 from app.api.common import install_error_handlers, install_json_representation
 
 API_PREFIX = "/v1.0"
@@ -21,7 +21,7 @@ def build_blueprint() -> Blueprint:
               security="bearer")
     install_json_representation(api)
     install_error_handlers(api)
-    for module in (sources, publish, queries, etls, feature_sets, spines, keys, health):
+    for module in (sources, publish, queries, etls, feature_sets, spines, jobs, keys, health):
         for namespace in module.NAMESPACES:
             api.add_namespace(namespace)
     return blueprint

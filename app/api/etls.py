@@ -10,6 +10,7 @@ from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, re
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.queries import FLAGS, column
+from app.api.jobs import EXPORT_FIELDS, export_answer
 from app.arrowio import arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from app.service import EtlLocation
@@ -32,7 +33,7 @@ train_request = extract_ns.model("ExtractTrainRequest", {
         "or an http(s) URL of a .py file")),
     "etl": fields.Nested(etl_location, description="structured alternative to etl_path"),
     "name": fields.String(max_length=200),
-    **SPINE_FIELDS,
+    **SPINE_FIELDS, **EXPORT_FIELDS,
 })
 train_response = extract_ns.model("ExtractTrainResponse", {
     "etl_id": NullableString(description="null unless save=true"),
@@ -81,6 +82,7 @@ class ExtractTrain(Resource):
     @extract_ns.expect(train_request)
     @extract_ns.doc(params=FLAGS)
     @extract_ns.response(200, "the training set, and the ETL id when saved", train_response)
+    @extract_ns.response(202, "export: the job writing the training set (see /jobs/<job_id>)")
     @extract_ns.response(400, "the ETL cannot be fetched or loaded")
     @extract_ns.response(404, "unknown query_id")
     @extract_ns.response(422, "the ETL raised or returned something else than a DataFrame")
@@ -89,11 +91,18 @@ class ExtractTrain(Resource):
     def post(self):
         """Fetch an ETL from git, run it on the saved query's warehouse result; save=true registers it."""
         body = json_body(train_request)
+        query_id, location, spine = checked_id("query", body["query_id"]), _location(body), spine_spec(body)
+        save, hot_window, who = query_flag("save", False), query_flag("hot_window", False), caller()
+        svc = service()  # the job runs outside this request
+        exported = export_answer(body, lambda: frame_batches(svc.train_etl(
+            query_id, location, body.get("name"), save, True, who, row_limit=False, hot_window=hot_window,
+            spine=spine)[2]))
+        if exported:
+            return exported
         arrow = wants_arrow()
         record, schema, frame = service().train_etl(
-            checked_id("query", body["query_id"]), _location(body), body.get("name"), query_flag("save", False),
-            arrow or query_flag("include_data", True), caller(), row_limit=not arrow,
-            hot_window=query_flag("hot_window", False), spine=spine_spec(body))
+            query_id, location, body.get("name"), save, arrow or query_flag("include_data", True), who,
+            row_limit=not arrow, hot_window=hot_window, spine=spine)
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Etl-Id": record.etl_id} if record else {})
         return {"etl_id": record.etl_id if record else None, "schema": schema,

@@ -12,6 +12,7 @@ from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, re
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
 from checks.schema import frame_schema
+from app.api.jobs import EXPORT_FIELDS, export_answer
 from app.arrowio import arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import FeatureSetRecord
@@ -43,7 +44,7 @@ realtime_request = ns.model("FeatureSetRealtime", {
     "version": fields.Integer(min=1, description="default: the production version, else the newest"),
     **REQUEST_FIELDS,
 })
-train_request = ns.model("FeatureSetTrain", {"version": fields.Integer(min=1), **SPINE_FIELDS})
+train_request = ns.model("FeatureSetTrain", {"version": fields.Integer(min=1), **SPINE_FIELDS, **EXPORT_FIELDS})
 stage_request = ns.model("FeatureSetStage", {
     "stage": fields.String(required=True, enum=["production", "staging", "none"],
                            description="'none' clears the version's stage"),
@@ -144,14 +145,21 @@ class FeatureSetTrain(Resource):
     @ns.response(200, "the training set of the version", ns.model("FeatureSetTrainingSet", {
         "name": fields.String, "version": fields.Integer, "schema": fields.List(fields.Raw),
         "data": fields.List(fields.Raw)}))
+    @ns.response(202, "export: the job writing the training set (see /jobs/<job_id>)")
     @ns.response(404, "unknown name or version")
     @allow(*SCIENTIST)
     def post(self, name: str):
         """The training set of a version: its ETL and fitted state over the warehouse, its features only."""
         body = json_body(train_request)
+        spine = spine_spec(body)
+        sets = feature_sets()  # the job runs outside this request
+        exported = export_answer(body, lambda: frame_batches(sets.training_set(
+            checked_name(name), body.get("version"), row_limit=False, spine=spine)[1]))
+        if exported:
+            return exported
         arrow = wants_arrow()
         record, frame = feature_sets().training_set(checked_name(name), body.get("version"), row_limit=not arrow,
-                                                    spine=spine_spec(body))
+                                                    spine=spine)
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Feature-Set-Version": str(record.version)})
         schema = frame_schema(frame) if body.get("spine") is not None else feature_sets().schema(record)

@@ -6,6 +6,7 @@ from flask_restx import Namespace, Resource, fields
 from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
+from app.api.jobs import EXPORT_FIELDS, export_answer
 from app.arrowio import arrow_response, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import QueryRecord
@@ -20,7 +21,7 @@ train_request = query_ns.model("QueryTrainRequest", {
     "query": fields.String(required=True, min_length=1, max_length=100_000,
                            description="one read-only SELECT/WITH statement", example="SELECT * FROM users"),
     "query_name": fields.String(max_length=200, description="a name to find it by"),
-    **SPINE_FIELDS,
+    **SPINE_FIELDS, **EXPORT_FIELDS,
 })
 train_response = query_ns.model("QueryTrainResponse", {
     "query_id": NullableString(description="null unless save=true"),
@@ -60,12 +61,19 @@ class QueryTrain(Resource):
     @query_ns.expect(train_request)
     @query_ns.doc(params=FLAGS)
     @query_ns.response(200, "the result, and the query id when saved", train_response)
+    @query_ns.response(202, "export: the job writing the rows (see /jobs/<job_id>)")
     @query_ns.response(400, "not a single read-only SELECT, or the warehouse rejected it")
     @allow(*SCIENTIST)
     def post(self):
         """Run a query on the warehouse; with save=true keep it (same SQL, same id)."""
         body = json_body(train_request)
         spine = spine_spec(body)
+        save, hot_window, who = query_flag("save", False), query_flag("hot_window", False), caller()
+        svc = service()  # the job runs outside this request
+        exported = export_answer(body, lambda: svc.query_batches(
+            body["query"], body.get("query_name"), save, who, hot_window=hot_window, spine=spine)[1:])
+        if exported:
+            return exported
         if wants_arrow():
             record, schema, batches = service().query_batches(body["query"], body.get("query_name"),
                                                               query_flag("save", False), caller(),
