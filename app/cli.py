@@ -1,4 +1,4 @@
-"""One command line for the service: ``python -m app [serve|keys|publish|plan|apply] …``.
+"""One command line for the service: ``python -m app [serve|keys|publish|plan|apply|export] …``.
 
 With no subcommand it serves (so ``python -m app`` runs the service). Every
 subcommand reads the same settings (environment variables) as the server.
@@ -95,6 +95,29 @@ def apply(args: argparse.Namespace) -> int:
     return run_apply(args) if run_apply else 1
 
 
+def export(args: argparse.Namespace) -> int:
+    """Write a point-in-time training set to Parquet under the service's EXPORT_DIR (or a warehouse table)
+    through the API, showing rows written as it goes."""
+    import os
+
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    from client import FeatureStore
+
+    spine = pq.read_table(args.spine) if args.spine.endswith(".parquet") else pa_csv.read_csv(args.spine)
+    url = args.url or os.environ.get("FEATURESTORE_URL", "http://127.0.0.1:8080")
+    target = {"path": args.path} if args.path else {"table": args.table}
+    query = open(args.query_file, encoding="utf-8").read() if args.query_file else None
+    with FeatureStore(url, args.api_key or os.environ.get("FEATURESTORE_API_KEY"), timeout=args.timeout) as store:
+        job = store.training_set(spine, args.index_key, args.time, query=query, query_id=args.query_id,
+                                 etl_path=args.etl_path, feature_set=args.feature_set, time_zone=args.time_zone,
+                                 export={**target, "overwrite": args.overwrite}, progress=True)
+    result = job["result"]
+    print(f"exported {result['rows']} rows to {result.get('path') or result.get('table')} in {result['seconds']} s")
+    return 0
+
+
 def _repo_command(name: str) -> Callable[[argparse.Namespace], int] | None:
     """A runner of featurerepo.cli, imported only when used: the service image needs neither it nor the
     client (and pandas-free imports keep `serve` and `keys` quick)."""
@@ -158,7 +181,7 @@ def _redacted(url: str) -> str:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m app", description="The feature store service.",
                                    epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = root.add_subparsers(dest="command", metavar="{serve,keys,publish,plan,apply}")
+    commands = root.add_subparsers(dest="command", metavar="{serve,keys,publish,plan,apply,export}")
     commands.add_parser("serve", help="run the service (the default)", epilog=_settings_help(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     key_parser = commands.add_parser("keys", help="create, list or revoke API keys")
@@ -179,11 +202,32 @@ def parser() -> argparse.ArgumentParser:
                            help="exit 2 (not 0) when the plan has changes, as terraform does")
     _repo_parser(commands, "apply", "register a feature repo's queries, ETLs and feature sets in the catalog "
                  "(idempotent)", APPLY_EXIT)
+    _export_parser(commands)
     return root
 
 
+def _export_parser(commands: Any) -> None:
+    sub = commands.add_parser("export", help="export a point-in-time training set through a running service")
+    what = sub.add_mutually_exclusive_group(required=True)
+    what.add_argument("--query-file", metavar="SQL_FILE", help="a query's SQL")
+    what.add_argument("--query-id", help="a saved query (with --etl-path: its ETL's features)")
+    what.add_argument("--feature-set", metavar="NAME", help="a feature set's features")
+    sub.add_argument("--etl-path", help="with --query-id: the ETL (as extract/train takes it)")
+    sub.add_argument("--spine", required=True, metavar="FILE", help="Parquet or CSV: key, as-of time, labels")
+    sub.add_argument("--index-key", required=True, help="the spine's key column (a query output column)")
+    sub.add_argument("--time", help="the spine's as-of time column (none: as of now)")
+    sub.add_argument("--time-zone", help="the zone of naive spine times")
+    where = sub.add_mutually_exclusive_group(required=True)
+    where.add_argument("--path", help="a .parquet path under the service's EXPORT_DIR")
+    where.add_argument("--table", help="a new warehouse table")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing file or table")
+    sub.add_argument("--url", help="the service's base URL (default: $FEATURESTORE_URL, else http://127.0.0.1:8080)")
+    sub.add_argument("--api-key", metavar="KEY", help="API key (default: $FEATURESTORE_API_KEY)")
+    sub.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="seconds per call")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": serve, "keys": keys, "publish": publish,
-                                                            "plan": plan, "apply": apply}
+                                                            "plan": plan, "apply": apply, "export": export}
 
 
 def main(argv: list[str] | None = None) -> int:

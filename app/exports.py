@@ -21,18 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog.base import utc_now
-from common.errors import FeatureStoreError, InvalidInput, NotFound
+from common.errors import ExportExists, FeatureStoreError, InvalidInput, NotFound
 from sources.definition import check_table_name
 
 log = logging.getLogger(__name__)
 Batches = tuple[pa.Schema, Iterator[pa.RecordBatch]]
 KEPT_JOBS = 1000  # finished jobs remembered (oldest forgotten first)
-
-
-class ExportExists(FeatureStoreError):
-    """The export's file or table exists already (409)."""
-
-    status, code = 409, "export_exists"
 
 
 @dataclass(frozen=True)

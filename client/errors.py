@@ -94,12 +94,18 @@ def error_from_response(response: requests.Response) -> FeatureStoreError:
         body = None
     if not (isinstance(body, dict) and isinstance(body.get("code"), str)):
         return UnexpectedResponse(response.status_code, response.text[:2000], content_type)
+    return error_from_payload(body, response.status_code)
+
+
+def error_from_payload(body: dict[str, Any], status: int | None = None) -> FeatureStoreError:
+    """The exception for an error body {code, message, details} (a failed job's error, say); `status`
+    defaults to the class's own."""
     code, message = body["code"], str(body.get("message") or body["code"])
     details = body.get("details") if isinstance(body.get("details"), dict) else {}
     cls = error_class(code)
     if cls is None:
-        return ServiceError(message, details, code, response.status_code)
+        return ServiceError(message, details, code, status or 500)
     error = cls.__new__(cls)  # past a custom __init__ (BackendUnavailable takes backend, cause)
     FeatureStoreError.__init__(error, message, details, code)
-    error.status = response.status_code
+    error.status = status or cls.status
     return error

@@ -8,17 +8,19 @@ import pandas as pd
 CHUNK_ROWS = 1_000_000  # rows per call of `FeatureStore.ingest`: each call is one transaction on the service
 
 
-def arrow_chunks(frame: pd.DataFrame, chunk_rows: int = CHUNK_ROWS) -> Iterator[bytes]:
-    """`frame` as Arrow IPC streams of at most `chunk_rows` rows each (one empty stream for an empty frame).
+def arrow_chunks(frame: Any, chunk_rows: int | None = CHUNK_ROWS) -> Iterator[bytes]:
+    """`frame` (a DataFrame or an Arrow table) as Arrow IPC streams of at most `chunk_rows` rows each (None:
+    one stream; one empty stream for an empty frame).
 
     The index is not sent, NaN floats become nulls and tz-aware datetimes keep their zone (the service
     stores them in UTC); naive datetimes are sent as they are, and refused by the service.
     """
     import pyarrow as pa  # only clients that ingest frames need pyarrow
 
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    chunk_rows = chunk_rows or max(table.num_rows, 1)
     for offset in range(0, max(table.num_rows, 1), chunk_rows):
         chunk = table.slice(offset, chunk_rows)
         sink = pa.BufferOutputStream()

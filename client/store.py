@@ -234,6 +234,81 @@ class FeatureStore:
         frame.attrs["version"] = payload["version"]
         return frame
 
+    # -- point-in-time training sets and exports ----------------------------------------------
+
+    def training_set(self, spine: pd.DataFrame | Any, index_key: str, time: str | None = None, *,
+                     query: str | None = None, query_id: str | None = None,
+                     etl_path: str | os.PathLike[str] | None = None, feature_set: str | None = None,
+                     version: int | None = None, time_zone: str | None = None, save: bool = False,
+                     export: dict[str, Any] | None = None, progress: bool = False) -> pd.DataFrame | dict[str, Any]:
+        """A point-in-time training set: for each row of `spine` (a DataFrame or Arrow table with the key
+        column `index_key`, the as-of time column `time` and any labels), what serving returned for its
+        key at its time; without `time`, as of now (batch scoring). The answer keeps every spine row in
+        order, its columns first, then the features (nulls where nothing existed yet).
+
+        Of `query` (SQL), `query_id` with `etl_path` (an ETL; `save` registers it, fitted on these rows)
+        and `feature_set` (with `version`), give one. With `export` ({path: 'x.parquet'} under the
+        service's EXPORT_DIR, or {table: 'name'}) the set is written there instead and the finished job
+        is returned (`progress` prints rows written to stderr while it runs).
+        """
+        path, body = self._training_target(query, query_id, etl_path, feature_set, version)
+        spine_id = self.upload_spine(spine)
+        body["spine"] = {"index_key": index_key, "spine_id": spine_id,
+                         **({"time": time} if time is not None else {}),
+                         **({"time_zone": time_zone} if time_zone is not None else {})}
+        params = {"save": "true"} if save else {}
+        if export is not None:
+            job = self._http.call("POST", path, retry=False, body={**body, "export": export}, params=params)
+            return self.wait_for_job(job["job_id"], progress=progress)
+        table, _ = self._http.call("POST", path, retry=True, body=body, params={**params, "format": "arrow"})
+        return table.to_pandas()
+
+    def upload_spine(self, spine: pd.DataFrame | Any) -> str:
+        """Upload a training spine (DataFrame or Arrow table) once; its `spine_id` for training calls."""
+        answer = self._http.call("POST", "/spines", retry=True, body=next(iter(arrow_chunks(spine, None))),
+                                 content_type=ARROW_STREAM)
+        return answer["spine_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """A background job (an export): its status, rows written, and result or error."""
+        return self._http.call("GET", f"/jobs/{quote(job_id, safe='')}", retry=True)
+
+    def wait_for_job(self, job_id: str, progress: bool = False, poll_seconds: float = 0.5,
+                     timeout: float | None = None) -> dict[str, Any]:
+        """Poll a job until it ends; its final state. A failed job raises its error (the service's class)."""
+        import sys
+        import time as clock
+
+        from client.errors import error_from_payload
+
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if progress:
+                print(f"\r{job_id}: {job['status']}, {job['progress']['rows_written']:,} rows written",
+                      end="", file=sys.stderr, flush=True)
+            if job["status"] != "running":
+                if progress:
+                    print(file=sys.stderr)
+                if job["status"] == "failed":
+                    raise error_from_payload(job["error"])
+                return job
+            if deadline is not None and clock.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+            clock.sleep(poll_seconds)
+
+    @staticmethod
+    def _training_target(query: str | None, query_id: str | None, etl_path: Any, feature_set: str | None,
+                         version: int | None) -> tuple[str, dict[str, Any]]:
+        """The training endpoint and body for a query, an ETL or a feature set."""
+        if sum(x is not None for x in (query, etl_path, feature_set)) != 1 or (etl_path is None) != (query_id is None):
+            raise ValueError("give one of query, query_id with etl_path, or feature_set")
+        if query is not None:
+            return "/query/train", {"query": query}
+        if etl_path is not None:
+            return "/extract/train", {"query_id": query_id, "etl_path": os.fspath(etl_path)}
+        return f"/feature-sets/{quote(feature_set, safe='')}/train", {} if version is None else {"version": version}
+
     # -- sources -------------------------------------------------------------------------------
 
     def declare_source(self, name: str, *, columns: list[dict[str, Any]] | None = None, entity_keys: list[str],

@@ -76,6 +76,12 @@ class SourceIncompatible(FeatureStoreError):
     status, code = 409, "source_incompatible"
 
 
+class ExportExists(FeatureStoreError):
+    """An export's file or table exists already, and the request did not ask to replace it (409)."""
+
+    status, code = 409, "export_exists"
+
+
 class EtlFailed(FeatureStoreError):
     """The ETL code raised or returned something that is not a DataFrame (422)."""
 
