@@ -201,6 +201,9 @@ class FeatureService:
         if save:
             record = self.train_query(sql, name, True, False, created_by)[0]
             return record, record.schema
+        inferred = prepared.output_types(self._check_declared(prepared)) or []
+        if inferred and all(kind is not None for _, kind in inferred):  # typed from the sources: no sample needed
+            return None, [{"name": name, "type": kind} for name, kind in inferred]
         return None, self._query_schema(prepared, self._sample(prepared))
 
     def plan_query(self, sql: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ LIMIT, RIGHT/FULL joins, a source reached by no equality with the key) are refus
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -59,6 +60,13 @@ def point_in_time_sql(prepared: PreparedQuery, index_key: str, sources: dict[str
     spine row the query has no rows for is one row of nulls (else it is left out). With `as_of_now`
     the spine's time is now and rows newer than it are kept (serving has no upper bound).
     """
+    return _rewritten(prepared, index_key, tuple(sorted(sources.items())), dialect, as_of_now, keep_unmatched)
+
+
+@lru_cache(maxsize=256)
+def _rewritten(prepared: PreparedQuery, index_key: str, sources: tuple, dialect: str, as_of_now: bool,
+               keep_unmatched: bool) -> str:
+    sources = dict(sources)
     tree = _qualified(prepared, sources)
     names = [select.alias_or_name for select in _selects(tree)]
     if index_key not in names:
@@ -74,7 +82,12 @@ def point_in_time_sql(prepared: PreparedQuery, index_key: str, sources: dict[str
 
 def output_names(prepared: PreparedQuery, sources: dict[str, SourceCut]) -> list[str]:
     """The query's output columns, stars expanded against the sources."""
-    return [select.alias_or_name for select in _selects(_qualified(prepared, sources))]
+    return list(_output_names(prepared, tuple(sorted(sources.items()))))
+
+
+@lru_cache(maxsize=256)
+def _output_names(prepared: PreparedQuery, sources: tuple) -> tuple[str, ...]:
+    return tuple(select.alias_or_name for select in _selects(_qualified(prepared, dict(sources))))
 
 
 def _col(table: str, name: str) -> exp.Column:
