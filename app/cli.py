@@ -105,12 +105,14 @@ def export(args: argparse.Namespace) -> int:
 
     from client import FeatureStore
 
-    spine = pq.read_table(args.spine) if args.spine.endswith(".parquet") else pa_csv.read_csv(args.spine)
+    spine = None if args.spine is None else pq.read_table(args.spine) if args.spine.endswith(".parquet") \
+        else pa_csv.read_csv(args.spine)
     url = args.url or os.environ.get("FEATURESTORE_URL", "http://127.0.0.1:8080")
     target = {"path": args.path} if args.path else {"table": args.table}
     query = open(args.query_file, encoding="utf-8").read() if args.query_file else None
     with FeatureStore(url, args.api_key or os.environ.get("FEATURESTORE_API_KEY"), timeout=args.timeout) as store:
-        job = store.training_set(spine, args.index_key, args.time, query=query, query_id=args.query_id,
+        job = store.training_set(spine, args.index_key, args.time, spine_query=args.spine_query, query=query,
+                                 query_id=args.query_id,
                                  etl_path=args.etl_path, feature_set=args.feature_set, time_zone=args.time_zone,
                                  export={**target, "overwrite": args.overwrite}, progress=True)
     result = job["result"]
@@ -213,7 +215,9 @@ def _export_parser(commands: Any) -> None:
     what.add_argument("--query-id", help="a saved query (with --etl-path: its ETL's features)")
     what.add_argument("--feature-set", metavar="NAME", help="a feature set's features")
     sub.add_argument("--etl-path", help="with --query-id: the ETL (as extract/train takes it)")
-    sub.add_argument("--spine", required=True, metavar="FILE", help="Parquet or CSV: key, as-of time, labels")
+    rows = sub.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--spine", metavar="FILE", help="Parquet or CSV: key, as-of time, labels")
+    rows.add_argument("--spine-query", metavar="SQL", help="read-only SQL over the sources selecting the spine")
     sub.add_argument("--index-key", required=True, help="the spine's key column (a query output column)")
     sub.add_argument("--time", help="the spine's as-of time column (none: as of now)")
     sub.add_argument("--time-zone", help="the zone of naive spine times")

@@ -160,6 +160,14 @@ def _joined(spine: Spine, batch: pa.RecordBatch | None, names: list[str]) -> pa.
     return front
 
 
+def _nullable(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with integer and boolean columns as pandas' nullable kinds, so null rows keep their type."""
+    kinds = {name: "Int64" if pd.api.types.is_integer_dtype(dtype) else "boolean"
+             for name, dtype in frame.dtypes.items()
+             if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)}
+    return frame.astype(kinds) if kinds else frame
+
+
 def _with_spine(spine: Spine, sids: np.ndarray, rows: pd.DataFrame, fill_unmatched: bool = False) -> pd.DataFrame:
     """`rows` (one per entry of `sids`) behind their spine rows' columns; with `fill_unmatched`, spine rows
     with no entry get one row of nulls; ordered by spine row (stable)."""
@@ -167,7 +175,7 @@ def _with_spine(spine: Spine, sids: np.ndarray, rows: pd.DataFrame, fill_unmatch
     if fill_unmatched:
         missing = np.setdiff1d(np.arange(spine.rows, dtype=np.int64), sids, assume_unique=False)
         if len(missing):
-            rows = pd.concat([rows, pd.DataFrame(index=range(len(missing)), columns=rows.columns)],
+            rows = pd.concat([_nullable(rows), pd.DataFrame(index=range(len(missing)), columns=rows.columns)],
                              ignore_index=True) if len(rows) else pd.DataFrame(index=range(len(missing)),
                                                                                 columns=rows.columns)
             sids = np.concatenate([sids, missing])

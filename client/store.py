@@ -236,24 +236,27 @@ class FeatureStore:
 
     # -- point-in-time training sets and exports ----------------------------------------------
 
-    def training_set(self, spine: pd.DataFrame | Any, index_key: str, time: str | None = None, *,
-                     query: str | None = None, query_id: str | None = None,
+    def training_set(self, spine: pd.DataFrame | Any = None, index_key: str = "", time: str | None = None, *,
+                     spine_query: str | None = None, query: str | None = None, query_id: str | None = None,
                      etl_path: str | os.PathLike[str] | None = None, feature_set: str | None = None,
                      version: int | None = None, time_zone: str | None = None, save: bool = False,
                      export: dict[str, Any] | None = None, progress: bool = False) -> pd.DataFrame | dict[str, Any]:
         """A point-in-time training set: for each row of `spine` (a DataFrame or Arrow table with the key
         column `index_key`, the as-of time column `time` and any labels), what serving returned for its
         key at its time; without `time`, as of now (batch scoring). The answer keeps every spine row in
-        order, its columns first, then the features (nulls where nothing existed yet).
+        order, its columns first, then the features (nulls where nothing existed yet). Instead of
+        `spine`, `spine_query` selects the spine from the sources (read-only SQL, run by the service).
 
         Of `query` (SQL), `query_id` with `etl_path` (an ETL; `save` registers it, fitted on these rows)
         and `feature_set` (with `version`), give one. With `export` ({path: 'x.parquet'} under the
         service's EXPORT_DIR, or {table: 'name'}) the set is written there instead and the finished job
         is returned (`progress` prints rows written to stderr while it runs).
         """
+        if (spine is None) == (spine_query is None) or not index_key:
+            raise ValueError("give index_key and one of spine (a DataFrame or Arrow table) or spine_query")
         path, body = self._training_target(query, query_id, etl_path, feature_set, version)
-        spine_id = self.upload_spine(spine)
-        body["spine"] = {"index_key": index_key, "spine_id": spine_id,
+        rows = {"query": spine_query} if spine_query is not None else {"spine_id": self.upload_spine(spine)}
+        body["spine"] = {"index_key": index_key, **rows,
                          **({"time": time} if time is not None else {}),
                          **({"time_zone": time_zone} if time_zone is not None else {})}
         params = {"save": "true"} if save else {}

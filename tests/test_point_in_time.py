@@ -479,3 +479,18 @@ def test_an_export_into_a_warehouse_table_and_a_failed_job_reports_its_error(mak
                                                           "export": {"path": "bad.parquet"}}, 202))
     assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_input", failed
     api.get("/v1.0/jobs/job_unknown", 404)
+
+
+def test_spine_rows_without_data_keep_the_features_types(make_app, tmp_path):
+    api = JsonClient(make_app(DEMO_SOURCES=False).test_client())
+    data = shop(api, customers=6)
+    query_id = api.post("/v1.0/query/train?save=true&include_data=false", {"query": SHOP_SQL})["query_id"]
+    path = str(example_repo(tmp_path / "repo").file("etls/customer_features.py"))
+    customer = data["page_views"].column("customer_id")[0].as_py()
+    rows = [{"customer_id": customer, "as_of": iso(NOW)}, {"customer_id": "nobody", "as_of": iso(NOW)}]
+    body = {"query_id": query_id, "etl_path": path, "spine": {"index_key": "customer_id", "time": "as_of", "rows": rows}}
+    table = pa.ipc.open_stream(api.client.post("/v1.0/extract/train?format=arrow", json=body).data).read_all()
+    assert table.schema.field("views").type == pa.int64() and table.column("views").null_count == 1
+    assert table.schema.field("browser_not_buyer").type == pa.bool_()
+    answer = api.post("/v1.0/extract/train", body)["data"]
+    assert isinstance(answer[0]["views"], int) and answer[1]["views"] is None
