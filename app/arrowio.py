@@ -14,6 +14,7 @@ from flask import Response, request, stream_with_context
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BATCH_ROWS = 65_536
+JSON_OR_ARROW = ["application/json", ARROW_STREAM]  # `produces` of every operation that can stream Arrow
 
 
 def wants_arrow() -> bool:

@@ -11,7 +11,7 @@ from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableString
                              with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
-from app.arrowio import arrow_response, frame_batches, wants_arrow
+from app.arrowio import JSON_OR_ARROW, arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import FeatureSetRecord
 from common.errors import InvalidInput
@@ -140,6 +140,7 @@ class FeatureSetRealtime(Resource):
 @with_errors(ns)
 class FeatureSetTrain(Resource):
     @ns.expect(train_request)
+    @ns.produces(JSON_OR_ARROW)
     @ns.response(200, "the training set of the version", ns.model("FeatureSetTrainingSet", {
         "name": fields.String, "version": fields.Integer, "schema": fields.List(fields.Raw),
         "data": fields.List(fields.Raw)}))

@@ -6,7 +6,7 @@ from flask_restx import Namespace, Resource, fields
 from app.api.common import (PAGING, REQUEST_FIELDS, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
-from app.arrowio import arrow_response, wants_arrow
+from app.arrowio import JSON_OR_ARROW, arrow_response, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import QueryRecord
 
@@ -58,6 +58,7 @@ FLAGS = {"save": {"description": "keep the query in the catalog", "type": "boole
 class QueryTrain(Resource):
     @query_ns.expect(train_request)
     @query_ns.doc(params=FLAGS)
+    @query_ns.produces(JSON_OR_ARROW)
     @query_ns.response(200, "the result, and the query id when saved", train_response)
     @query_ns.response(400, "not a single read-only SELECT, or the warehouse rejected it")
     @allow(*SCIENTIST)
