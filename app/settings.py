@@ -62,6 +62,8 @@ SETTINGS: tuple[Setting, ...] = (
             "and typing cost grows faster than linearly); more gets 400.", int),
     Setting("MAX_QUERY_DEPTH", 64, "Deepest nesting of parentheses in a query; deeper gets 400.", int),
     Setting("MAX_RESPONSE_ROWS", 100_000, "Most rows a JSON response may carry; longer results get 400.", int),
+    Setting("MAX_RESPONSE_BYTES", 134_217_728, "Largest JSON response body, checked while it is encoded; "
+            "larger gets 400 result_too_large (stream training sets as Arrow instead).", int),
     Setting("MAX_PUBLISH_FLOWS", 100_000, "Most flows one publish call may generate.", int),
     Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger gets 413.", int),
     Setting("ETL_ALLOWED_REMOTES", (), "Comma-separated URL prefixes of git/HTTP remotes ETLs may come from; "
