@@ -104,6 +104,8 @@ class StreamDeadline:
     def __init__(self, seconds: float | None, cancel: Callable[[], None]):
         self.seconds, self.expired = seconds, False
         self._cancel = cancel
+        self._lock = threading.Lock()
+        self._stopped = False
         self._timer: threading.Timer | None = None
         if seconds is not None:
             self._timer = threading.Timer(seconds, self._expire)
@@ -111,8 +113,10 @@ class StreamDeadline:
             self._timer.start()
 
     def _expire(self) -> None:
-        self.expired = True
-        self.cancel()
+        with self._lock:  # never after `stop` returned: the connection may be in other hands by then
+            if not self._stopped:
+                self.expired = True
+                self.cancel()
 
     def cancel(self) -> None:
         """Stop the statement in flight now (the deadline, or a client that went away)."""
@@ -122,6 +126,9 @@ class StreamDeadline:
             pass
 
     def stop(self) -> None:
+        """Disarm; once it returns, no cancel is in flight and `expired` no longer changes."""
+        with self._lock:
+            self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
 

@@ -173,6 +173,8 @@ class SqlAlchemyWarehouse(Warehouse):
                 deadline.stop()
                 if not finished:  # closed early (the client went away): cancel the statement in flight
                     deadline.cancel()
+                if not finished or deadline.expired:  # cancelled: never hand this session on to the pool
+                    connection.invalidate()
                 connection.close()
 
         return schema, stream()
