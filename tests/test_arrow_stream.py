@@ -119,6 +119,16 @@ def test_a_stream_stopped_after_its_first_batch_ends_with_the_error(make_app):
     assert end["error"]["code"] == "query_timeout" and set(end["error"]) == {"code", "message", "details"}
 
 
+def test_a_query_error_after_the_first_batch_ends_with_the_error(api):
+    """DuckDB meets the bad value only in a later batch: the marker carries a 400, not a cut or a 500."""
+    late_error = ("SELECT CAST(CASE WHEN range > 1000000 THEN 'x' ELSE '1' END AS INTEGER) AS v "
+                  "FROM range(2000000)")
+    rows, end = end_marker(bounded_body(api.client.post("/v1.0/query/train?format=arrow",
+                                                        json={"query": late_error}, buffered=False)))
+    assert 0 < rows <= 1000001 and end["status"] == "error" and end["http_status"] == 400
+    assert end["error"]["code"] == "invalid_query" and "convert" in end["error"]["message"]
+
+
 def arrow_response(body: bytes) -> requests.Response:
     response = requests.Response()
     response.status_code, response._content = 200, body

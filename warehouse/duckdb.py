@@ -9,6 +9,7 @@ import duckdb
 import pandas as pd
 
 from catalog.base import SourceRecord
+from common.errors import InvalidQuery
 from sql import types as logical_types
 from common.urls import duckdb_path
 from sql.duckdb_engine import DuckDBEngine, query_timeout, quote_identifier, quote_qualified
@@ -132,7 +133,7 @@ class DuckDBWarehouse(Warehouse):
 
 class _StreamErrors:
     """The engine's error translation, except that any failure after the deadline fired is query_timeout
-    (DuckDB reports an interrupted Arrow read as an OSError)."""
+    (DuckDB reports an interrupted Arrow read as an OSError), and other errors of a read are the query's."""
 
     def __init__(self, engine: DuckDBEngine, deadline: StreamDeadline):
         self.engine, self.deadline = engine, deadline
@@ -145,4 +146,6 @@ class _StreamErrors:
             return False
         if self.deadline.expired:
             raise query_timeout(ROLE, self.deadline.seconds) from None
+        if isinstance(error, OSError):  # an error of the query met while reading (a cast in a later batch)
+            raise InvalidQuery(f"the {ROLE} rejected the query: {error}") from None
         return self.engine._translated().__exit__(kind, error, tb)
