@@ -5,8 +5,8 @@ printed by the ETL itself) go to a buffer of that call that keeps at most `MAX_O
 characters and counts the rest; when the call ends the kept text is logged under
 ``featurestore.etl`` with the number of characters dropped. Other threads write to the real
 streams as before. In a worker process the records are handed back with the reply and logged by
-the service (see `collected`). Writes that bypass Python's streams (C code or a subprocess writing
-to file descriptor 1 or 2) are not captured.
+the service (see `collected`). Writes that bypass Python's text streams (``sys.stdout.buffer``, C
+code, a subprocess writing to file descriptor 1 or 2) are not captured.
 """
 from __future__ import annotations
 
