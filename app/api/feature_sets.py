@@ -141,6 +141,9 @@ class FeatureSetRealtime(Resource):
 class FeatureSetTrain(Resource):
     @ns.expect(train_request)
     @ns.produces(JSON_OR_ARROW)
+    @ns.doc(params={"format": {"description": "'arrow': stream the features as Arrow IPC (no row limit; the version "
+                                              "in X-Feature-Set-Version); also Accept: application/vnd.apache.arrow.stream",
+                               "type": "string", "enum": ["json", "arrow"], "default": "json"}})
     @ns.response(200, "the training set of the version", ns.model("FeatureSetTrainingSet", {
         "name": fields.String, "version": fields.Integer, "schema": fields.List(fields.Raw),
         "data": fields.List(fields.Raw)}))
