@@ -38,6 +38,9 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     from realtime import open_realtime_store
     from warehouse import open_warehouse
 
+    from sql.prepared import QueryLimits, set_query_limits
+
+    set_query_limits(QueryLimits.from_settings(settings))
     timeout = settings["QUERY_TIMEOUT_SECONDS"] or None
     with contextlib.ExitStack() as opened:  # a failed step closes what the earlier ones opened
         catalog = open_catalog(settings["CATALOG_URL"])

@@ -2,18 +2,29 @@
 
 A client asks with ``?format=arrow`` or ``Accept: application/vnd.apache.arrow.stream``
 and reads the body with ``pyarrow.ipc.open_stream`` (the Python client does).
+
+The status is sent before the rows, so an error after the first batch cannot change it. Instead
+every stream ends with one empty record batch whose custom metadata ``featurestore.end`` is JSON:
+``{"status": "ok", "rows": N}``, or ``{"status": "error", "rows": N, "http_status": 400, "error":
+{code, message, details}}`` when the stream stopped early (a time limit, a failing database). A
+stream without that last batch was cut (the connection dropped). The Python client checks both.
 """
 from __future__ import annotations
 
 import io
+import json
 from typing import Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 from flask import Response, request, stream_with_context
 
+from app.api.common import error_body
+
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BATCH_ROWS = 65_536
+JSON_OR_ARROW = ["application/json", ARROW_STREAM]  # `produces` of every operation that can stream Arrow
+END_KEY = "featurestore.end"  # custom metadata key of the last, empty, batch of every stream
 
 
 def wants_arrow() -> bool:
@@ -28,14 +39,34 @@ def frame_batches(frame: pd.DataFrame, rows: int = BATCH_ROWS) -> tuple[pa.Schem
 
 
 def ipc_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
-    """The Arrow IPC stream of `batches`, one chunk of bytes per batch."""
+    """The Arrow IPC stream of `batches`, one chunk of bytes per batch, ended by the end marker batch.
+
+    An error while reading `batches` ends the stream with an error marker instead of cutting it; when
+    the client goes away (the generator is closed), `batches` is closed too, which stops its query.
+    """
     sink = io.BytesIO()
+    rows = 0
     with pa.ipc.new_stream(sink, schema) as writer:
         yield _drain(sink)
-        for batch in batches:
-            writer.write_batch(batch)
-            yield _drain(sink)
+        try:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+                yield _drain(sink)
+            end = {"status": "ok", "rows": rows}
+        except Exception as error:  # noqa: BLE001 - every failure becomes the marker, in the one shape
+            body, status = error_body(error)
+            end = {"status": "error", "rows": rows, "http_status": status, "error": body}
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        writer.write_batch(_empty_batch(schema), custom_metadata={END_KEY: json.dumps(end, default=str)})
     yield _drain(sink)
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=field.type) for field in schema], schema=schema)
 
 
 def _drain(sink: io.BytesIO) -> bytes:

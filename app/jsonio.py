@@ -15,6 +15,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from common.errors import ResultTooLarge
+
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
@@ -77,6 +79,58 @@ def _refuse_nul(value: Any) -> None:
 def dumps(payload: Any) -> bytes:
     """Encode `payload` as JSON bytes."""
     return orjson.dumps(payload, default=_default, option=_OPTIONS)
+
+
+SLICE_BYTES = 1 << 20  # about this much of a long list is encoded at a time
+_MAX_SLICE_ROWS = 4096
+
+
+def dumps_bounded(payload: Any, max_bytes: int) -> bytes:
+    """`dumps(payload)`, the same bytes, or ResultTooLarge as soon as the body passes `max_bytes`.
+
+    The lists of a top-level object (the rows of ``data``) are encoded a slice at a time, slices sized
+    to about `SLICE_BYTES` from the rows encoded so far, so a body past the limit is refused after
+    encoding at most the limit plus one slice (or one row, if a single row is larger), never whole.
+    """
+    body = _BoundedBody(max_bytes)
+    if isinstance(payload, dict) and all(isinstance(key, str) for key in payload):
+        body.add(b"{")
+        for i, (key, value) in enumerate(payload.items()):
+            body.add((b"," if i else b"") + orjson.dumps(key) + b":")
+            _add_value(body, value)
+        body.add(b"}")
+    else:
+        _add_value(body, payload)
+    return b"".join(body.parts)
+
+
+class _BoundedBody:
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.size = max_bytes, 0
+        self.parts: list[bytes] = []
+
+    def add(self, part: bytes) -> None:
+        self.size += len(part)
+        if self.size > self.max_bytes:
+            self.parts.clear()
+            raise ResultTooLarge(f"the response is larger than MAX_RESPONSE_BYTES ({self.max_bytes} bytes): ask for "
+                                 "fewer rows or columns, or stream a training set as Arrow (?format=arrow)",
+                                 {"max_bytes": self.max_bytes})
+        self.parts.append(part)
+
+
+def _add_value(body: _BoundedBody, value: Any) -> None:
+    if not isinstance(value, list) or len(value) < 2:
+        body.add(dumps(value))
+        return
+    body.add(b"[")
+    start, rows, encoded = 0, 1, 0
+    while start < len(value):
+        part = dumps(value[start:start + rows])  # "[a,b,…]": its inside joins the list
+        body.add((b"," if start else b"") + part[1:-1])
+        start, encoded = start + rows, encoded + len(part)
+        rows = max(1, min(_MAX_SLICE_ROWS, SLICE_BYTES * start // max(encoded, 1)))
+    body.add(b"]")
 
 
 def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

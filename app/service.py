@@ -344,6 +344,10 @@ class FeatureService:
             raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
                            {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
+        if len(features) > self.options.max_response_rows:  # the lookup was bounded, the ETL's output too
+            raise ResultTooLarge(f"the ETL returned {len(features)} rows for one entity, more than the "
+                                 f"{self.options.max_response_rows} a response may carry",
+                                 {"rows": len(features), "max_rows": self.options.max_response_rows})
         window = self.stats.window(etl_id)
         try:
             self._check_schema(etl.schema, features, stage="etl", ids={"query_id": query_id, "etl_id": etl_id})

@@ -60,7 +60,14 @@ SETTINGS: tuple[Setting, ...] = (
             "processes with time and memory limits and no network)."),
     Setting("ETL_WORKERS", 2, "Worker processes for ETL_ISOLATION=process.", int),
     Setting("ETL_WORKER_MEMORY_MB", 2048, "Address-space limit of each ETL worker process.", int),
+    Setting("MAX_QUERY_TOKENS", 20_000, "Most SQL tokens a query may have (checked before it is parsed); more "
+            "gets 400.", int),
+    Setting("MAX_QUERY_SET_OPERATIONS", 100, "Most UNION/INTERSECT/EXCEPT operations in a query (their parsing "
+            "and typing cost grows faster than linearly); more gets 400.", int),
+    Setting("MAX_QUERY_DEPTH", 64, "Deepest nesting of parentheses in a query; deeper gets 400.", int),
     Setting("MAX_RESPONSE_ROWS", 100_000, "Most rows a JSON response may carry; longer results get 400.", int),
+    Setting("MAX_RESPONSE_BYTES", 134_217_728, "Largest JSON response body, checked while it is encoded; "
+            "larger gets 400 result_too_large (stream training sets as Arrow instead).", int),
     Setting("MAX_PUBLISH_FLOWS", 100_000, "Most flows one publish call may generate.", int),
     Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger gets 413.", int),
     Setting("ETL_ALLOWED_REMOTES", (), "Comma-separated URL prefixes of git/HTTP remotes ETLs may come from; "

@@ -82,10 +82,13 @@ class PointInTime:
         schema = template.schema if template is not None else _joined(spine, None, names).schema
 
         def stream() -> Iterator[pa.RecordBatch]:
-            if template is not None:
-                yield from template.to_batches()
-            for batch in batches:
-                yield from _joined(spine, batch, names).cast(schema).to_batches()
+            try:
+                if template is not None:
+                    yield from template.to_batches()
+                for batch in batches:
+                    yield from _joined(spine, batch, names).cast(schema).to_batches()
+            finally:
+                batches.close()  # a stream closed early stops the warehouse's query now, not when collected
 
         return schema, stream()
 

@@ -7,13 +7,13 @@ from common.errors import (BackendUnavailable, EtlFailed, EtlTampered, FeatureSt
                            InvalidInput, InvalidQuery, NotFound, ResultTooLarge, SourceIncompatible,
                            UpstreamUnavailable)
 
-from client.errors import (SchemaMismatch, ServiceError, ServiceTimeout, ServiceUnreachable, UnexpectedResponse,
-                           error_class)
+from client.errors import (IncompleteStream, SchemaMismatch, ServiceError, ServiceTimeout, ServiceUnreachable,
+                           UnexpectedResponse, error_class)
 from client.store import FeatureStore, Page, TrainingResult
 
 __all__ = [
     "FeatureStore", "TrainingResult", "Page",
     "FeatureStoreError", "InvalidInput", "InvalidQuery", "InvalidEtl", "ResultTooLarge", "NotFound",
     "SchemaMismatch", "SourceIncompatible", "EtlFailed", "EtlTampered", "UpstreamUnavailable", "BackendUnavailable",
-    "ServiceError", "UnexpectedResponse", "ServiceUnreachable", "ServiceTimeout", "error_class",
+    "ServiceError", "UnexpectedResponse", "IncompleteStream", "ServiceUnreachable", "ServiceTimeout", "error_class",
 ]

@@ -5,7 +5,8 @@ A non-2xx response ``{"code", "message", "details"}`` becomes the class in
 (``except common.errors.NotFound`` and ``except client.NotFound`` are the
 same thing). A few classes exist only on this side: `SchemaMismatch` adds
 `diff`, `ServiceError` carries a code this client does not know,
-`UnexpectedResponse` a body that is not the error shape (a proxy's page), and
+`UnexpectedResponse` a body that is not the error shape (a proxy's page), `IncompleteStream` an
+Arrow stream cut before its end marker, and
 `ServiceUnreachable`/`ServiceTimeout` a service that never answered.
 """
 from __future__ import annotations
@@ -44,6 +45,16 @@ class UnexpectedResponse(FeatureStoreError):
         super().__init__(f"HTTP {status} with a {content_type or 'untyped'} body, not the service's JSON",
                          {"content_type": content_type})
         self.status, self.text = status, text
+
+
+class IncompleteStream(FeatureStoreError):
+    """An Arrow stream that ended without the service's end marker: the connection was cut mid-stream."""
+
+    code = "incomplete_stream"
+
+    def __init__(self, message: str, rows: int):
+        super().__init__(message, {"rows_received": rows})
+        self.status = 200
 
 
 class ServiceUnreachable(FeatureStoreError, ConnectionError):
@@ -94,12 +105,12 @@ def error_from_response(response: requests.Response) -> FeatureStoreError:
         body = None
     if not (isinstance(body, dict) and isinstance(body.get("code"), str)):
         return UnexpectedResponse(response.status_code, response.text[:2000], content_type)
-    return error_from_payload(body, response.status_code)
+    return error_from_body(body, response.status_code)
 
 
-def error_from_payload(body: dict[str, Any], status: int | None = None) -> FeatureStoreError:
-    """The exception for an error body {code, message, details} (a failed job's error, say); `status`
-    defaults to the class's own."""
+def error_from_body(body: dict[str, Any], status: int | None = None) -> FeatureStoreError:
+    """The exception for the one error shape `body` with HTTP `status` (also an Arrow stream's error marker, or
+    a failed job's error: then `status` defaults to the class's own)."""
     code, message = body["code"], str(body.get("message") or body["code"])
     details = body.get("details") if isinstance(body.get("details"), dict) else {}
     cls = error_class(code)

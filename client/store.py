@@ -282,7 +282,7 @@ class FeatureStore:
         import sys
         import time as clock
 
-        from client.errors import error_from_payload
+        from client.errors import error_from_body
 
         deadline = None if timeout is None else clock.monotonic() + timeout
         while True:
@@ -294,7 +294,7 @@ class FeatureStore:
                 if progress:
                     print(file=sys.stderr)
                 if job["status"] == "failed":
-                    raise error_from_payload(job["error"])
+                    raise error_from_body(job["error"])
                 return job
             if deadline is not None and clock.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still running after {timeout} s")

@@ -1,12 +1,14 @@
 """HTTP to the service: one session, a timeout on every call, retries only where the caller says safe."""
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import requests
 
-from client.errors import ServiceTimeout, ServiceUnreachable, UnexpectedResponse, error_from_response
+from client.errors import (IncompleteStream, ServiceTimeout, ServiceUnreachable, UnexpectedResponse, error_from_body,
+                           error_from_response)
 
 API_PREFIX = "/v1.0"
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -52,6 +54,8 @@ class Transport:
         for attempt in range(1, attempts + 1):
             try:
                 response = self.session.request(method, url, params=params, timeout=self.timeout, **payload)
+            except requests.exceptions.ChunkedEncodingError as exc:  # the body was cut: the call happened
+                raise IncompleteStream(f"{method} {url}: the response was cut: {exc}", 0) from exc
             except requests.ConnectionError as exc:  # refused, reset, DNS, connect timeout
                 if attempt < attempts:
                     self._sleep(attempt)
@@ -82,11 +86,47 @@ def _payload(response: requests.Response) -> Any:
     if not response.ok:
         raise error_from_response(response)
     if response.headers.get("Content-Type", "").startswith(ARROW_STREAM):
-        import pyarrow as pa  # only clients that ask for Arrow need pyarrow
-
-        return pa.ipc.open_stream(response.content).read_all(), response.headers
+        return read_arrow_stream(response.content), response.headers
     try:
         return response.json()
     except ValueError:
         raise UnexpectedResponse(response.status_code, response.text[:2000],
                                  response.headers.get("Content-Type", "")) from None
+
+
+END_KEY = "featurestore.end"  # app/arrowio.py: custom metadata of the empty batch that ends every stream
+
+
+def read_arrow_stream(data: bytes) -> Any:
+    """The rows of an Arrow stream from the service, as a pyarrow Table, once its end marker says it is whole.
+
+    The status (200) was sent before the rows, so the service ends every stream with an empty batch
+    whose metadata says "ok" or carries the error that stopped it: that error is raised here, and a
+    stream without the marker (the connection was cut) raises IncompleteStream.
+    """
+    import pyarrow as pa  # only clients that ask for Arrow need pyarrow
+
+    batches: list[Any] = []
+    end = None
+    try:
+        reader = pa.ipc.open_stream(data)
+        while True:
+            try:
+                batch, metadata = reader.read_next_batch_with_custom_metadata()
+            except StopIteration:
+                break
+            if metadata is not None and END_KEY.encode() in metadata:
+                end = json.loads(metadata[END_KEY.encode()])
+            elif end is None:
+                batches.append(batch)
+    except (pa.ArrowInvalid, OSError) as exc:  # cut inside a message
+        raise IncompleteStream(f"the Arrow stream was cut after {sum(b.num_rows for b in batches)} rows: {exc}",
+                               sum(b.num_rows for b in batches)) from None
+    rows = sum(batch.num_rows for batch in batches)
+    if end is None:
+        raise IncompleteStream(f"the Arrow stream ended after {rows} rows without its end marker "
+                               "(the connection was cut)", rows)
+    if end.get("status") != "ok":
+        raise error_from_body(end.get("error") or {"code": "internal_error", "message": "the stream failed"},
+                              int(end.get("http_status") or 500))
+    return pa.Table.from_batches(batches, schema=reader.schema)

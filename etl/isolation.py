@@ -45,6 +45,7 @@ from typing import Any, Callable, NoReturn
 
 import common.errors
 from common.errors import BackendUnavailable, EtlFailed, FeatureStoreError
+from etl.output import collected, log_output
 from etl.runner import EtlRunner, timeout_error, verify_sha256
 
 MODES = ("inprocess", "process")
@@ -115,10 +116,12 @@ class IsolatedEtlPool:
             raise BackendUnavailable("etl runner", "no ETL worker could take the call")
         self._release(worker)
         try:
-            status, value = pickle.loads(reply)
+            status, value, output = pickle.loads(reply)
         except Exception as error:  # noqa: BLE001 - e.g. a result holding a class only the worker has
             raise EtlFailed(f"ETL {etl_key}: its result could not be read back from the worker: "
                             f"{type(error).__name__}: {error}", {"etl_key": etl_key}) from error
+        for record in output:  # what the ETL printed in the worker, capped there
+            log_output(*record)
         if status == "ok":
             return value
         raise _rebuild_error(*value)
@@ -404,11 +407,14 @@ def _serve(conn: Connection, memory_bytes: int | None, cache_size: int) -> None:
 
 
 def _answer(runner: EtlRunner, request: bytes) -> bytes:
-    key = None
+    """The pickled reply: (status, value, what the ETL printed: records the service logs)."""
+    key, output = None, []
     try:
         op, key, code, sha, args = pickle.loads(request)
         verify_sha256(key, code, sha)  # the worker trusts no one's hash check but its own
-        return pickle.dumps(("ok", _OPS[op](runner, key, code, sha, *args)), protocol=_PROTOCOL)
+        with collected() as output:
+            value = _OPS[op](runner, key, code, sha, *args)
+        return pickle.dumps(("ok", value, output), protocol=_PROTOCOL)
     except FeatureStoreError as error:
         cause = error.__cause__
         remote = "".join(traceback.format_exception(cause)) if cause is not None else None
@@ -417,7 +423,7 @@ def _answer(runner: EtlRunner, request: bytes) -> bytes:
         reply = ("EtlFailed", f"{type(exc).__name__}: {exc}",
                  {"etl_key": key, "exception": type(exc).__name__, "line": None}, "etl_failed",
                  "".join(traceback.format_exception(exc)))
-    return pickle.dumps(("error", reply), protocol=_PROTOCOL)
+    return pickle.dumps(("error", reply, output), protocol=_PROTOCOL)
 
 
 def _address_space() -> int | None:

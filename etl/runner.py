@@ -40,6 +40,7 @@ import pandas as pd
 from common.errors import BackendUnavailable, EtlFailed, EtlTampered, InvalidEtl
 from common.jsonsafe import json_safe
 from etl.contract import install_compat_module
+from etl.output import captured
 
 if TYPE_CHECKING:
     from etl.isolation import IsolatedEtlPool
@@ -151,9 +152,14 @@ class EtlRunner:
     # -- in this process -------------------------------------------------------------------------
 
     def _limited(self, etl_key: str, call: Callable[[], T]) -> T:
+        """`call()` under the time limit, its printed output captured and capped (etl/output.py) on the
+        thread that runs it."""
+        def run() -> T:
+            return captured(etl_key, call)
+
         if self._threads is None:
-            return call()
-        return self._threads.call(etl_key, call, self.timeout)
+            return run()
+        return self._threads.call(etl_key, run, self.timeout)
 
     def _load(self, etl_key: str, code: str, code_sha256: str) -> type:
         key = (etl_key, code_sha256)

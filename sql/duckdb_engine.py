@@ -197,35 +197,6 @@ class DuckDBEngine:
             finally:
                 _rollback(cursor)
 
-    def batches(self, sql: str, rows: int, relations: dict[str, Any] | None = None) -> tuple[Any, Iterator[Any]]:
-        """Run one SELECT and stream it as Arrow record batches of `rows`: (schema, batches).
-
-        The statement starts under the time limit; the stream itself is read at the caller's pace.
-        `relations` (name -> Arrow table) are readable by that name until the stream ends.
-        """
-        registered = _registered(self._cursor(), relations)
-        with self._translated():
-            registered.__enter__()
-            cursor = self._checked_select(sql)
-            cursor.execute("BEGIN TRANSACTION")
-            try:
-                with self._time_limit(cursor):
-                    reader = cursor.sql(sql).to_arrow_reader(rows)
-            except BaseException:
-                _rollback(cursor)
-                registered.__exit__(None, None, None)
-                raise
-
-        def stream() -> Iterator[Any]:
-            try:
-                with self._translated():
-                    yield from reader
-            finally:
-                _rollback(cursor)
-                registered.__exit__(None, None, None)
-
-        return reader.schema, stream()
-
     def _checked_select(self, sql: str) -> duckdb.DuckDBPyConnection:
         """This thread's cursor, once DuckDB's own parser agrees `sql` is exactly one SELECT."""
         cursor = self._cursor()

@@ -28,7 +28,8 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
-from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                               status_code_conformance)
 
 from app import close_app, create_app
 from app.api import build_blueprint
@@ -111,7 +112,9 @@ def known_requests(env: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, 
                                         {"body": {**realtime, "etl_id": e, "index_value": "nobody"}}],
         ("POST", "/extract/train"): [{"body": {"query_id": q, "etl_path": env["etl_path"]}},
                                      {"body": {"query_id": q, "etl_path": env["etl_path"]},
-                                      "query": {"include_data": False}}],
+                                      "query": {"include_data": False}},
+                                     {"body": {"query_id": q, "etl_path": env["etl_path"]},
+                                      "query": {"format": "arrow"}}],
         ("GET", "/feature-sets"): [{}],
         ("POST", "/feature-sets"): [{"body": {"name": FEATURE_SET, "query_id": q, "etl_id": e}},
                                     {"body": {"name": "contract", "query_id": q, "etl_id": e,
@@ -119,7 +122,9 @@ def known_requests(env: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, 
         ("GET", "/feature-sets/{name}"): [{"path_parameters": {"name": FEATURE_SET}}],
         ("POST", "/feature-sets/{name}/realtime"): [{"path_parameters": {"name": FEATURE_SET},
                                                      "body": {"index_value": user}}],
-        ("POST", "/feature-sets/{name}/train"): [{"path_parameters": {"name": FEATURE_SET}, "body": {}}],
+        ("POST", "/feature-sets/{name}/train"): [{"path_parameters": {"name": FEATURE_SET}, "body": {}},
+                                                  {"path_parameters": {"name": FEATURE_SET}, "body": {},
+                                                   "query": {"format": "arrow"}}],
         ("PUT", "/feature-sets/{name}/versions/{version}/stage"): [
             {"path_parameters": {"name": FEATURE_SET, "version": 1}, "body": {"stage": "staging"}},
             {"path_parameters": {"name": FEATURE_SET, "version": 1}, "body": {"stage": "none"}}],
@@ -135,7 +140,10 @@ def known_requests(env: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, 
         ("POST", "/extract/plan"): [{"body": {"query_id": q, "etl_path": env["etl_path"]}}],
         ("POST", "/query/train"): [{"body": {"query": "SELECT user_id FROM users LIMIT 3", "query_name": "c"}},
                                    {"body": {"query": "SELECT 1 AS one"}, "query": {"save": True}},
-                                   {"body": {"query": "SELECT 1 AS one"}, "query": {"include_data": False}}],
+                                   {"body": {"query": "SELECT 1 AS one"}, "query": {"include_data": False}},
+                                   {"body": {"query": "SELECT user_id FROM users LIMIT 3"}, "query": {"format": "arrow"}},
+                                   {"body": {"query": "SELECT 1 AS one"},
+                                    "headers": {"Accept": "application/vnd.apache.arrow.stream"}}],
     }
 
 
@@ -179,7 +187,8 @@ def test_known_requests_never_get_a_server_error(trained):
 @pytest.mark.parametrize("method, path", [marked(m, p) for m, p in OPERATIONS])
 def test_responses_match_the_document(trained, method, path):
     operation = trained["schema"][path][method]
-    checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
+    # content types too: an answer in a media type the operation does not declare (say, an Arrow stream) fails
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     for request in known_requests(trained).get((method, path), []):
         call(operation.Case(**request), checks)
 

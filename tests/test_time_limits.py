@@ -126,6 +126,69 @@ def test_postgresql_without_a_limit_runs_long_statements(pg_database_url: str) -
         warehouse.close()
 
 
+# -- Arrow streams: one deadline for the whole stream --------------------------------------------------
+
+# DuckDB computes these rows as they are read (no pipeline breaker): 10^10 rows, endless batch by batch,
+# each batch quick, so a limit on starting the statement alone never stops it.
+DUCKDB_ENDLESS = "SELECT a.range * b.range AS x FROM range(100000) a, range(100000) b"
+# One row per 0.2 s from a server-side cursor: each fetch is within the statement limit, the whole is 20 s.
+PG_ENDLESS = "SELECT pg_sleep(0.2) AS slept, g FROM generate_series(1, 100) AS g"
+READ_AT_MOST = 4 * WITHIN  # seconds a test reads a stream before it gives up on the limit
+
+
+def read_for_a_while(batches: Iterator[Any], pause: float = 0.0) -> int:
+    """Read batches until they end or READ_AT_MOST seconds passed (a broken limit returns, never hangs)."""
+    started, rows = time.monotonic(), 0
+    try:
+        for batch in batches:
+            rows += batch.num_rows
+            if time.monotonic() - started > READ_AT_MOST:
+                break
+            time.sleep(pause)
+    finally:
+        batches.close()
+    return rows
+
+
+def test_duckdb_stream_stops_at_the_limit_across_batches(duckdb_warehouse: Warehouse) -> None:
+    for _ in range(2):  # and the warehouse answers afterwards, stream after stream
+        assert_times_out(lambda: read_for_a_while(duckdb_warehouse.query_batches(DUCKDB_ENDLESS, rows=2048)[1]))
+        assert int(duckdb_warehouse.query("SELECT count(*) AS n FROM quotes")["n"].iloc[0]) == 50
+
+
+def test_duckdb_stream_limit_counts_a_slow_reader(duckdb_warehouse: Warehouse) -> None:
+    """The deadline is wall time from the start: a client reading slowly cannot keep the query open."""
+    slow_reader = "SELECT range AS x FROM range(1000000)"
+    assert_times_out(lambda: read_for_a_while(duckdb_warehouse.query_batches(slow_reader, rows=1000)[1], pause=0.1))
+
+
+def test_a_stream_closed_early_leaves_the_warehouse_answering(duckdb_warehouse: Warehouse) -> None:
+    _schema, batches = duckdb_warehouse.query_batches(DUCKDB_ENDLESS, rows=2048)
+    next(batches)
+    batches.close()  # the client went away
+    assert int(duckdb_warehouse.query("SELECT count(*) AS n FROM quotes")["n"].iloc[0]) == 50
+    assert read_for_a_while(duckdb_warehouse.query_batches("SELECT 1 AS one")[1]) == 1
+
+
+@pytest.mark.postgres
+def test_postgresql_stream_stops_at_the_limit_across_batches(pg_warehouse: Warehouse) -> None:
+    for _ in range(2):
+        assert_times_out(lambda: read_for_a_while(pg_warehouse.query_batches(PG_ENDLESS, rows=1)[1]))
+        assert int(pg_warehouse.query("SELECT count(*) AS n FROM quotes")["n"].iloc[0]) == 50
+
+
+@pytest.mark.postgres
+def test_postgresql_stream_reads_from_a_server_side_cursor(pg_warehouse: Warehouse) -> None:
+    """Batches come as they are fetched, so the first arrives before the whole result exists."""
+    started = time.monotonic()
+    _schema, batches = pg_warehouse.query_batches(PG_ENDLESS, rows=1)
+    try:
+        assert next(batches).num_rows == 1
+        assert time.monotonic() - started < LIMIT  # the whole statement takes 20 s, past the limit
+    finally:
+        batches.close()
+
+
 # -- realtime stores ----------------------------------------------------------------------------------
 
 @pytest.fixture(params=["sqlite:///:memory:", "duckdb:///:memory:"])

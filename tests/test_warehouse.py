@@ -239,6 +239,17 @@ def test_max_rows_zero_on_an_empty_result_keeps_the_columns(filled: Warehouse) -
     assert empty.empty and list(empty.columns) == ["quote_id", "is_paid"]
 
 
+@pytest.mark.parametrize("rows", [1, 7, 65_536])
+def test_query_batches_streams_the_query_result(filled: Warehouse, rows: int) -> None:
+    """Batch by batch (a server-side cursor on PostgreSQL): the same rows and columns as `query`."""
+    schema, batches = filled.query_batches("SELECT quote_id, is_paid FROM quotes ORDER BY quote_id", rows=rows)
+    streamed = [batch for batch in batches]
+    assert schema.names == ["quote_id", "is_paid"] and all(batch.num_rows <= rows for batch in streamed)
+    assert [value for batch in streamed for value in batch.column("quote_id").to_pylist()] == list(
+        filled.query("SELECT quote_id FROM quotes ORDER BY quote_id")["quote_id"])
+    assert len(filled.query("SELECT quote_id FROM quotes")) == SHARED_FLOWS  # and the warehouse answers after
+
+
 @pytest.mark.parametrize("sql", [
     "SELECT * FROM no_such_table",
     "SELECT no_such_column FROM quotes",

@@ -7,9 +7,10 @@ otherwise only reads; user SQL always runs read-only.
 """
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -31,6 +32,8 @@ class Warehouse(ABC):
     """Cold storage of the sources' raw event tables. Every backend must:
 
     - run user SQL (`query`, `query_batches`) read-only, with the statement time limit it was built with;
+      for `query_batches` that limit bounds the whole stream (every batch, and the client's pace), and
+      closing the batch iterator early (the client went away) stops the query;
     - write each `append` in one transaction, durable when it returns; with a `BatchMark` whose
       (source, batch_id) was written before, write nothing and return that batch's stored answer;
     - report a table's columns with the engine's own type names (`table_columns`), None for no table;
@@ -52,7 +55,9 @@ class Warehouse(ABC):
                       ) -> tuple[Any, Iterator[Any]]:
         """Run a validated read-only query as Arrow record batches, with no row limit: (schema, batches).
 
-        `uploads` as for `query`, readable until the stream ends."""
+        The statement time limit is a deadline for the whole stream: past it the query is stopped and
+        the next batch raises query_timeout. Closing `batches` stops the query too. `uploads` as for
+        `query`, readable until the stream ends."""
 
     @abstractmethod
     def table_columns(self, table: str) -> list[tuple[str, str]] | None:
@@ -97,6 +102,46 @@ class Warehouse(ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+
+class StreamDeadline:
+    """One time limit across a whole stream of batches.
+
+    At the deadline a timer thread calls `cancel` (it must be safe to call from another thread: DuckDB's
+    ``interrupt``, PostgreSQL's cancel request), so a batch being computed stops, and `expired` tells the
+    stream's error handling that the stop was the limit. `stop` disarms it when the stream ends.
+    """
+
+    def __init__(self, seconds: float | None, cancel: Callable[[], None]):
+        self.seconds, self.expired = seconds, False
+        self._cancel = cancel
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._timer: threading.Timer | None = None
+        if seconds is not None:
+            self._timer = threading.Timer(seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:  # never after `stop` returned: the connection may be in other hands by then
+            if not self._stopped:
+                self.expired = True
+                self.cancel()
+
+    def cancel(self) -> None:
+        """Stop the statement in flight now (the deadline, or a client that went away)."""
+        try:
+            self._cancel()
+        except Exception:  # noqa: BLE001 - the statement ended meanwhile: nothing left to stop
+            pass
+
+    def stop(self) -> None:
+        """Disarm; once it returns, no cancel is in flight and `expired` no longer changes."""
+        with self._lock:
+            self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def split_table(table: str, default_schema: str) -> tuple[str, str]:

@@ -5,13 +5,15 @@ import json
 import os
 from typing import Any, Iterator
 
+import duckdb
 import pandas as pd
 
 from catalog.base import SourceRecord
+from common.errors import InvalidQuery
 from sql import types as logical_types
 from common.urls import duckdb_path
-from sql.duckdb_engine import DuckDBEngine, quote_identifier, quote_qualified
-from warehouse.base import LEDGER_TABLE, BatchMark, Warehouse, split_table
+from sql.duckdb_engine import DuckDBEngine, query_timeout, quote_identifier, quote_qualified
+from warehouse.base import LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, split_table
 
 ROLE = "warehouse"
 
@@ -33,7 +35,46 @@ class DuckDBWarehouse(Warehouse):
 
     def query_batches(self, sql: str, rows: int = 65_536, uploads: dict[str, Any] | None = None
                       ) -> tuple[Any, Iterator[Any]]:
-        return self.engine.batches(sql, rows, relations=uploads)
+        """The engine's checks and always-rolled-back transaction, on a cursor of the stream's own, under one
+        deadline for the whole stream (DuckDB computes batches as they are read, so a per-statement limit
+        would bound only the first); closing the stream interrupts the cursor. `uploads` are registered on
+        that cursor only, and go with it."""
+        engine = self.engine
+        with engine._translated():
+            engine._checked_select(sql)
+            cursor = engine._connection.cursor()
+            for name, table in (uploads or {}).items():
+                cursor.register(name, table)
+        deadline = StreamDeadline(engine.statement_timeout, cursor.interrupt)
+        try:
+            with self._stream_errors(deadline):
+                cursor.execute("BEGIN TRANSACTION")
+                reader = cursor.sql(sql).to_arrow_reader(rows)
+        except BaseException:
+            deadline.stop()
+            cursor.close()
+            raise
+
+        def stream() -> Iterator[Any]:
+            finished = False
+            try:
+                with self._stream_errors(deadline):
+                    yield from reader
+                finished = True
+            finally:
+                deadline.stop()
+                if not finished:  # closed early (the client went away) or failed: stop what still runs
+                    deadline.cancel()
+                try:
+                    cursor.execute("ROLLBACK")
+                except duckdb.Error:  # interrupted: closing the cursor discards the transaction
+                    pass
+                cursor.close()
+
+        return reader.schema, stream()
+
+    def _stream_errors(self, deadline: StreamDeadline) -> "_StreamErrors":
+        return _StreamErrors(self.engine, deadline)
 
     def write_table(self, table: str, schema: Any, batches: Iterator[Any], replace: bool = False) -> None:
         import pyarrow as pa
@@ -105,3 +146,23 @@ class DuckDBWarehouse(Warehouse):
 
     def close(self) -> None:
         self.engine.close()
+
+
+class _StreamErrors:
+    """The engine's error translation, except that any failure after the deadline fired is query_timeout
+    (DuckDB reports an interrupted Arrow read as an OSError), and other errors of a read are the query's."""
+
+    def __init__(self, engine: DuckDBEngine, deadline: StreamDeadline):
+        self.engine, self.deadline = engine, deadline
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
+        if error is None or not isinstance(error, Exception):
+            return False
+        if self.deadline.expired:
+            raise query_timeout(ROLE, self.deadline.seconds) from None
+        if isinstance(error, OSError):  # an error of the query met while reading (a cast in a later batch)
+            raise InvalidQuery(f"the {ROLE} rejected the query: {error}") from None
+        return self.engine._translated().__exit__(kind, error, tb)

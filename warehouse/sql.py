@@ -25,7 +25,7 @@ from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from common.urls import sqlalchemy_url
 from sql.duckdb_engine import (_bounded_frame, checked_timeout, python_columns, query_timeout, quote_identifier,
                                quote_qualified)
-from warehouse.base import LEDGER_TABLE, BatchMark, Warehouse, split_table
+from warehouse.base import LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, split_table
 
 ROLE = "warehouse"
 log = logging.getLogger(__name__)
@@ -142,26 +142,42 @@ class SqlAlchemyWarehouse(Warehouse):
 
     def query_batches(self, sql: str, rows: int = 65_536, uploads: dict[str, Any] | None = None
                       ) -> tuple[Any, Iterator[Any]]:
-        connection = self.read_engine.connect()
+        """Batches from a server-side cursor (`stream_results`), under one deadline for the whole stream:
+        at it, or when the stream is closed early, the statement in flight is cancelled."""
+        connection = self.read_engine.connect().execution_options(stream_results=True, max_row_buffer=rows)
         try:
-            with self._translated():
+            driver = connection.connection.driver_connection
+            deadline = StreamDeadline(self.statement_timeout, _canceller(driver))
+        except BaseException:
+            connection.close()
+            raise
+        try:
+            with self._stream_translated(deadline):
                 self._upload(connection, uploads)
                 chunks = pd.read_sql(sql, connection, dtype_backend="pyarrow", chunksize=rows)
                 first = next(chunks, None)
         except BaseException:
+            deadline.stop()
             connection.close()
             raise
         columns = pd.DataFrame() if first is None else first
         schema = pa.Schema.from_pandas(columns, preserve_index=False)
 
         def stream() -> Iterator[Any]:
+            finished = False
             try:
-                with self._translated():
+                with self._stream_translated(deadline):
                     if first is not None:
                         yield pa.RecordBatch.from_pandas(first, schema=schema, preserve_index=False)
                     for chunk in chunks:
                         yield pa.RecordBatch.from_pandas(chunk, schema=schema, preserve_index=False)
+                finished = True
             finally:
+                deadline.stop()
+                if not finished:  # closed early (the client went away): cancel the statement in flight
+                    deadline.cancel()
+                if not finished or deadline.expired:  # cancelled: never hand this session on to the pool
+                    connection.invalidate()
                 connection.close()
 
         return schema, stream()
@@ -184,12 +200,16 @@ class SqlAlchemyWarehouse(Warehouse):
             return
         if not self._copy:
             raise InvalidInput("point-in-time training needs a DuckDB or PostgreSQL warehouse")
-        connection.exec_driver_sql("SET TRANSACTION READ WRITE")
+        # on the driver's own cursor: a streaming connection would run these through a server-side cursor
+        with connection.connection.driver_connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION READ WRITE")
+            for name, table in uploads.items():
+                columns = ", ".join(f"{quote_identifier(f.name)} {_postgres_type(f.type)}" for f in table.schema)
+                cursor.execute(f"CREATE TEMPORARY TABLE {quote_identifier(name)} ({columns})")
         for name, table in uploads.items():
-            columns = ", ".join(f"{quote_identifier(field.name)} {_postgres_type(field.type)}" for field in table.schema)
-            connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {quote_identifier(name)} ({columns})")
             _copy_csv(connection, name, table)
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        with connection.connection.driver_connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION READ ONLY")
 
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         where = "" if since is None else f" WHERE {quote_identifier(time_column)} > :since"
@@ -215,6 +235,17 @@ class SqlAlchemyWarehouse(Warehouse):
 
     def _translated(self, statement_timeout: float | None = None) -> "_SqlAlchemyErrors":
         return _SqlAlchemyErrors(statement_timeout)
+
+    def _stream_translated(self, deadline: StreamDeadline) -> "_SqlAlchemyErrors":
+        return _SqlAlchemyErrors(self.statement_timeout, deadline)
+
+
+def _canceller(driver: Any) -> Any:
+    """What stops a running statement of this DBAPI connection from another thread (a no-op if none)."""
+    for name in ("cancel_safe", "cancel", "interrupt"):  # psycopg 3.2+, psycopg, sqlite3
+        if callable(getattr(driver, name, None)):
+            return getattr(driver, name)
+    return lambda: None
 
 
 def _arrow(frame: Any) -> pa.Table:
@@ -262,13 +293,16 @@ class _SqlAlchemyErrors:
     """Connection trouble is 503; a statement cancelled at its time limit is query_timeout (400);
     anything else the database refuses is a bad query (400)."""
 
-    def __init__(self, statement_timeout: float | None):
+    def __init__(self, statement_timeout: float | None, deadline: StreamDeadline | None = None):
         self.statement_timeout = statement_timeout
+        self.deadline = deadline
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type | None, error: BaseException | None, _tb: Any) -> bool:
+        if self.deadline is not None and self.deadline.expired and isinstance(error, Exception):
+            raise query_timeout(ROLE, self.deadline.seconds) from None  # cancelled at the stream's deadline
         if isinstance(error, pd.errors.DatabaseError):  # pandas wraps the driver's error
             error = error.__cause__
         if error is None or not isinstance(error, SQLAlchemyError):

@@ -194,7 +194,9 @@ def install_error_handlers(api: Api) -> None:
 def install_json_representation(api: Api) -> None:
     @api.representation("application/json")
     def output_json(data: Any, code: int, headers: Any = None):  # noqa: ANN202
-        response = make_response(jsonio.dumps(data), code)
+        # bounded while encoding: a body past MAX_RESPONSE_BYTES is refused (400) before it is built whole
+        limit = current_app.config.get("MAX_RESPONSE_BYTES")
+        response = make_response(jsonio.dumps(data) if limit is None else jsonio.dumps_bounded(data, limit), code)
         response.headers.extend(headers or {})
         response.mimetype = "application/json"
         return response

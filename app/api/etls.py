@@ -11,7 +11,7 @@ from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, re
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.queries import FLAGS, column
 from app.api.jobs import EXPORT_FIELDS, export_answer
-from app.arrowio import arrow_response, frame_batches, wants_arrow
+from app.arrowio import JSON_OR_ARROW, arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from app.service import EtlLocation
 from catalog.base import EtlRecord
@@ -81,6 +81,7 @@ def _summary(record: EtlRecord) -> dict[str, Any]:
 class ExtractTrain(Resource):
     @extract_ns.expect(train_request)
     @extract_ns.doc(params=FLAGS)
+    @extract_ns.produces(JSON_OR_ARROW)
     @extract_ns.response(200, "the training set, and the ETL id when saved", train_response)
     @extract_ns.response(202, "export: the job writing the training set (see /jobs/<job_id>)")
     @extract_ns.response(400, "the ETL cannot be fetched or loaded")

@@ -13,7 +13,7 @@ from app.auth import SCIENTIST, SERVING, allow, caller
 from app.feature_sets import FeatureSets
 from checks.schema import frame_schema
 from app.api.jobs import EXPORT_FIELDS, export_answer
-from app.arrowio import arrow_response, frame_batches, wants_arrow
+from app.arrowio import JSON_OR_ARROW, arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import FeatureSetRecord
 from common.errors import InvalidInput
@@ -142,6 +142,10 @@ class FeatureSetRealtime(Resource):
 @with_errors(ns)
 class FeatureSetTrain(Resource):
     @ns.expect(train_request)
+    @ns.produces(JSON_OR_ARROW)
+    @ns.doc(params={"format": {"description": "'arrow': stream the features as Arrow IPC (no row limit; the version "
+                                              "in X-Feature-Set-Version); also Accept: application/vnd.apache.arrow.stream",
+                               "type": "string", "enum": ["json", "arrow"], "default": "json"}})
     @ns.response(200, "the training set of the version", ns.model("FeatureSetTrainingSet", {
         "name": fields.String, "version": fields.Integer, "schema": fields.List(fields.Raw),
         "data": fields.List(fields.Raw)}))

@@ -7,7 +7,7 @@ from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, re
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
 from app.api.jobs import EXPORT_FIELDS, export_answer
-from app.arrowio import arrow_response, wants_arrow
+from app.arrowio import JSON_OR_ARROW, arrow_response, wants_arrow
 from app.jsonio import frame_records
 from catalog.base import QueryRecord
 
@@ -60,6 +60,7 @@ FLAGS = {"save": {"description": "keep the query in the catalog", "type": "boole
 class QueryTrain(Resource):
     @query_ns.expect(train_request)
     @query_ns.doc(params=FLAGS)
+    @query_ns.produces(JSON_OR_ARROW)
     @query_ns.response(200, "the result, and the query id when saved", train_response)
     @query_ns.response(202, "export: the job writing the rows (see /jobs/<job_id>)")
     @query_ns.response(400, "not a single read-only SELECT, or the warehouse rejected it")
