@@ -405,6 +405,11 @@ class FeatureService:
                     "message": f"serving reads only the last {source.hot_window_seconds} s of {name!r}; training "
                                "reads all of it unless the training request sets hot_window=true. Aggregates "
                                "over a longer history will differ."})
+        for key, tables in self.realtime.lookup_scans(prepared).items():
+            warnings.append({"code": "lookup_not_key_bounded", "index_key": key, "sources": tables,
+                             "message": f"a lookup by {key!r} reads every hot row of {tables} (a cartesian product, "
+                                        "or a join no index on the key reaches): it is slow and stopped at "
+                                        "LOOKUP_TIMEOUT_SECONDS; join on the key instead"})
         return warnings
 
     def _query_schema(self, prepared: PreparedQuery, frame: pd.DataFrame) -> list[dict[str, str]]:

@@ -49,8 +49,10 @@ SETTINGS: tuple[Setting, ...] = (
             "loudly at start).", lambda text: "off" if text.strip().lower() in ("off", "0", "false", "no") else "on"),
     Setting("ADMIN_KEY", None, "With AUTH on: an admin API key to create (by its hash) at start, so a "
             "deployment needs no interactive step."),
-    Setting("QUERY_TIMEOUT_SECONDS", 30.0, "Time limit of one SQL statement on the warehouse or realtime store; "
-            "past it the request gets 400 query_timeout.", float),
+    Setting("QUERY_TIMEOUT_SECONDS", 30.0, "Time limit of one SQL statement on the warehouse (and the most "
+            "LOOKUP_TIMEOUT_SECONDS can be); past it the request gets 400 query_timeout.", float),
+    Setting("LOOKUP_TIMEOUT_SECONDS", 1.0, "Time limit of one statement on the realtime store (a point lookup); "
+            "past it the request gets 400 query_timeout. Never longer than QUERY_TIMEOUT_SECONDS.", float),
     Setting("ETL_TIMEOUT_SECONDS", 30.0, "Time limit of one ETL run (fit or transform); past it 422.", float),
     Setting("ETL_ISOLATION", "inprocess", "Where ETL code runs: 'inprocess' (fastest) or 'process' (warm worker "
             "processes with time and memory limits and no network)."),
