@@ -93,6 +93,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         service.close()
         raise
     app.register_blueprint(build_blueprint())
+    from app.body_guard import BodyGuard, BodyPolicy
+
+    app.wsgi_app = BodyGuard(app.wsgi_app, BodyPolicy.from_settings(settings))  # before any key lookup
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):  # noqa: ANN202 - errors outside the API blueprint

@@ -45,6 +45,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HOST", "127.0.0.1", "Address the server listens on."),
     Setting("PORT", 8080, "Port the server listens on.", int),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
+    Setting("CONNECTION_LIMIT", 1000, "Most open client connections; at the limit, those idle longest with no "
+            "request being served are closed to make room.", int),
+    Setting("HEADER_TIMEOUT_SECONDS", 10.0, "Time a connection has to send a request's line and headers, from "
+            "its first byte (or from connecting); past it the connection is closed.", float),
+    Setting("CHANNEL_TIMEOUT_SECONDS", 30, "A connection with no request in progress that sends nothing for this "
+            "long (idle keep-alive, a stalled body) is closed.", int),
     Setting("AUTH", "on", "API-key authentication: 'on', or 'off' for local development only (announced "
             "loudly at start).", lambda text: "off" if text.strip().lower() in ("off", "0", "false", "no") else "on"),
     Setting("ADMIN_KEY", None, "With AUTH on: an admin API key to create (by its hash) at start, so a "
@@ -60,7 +66,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ETL_WORKER_MEMORY_MB", 2048, "Address-space limit of each ETL worker process.", int),
     Setting("MAX_RESPONSE_ROWS", 100_000, "Most rows a JSON response may carry; longer results get 400.", int),
     Setting("MAX_PUBLISH_FLOWS", 100_000, "Most flows one publish call may generate.", int),
-    Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger gets 413.", int),
+    Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted (POST /sources/<name>/rows: "
+            "MAX_INGEST_BYTES); larger gets 413 from its Content-Length, before it is read.", int),
     Setting("ETL_ALLOWED_REMOTES", (), "Comma-separated URL prefixes of git/HTTP remotes ETLs may come from; "
             "local paths and file:// are always allowed.", _names),
     Setting("REMOTE_TIMEOUT_SECONDS", 30.0, "Time limit for fetching ETL code from a remote.", float),
