@@ -113,9 +113,10 @@ class GuardedServer(TcpWSGIServer):
         return super().readable()
 
     def _make_room(self) -> None:
-        """Close the connections idle longest with no request being served (1% of them, at least one);
-        they go on the loop's next pass, and accepting resumes."""
-        idle = sorted((c for c in self.active_channels.values() if not c.requests and not c.will_close),
+        """Close the connections idle longest with no request being served nor answer being sent (1% of
+        them, at least one); they go on the loop's next pass, and accepting resumes."""
+        idle = sorted((c for c in self.active_channels.values()
+                       if not c.requests and not c.will_close and not c.total_outbufs_len),  # no answer cut short
                       key=lambda channel: channel.last_activity)
         for channel in idle[:max(1, len(idle) // 100)]:
             channel.will_close = True

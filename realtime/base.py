@@ -41,6 +41,7 @@ class RealtimeStore(ABC):
       datetime64[us, UTC]), typed from the registered sources' declared columns;
     - write each `append` in one transaction (no reader sees half a batch) and keep nothing on
       disk: `hydrate` rebuilds it from the warehouse;
+    - let readers run at once: a lookup never waits for another lookup, nor for a write to commit;
     - stop a `lookup`, `check` or query running longer than ``statement_timeout`` with InvalidQuery
       code ``query_timeout`` (400) and keep answering; its own writes have no limit.
     """

@@ -1,4 +1,4 @@
-"""The default realtime store: an in-memory SQLite database (``REALTIME_URL=sqlite:///:memory:``).
+"""The default realtime store: SQLite in memory-backed storage (``REALTIME_URL=sqlite:///:memory:``).
 
 Chosen by measurement: a point lookup of the walkthrough's four-table join takes
 about 0.02 ms here against about 3 ms in in-memory DuckDB (bench/realtime_engines.py).

@@ -87,7 +87,7 @@ def test_a_query_whose_lookup_is_not_key_bounded_is_flagged_at_save(make_app, re
     cartesian = "SELECT q.user_id, t.transaction_id FROM quotes q CROSS JOIN transactions t LIMIT 10"
     warnings = api.post("/v1.0/query/train?save=true&include_data=false", {"query": cartesian})["warnings"]
     flagged = [w for w in warnings if w["code"] == "lookup_not_key_bounded"]
-    assert [(w["index_key"], w["sources"]) for w in flagged] == [("user_id", ["quotes", "transactions"])]
+    assert [(w["index_key"], w["source"]) for w in flagged] == [("user_id", "quotes"), ("user_id", "transactions")]
     assert "LOOKUP_TIMEOUT_SECONDS" in flagged[0]["message"]
     for bounded in (FOUR_TABLE_QUERY, "SELECT user_id, count(*) AS n FROM transactions GROUP BY user_id"):
         saved = api.post("/v1.0/query/train?save=true&include_data=false", {"query": bounded})
