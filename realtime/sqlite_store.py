@@ -39,6 +39,7 @@ import itertools
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -92,6 +93,8 @@ class SqliteRealtimeStore(RealtimeStore):
             remove_database(self._path)
             raise BackendUnavailable(ROLE, error) from None
         self._readers = ReaderPool(self._open_reader)
+        # the files go at close, or when the store is collected or the interpreter exits without a close
+        self._remove_files = weakref.finalize(self, remove_database, self._path)
 
     def _configure_writer(self, connection: sqlite3.Connection) -> None:
         connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
@@ -351,7 +354,7 @@ class SqliteRealtimeStore(RealtimeStore):
             self._closed = True
             self._readers.close()
             self._connection.close()
-            remove_database(self._path)  # a reader still running keeps reading its open file
+            self._remove_files()  # a reader still running keeps reading its open file
 
     def _run(self, sql: str, params: tuple, max_rows: int | None, request_rows: dict[str, Any] | None = None,
              timed: bool = True) -> tuple[list[str], list[tuple]]:
