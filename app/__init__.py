@@ -47,7 +47,7 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
         opened.callback(catalog.close)
         warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout)
         opened.callback(warehouse.close)
-        realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=timeout)
+        realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=lookup_timeout(settings))
         opened.callback(realtime.close)
         sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
         # Load and hydrate every source once; if the catalog is down, that happens on first use instead.
@@ -69,6 +69,12 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
         sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"])
         opened.pop_all()
     return service
+
+
+def lookup_timeout(settings: Mapping[str, Any]) -> float | None:
+    """The realtime store's statement limit: LOOKUP_TIMEOUT_SECONDS, never past QUERY_TIMEOUT_SECONDS (0: none)."""
+    limits = [seconds for seconds in (settings["LOOKUP_TIMEOUT_SECONDS"], settings["QUERY_TIMEOUT_SECONDS"]) if seconds]
+    return min(limits) if limits else None
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -95,6 +101,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         service.close()
         raise
     app.register_blueprint(build_blueprint())
+    from app.body_guard import BodyGuard, BodyPolicy
+
+    app.wsgi_app = BodyGuard(app.wsgi_app, BodyPolicy.from_settings(settings))  # before any key lookup
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):  # noqa: ANN202 - errors outside the API blueprint

@@ -65,13 +65,23 @@ def ensure_admin_key(catalog: Catalog, token: str) -> ApiKeyRecord:
     return existing if existing else create_key(catalog, "bootstrap (ADMIN_KEY)", "admin", token)[0]
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def missing_key() -> Unauthorized:
+    """The error of a request that sends no API key."""
+    return Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+
+
 def authenticate(catalog: Catalog) -> ApiKeyRecord:
     """The active key behind the request's bearer token, or Unauthorized."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    record = catalog.find_api_key(key_hash(token.strip()))
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None:
+        raise missing_key()
+    record = catalog.find_api_key(key_hash(token))
     if record is None or record.revoked_at is not None:
         raise Unauthorized("the API key is unknown or revoked")
     return record

@@ -20,10 +20,9 @@ def _settings_help() -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the API on waitress, a production WSGI server."""
-    import waitress
-
+    """Run the API on waitress, a production WSGI server (guarded: app/server.py)."""
     from app import close_app, create_app
+    from app.server import serve_forever
 
     settings = load_settings()
     app = create_app()
@@ -32,8 +31,7 @@ def serve(args: argparse.Namespace) -> int:
              _redacted(settings["WAREHOUSE_URL"]), settings["REALTIME_URL"])
     log.info("serving on http://%s:%s (API docs at /v1.0/docs)", settings["HOST"], settings["PORT"])
     try:
-        waitress.serve(app, host=settings["HOST"], port=settings["PORT"], threads=settings["THREADS"],
-                       ident="featurestore")
+        serve_forever(app, settings)
     finally:
         close_app(app)
     return 0

@@ -447,7 +447,8 @@ class FeatureService:
 
     def query_warnings(self, sql: str) -> list[dict[str, Any]]:
         """Train/serve differences a saved query carries: each source it reads with a hot window
-        (serving sees only the window, training every row unless asked to respect it)."""
+        (serving sees only the window, training every row unless asked to respect it), and each source
+        a point lookup by a likely key reads in full (the realtime store's `lookup_scans`)."""
         prepared = prepare_query(sql, self.warehouse.dialect)
         warnings = []
         for name in prepared.table_names():
@@ -458,6 +459,11 @@ class FeatureService:
                     "message": f"serving reads only the last {source.hot_window_seconds} s of {name!r}; training "
                                "reads all of it unless the training request sets hot_window=true. Aggregates "
                                "over a longer history will differ."})
+        for key, tables in self.realtime.lookup_scans(prepared).items():
+            warnings += [{"code": "lookup_not_key_bounded", "source": name, "index_key": key,
+                          "message": f"a lookup by {key!r} reads every hot row of {name!r} (a cartesian product, an "
+                                     "aggregate or join no index on the key reaches): slow, and stopped at "
+                                     "LOOKUP_TIMEOUT_SECONDS"} for name in tables]
         return warnings
 
     def _query_schema(self, prepared: PreparedQuery, frame: pd.DataFrame) -> list[dict[str, str]]:

@@ -49,12 +49,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HOST", "127.0.0.1", "Address the server listens on."),
     Setting("PORT", 8080, "Port the server listens on.", int),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
+    Setting("CONNECTION_LIMIT", 1000, "Most open client connections; at the limit, those idle longest with no "
+            "request being served are closed to make room.", int),
+    Setting("HEADER_TIMEOUT_SECONDS", 10.0, "Time a connection has to send a request's line and headers, from "
+            "its first byte (or from connecting); past it the connection is closed.", float),
+    Setting("CHANNEL_TIMEOUT_SECONDS", 30, "A connection with no request in progress that sends nothing for this "
+            "long (idle keep-alive, a stalled body) is closed.", int),
     Setting("AUTH", "on", "API-key authentication: 'on', or 'off' for local development only (announced "
             "loudly at start).", lambda text: "off" if text.strip().lower() in ("off", "0", "false", "no") else "on"),
     Setting("ADMIN_KEY", None, "With AUTH on: an admin API key to create (by its hash) at start, so a "
             "deployment needs no interactive step."),
-    Setting("QUERY_TIMEOUT_SECONDS", 30.0, "Time limit of one SQL statement on the warehouse or realtime store; "
-            "past it the request gets 400 query_timeout.", float),
+    Setting("QUERY_TIMEOUT_SECONDS", 30.0, "Time limit of one SQL statement on the warehouse (and the most "
+            "LOOKUP_TIMEOUT_SECONDS can be); past it the request gets 400 query_timeout.", float),
+    Setting("LOOKUP_TIMEOUT_SECONDS", 1.0, "Time limit of one statement on the realtime store (a point lookup); "
+            "past it the request gets 400 query_timeout. Never longer than QUERY_TIMEOUT_SECONDS.", float),
     Setting("ETL_TIMEOUT_SECONDS", 30.0, "Time limit of one ETL run (fit or transform); past it 422.", float),
     Setting("ETL_ISOLATION", "inprocess", "Where ETL code runs: 'inprocess' (fastest) or 'process' (warm worker "
             "processes with time and memory limits and no network)."),
@@ -69,7 +77,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_RESPONSE_BYTES", 134_217_728, "Largest JSON response body, checked while it is encoded; "
             "larger gets 400 result_too_large (stream training sets as Arrow instead).", int),
     Setting("MAX_PUBLISH_FLOWS", 100_000, "Most flows one publish call may generate.", int),
-    Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger gets 413.", int),
+    Setting("MAX_BODY_BYTES", 1_048_576, "Largest request body accepted (POST /sources/<name>/rows: "
+            "MAX_INGEST_BYTES); larger gets 413 from its Content-Length, before it is read.", int),
     Setting("ETL_ALLOWED_REMOTES", (), "Comma-separated URL prefixes of git/HTTP remotes ETLs may come from; "
             "local paths and file:// are always allowed.", _names),
     Setting("REMOTE_TIMEOUT_SECONDS", 30.0, "Time limit for fetching ETL code from a remote.", float),

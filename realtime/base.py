@@ -41,6 +41,7 @@ class RealtimeStore(ABC):
       datetime64[us, UTC]), typed from the registered sources' declared columns;
     - write each `append` in one transaction (no reader sees half a batch) and keep nothing on
       disk: `hydrate` rebuilds it from the warehouse;
+    - let readers run at once: a lookup never waits for another lookup, nor for a write to commit;
     - stop a `lookup`, `check` or query running longer than ``statement_timeout`` with InvalidQuery
       code ``query_timeout`` (400) and keep answering; its own writes have no limit.
     """
@@ -85,6 +86,23 @@ class RealtimeStore(ABC):
     @abstractmethod
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
         """Raise InvalidQuery unless the query runs here; return its output types where known."""
+
+    def lookup_scans(self, prepared: PreparedQuery) -> dict[str, list[str]]:
+        """For each likely serving key of a checked query (`serving_keys`), the table sources a point
+        lookup by it reads in full: not bounded by the key (a cartesian product, or a join no index on
+        the key reaches). Keys whose lookups are key-bounded are left out; {} when the store cannot tell."""
+        return {}
+
+    def serving_keys(self, prepared: PreparedQuery) -> list[str]:
+        """The query's output columns that are entity keys of a source it reads (all of them if none is)."""
+        names = [name for name, _ in prepared.output_types(self.tables()) or []]
+        keys = {key for table in prepared.table_names() if table in self.sources
+                for key in self.sources[table].entity_keys}
+        return [name for name in names if name in keys] or names
+
+    def _table_sources(self, prepared: PreparedQuery) -> list[str]:
+        """The table sources (not request sources) the query reads."""
+        return [t for t in prepared.table_names() if t in self.sources and self.sources[t].kind == "table"]
 
     def evict(self, now: float | None = None) -> dict[str, int]:
         """Delete rows past each source's window; rows deleted per source (those with a window)."""

@@ -8,17 +8,21 @@ function of the store's clock (epoch seconds), as the SQLite store does.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
 
 from catalog.base import SourceRecord
 from sql import types as logical_types
-from common.errors import InvalidInput
+from common.errors import FeatureStoreError, InvalidInput
 from common.urls import duckdb_path
 from sql.duckdb_engine import DuckDBEngine, quote_identifier
 from sql.prepared import PreparedQuery
 from realtime.base import ROLE, RealtimeStore, index_name, rows_table, time_value
+
+
+QUADRATIC_JOINS = {"CROSS_PRODUCT", "NESTED_LOOP_JOIN", "BLOCKWISE_NL_JOIN"}  # plan operators with no hash key
 
 
 class DuckDBRealtimeStore(RealtimeStore):
@@ -85,6 +89,20 @@ class DuckDBRealtimeStore(RealtimeStore):
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
         self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")
         return prepared.output_types(self.tables())
+
+    def lookup_scans(self, prepared: PreparedQuery) -> dict[str, list[str]]:
+        """DuckDB scans whole tables for every lookup (hash joins): only a join with no equality to hash
+        on (a cartesian product, a nested-loop join) grows with the product of the tables, so only its
+        plan counts as not key-bounded."""
+        try:
+            plan = self.engine.arrow("EXPLAIN (FORMAT json) " + prepared.sql_for(self.dialect)).to_pylist()
+        except FeatureStoreError:  # a plan it cannot explain: no warning rather than a failed save
+            return {}
+        operators = set(re.findall(r'"name":\s*"([A-Z_]+)"', " ".join(str(v) for row in plan for v in row.values())))
+        tables = self._table_sources(prepared)
+        if not operators & QUADRATIC_JOINS or not tables:
+            return {}
+        return {key: tables for key in self.serving_keys(prepared)}
 
     def _delete_through(self, source: SourceRecord, cutoff: float) -> int:
         with self.engine.transaction() as cursor:

@@ -1,4 +1,4 @@
-"""The default realtime store: an in-memory SQLite database (``REALTIME_URL=sqlite:///:memory:``).
+"""The default realtime store: SQLite in memory-backed storage (``REALTIME_URL=sqlite:///:memory:``).
 
 Chosen by measurement: a point lookup of the walkthrough's four-table join takes
 about 0.02 ms here against about 3 ms in in-memory DuckDB (bench/realtime_engines.py).
@@ -16,10 +16,14 @@ Each declared source has a table ``_fs_rows_<name>`` and a view ``<name>`` over 
 only rows inside the window even before the evictor deletes older ones. Timestamps are kept as
 ISO-8601 text in UTC with microseconds, so text order is time order.
 
-One connection guarded by one lock: lookups take tens of microseconds, a
-publish holds the lock for its whole transaction, so no reader sees half a
-flow. User SQL runs under an authorizer that allows reading only, and with a
-`statement_timeout` under a progress handler that stops it at its deadline.
+One writer connection guarded by one lock, and a pool of read connections over
+the same database in WAL mode (realtime/sqlite_pool.py): a publish commits
+its whole batch at once, so no reader sees half a flow, and readers wait
+neither for it nor for one another, so one slow lookup holds only its own
+connection. User SQL runs under an authorizer that allows reading only, and
+with a `statement_timeout` under a progress handler that stops it at its
+deadline. Request rows go to the reader's own temporary tables, which a view
+of the same name shadows for that connection only.
 
 Bulk writes convert each column to Python values once (outside the lock), then
 insert with executemany; a batch at least as large as a table (hydration, a
@@ -32,10 +36,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
-import math
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -44,21 +48,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
-from common.errors import BackendUnavailable, InvalidInput, InvalidQuery, ResultTooLarge
+from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, InvalidQuery, ResultTooLarge
 from common.urls import url_scheme
 from sql import types as logical_types
 from sql.duckdb_engine import checked_timeout, python_columns, query_timeout, quote_identifier
 from sql.prepared import PreparedQuery
 from realtime.base import ROLE, RealtimeStore, index_name, rows_table
+from realtime.sqlite_pool import READ_ONLY_ACTIONS, Reader, ReaderPool, connect, database_path, remove_database
 
-_READ_ONLY_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                      getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-# The progress handler runs every this many virtual-machine steps (a few microseconds of work).
-PROGRESS_STEPS = 1000
 PAGE_SIZE = 16384
 # A batch this large, and at least as large as the table, rebuilds the table's indexes after inserting.
 REBUILD_INDEX_MIN_ROWS = 10_000
 EVICT_CHUNK_ROWS = 50_000  # rowids one eviction transaction walks
+WRITER_CACHE_KIB = 256 * 1024  # the writer keeps the pages it changes (index B-trees) in memory; readers map the file
 ROWS_PER_INSERT = 64  # rows bound to one INSERT … VALUES (…), (…)
 SQLITE_MAX_VARIABLES = 32_766  # SQLite's limit on parameters in one statement (3.32+)
 
@@ -76,27 +78,37 @@ class SqliteRealtimeStore(RealtimeStore):
         if url_scheme(url) != "sqlite" or url.split("://", 1)[1] not in ("", "/", "/:memory:"):
             raise InvalidInput(f"REALTIME_URL must be an in-memory database (sqlite:///:memory:), not {url!r}")
         self.statement_timeout = checked_timeout(statement_timeout)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer's
         self._closed = False
         self._writing = False
-        self._deadline = math.inf  # of the statement running now; our own writes have none
         self._indexes: dict[str, list[str]] = {}  # source -> indexed columns
         self._plans: dict[tuple[int, str], tuple[str, dict[str, str | None], PreparedQuery]] = {}
         self._plans_lock = threading.Lock()
-        self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        # Before any table exists. Against the default 4 KiB (100k flows appended to 300k, and the
-        # four-table join looked up): appends about 20% faster and point lookups about 25% faster.
-        self._connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        self._connection.create_function("fs_cutoff", 1, self._cutoff_value)
-        # Set once: toggling it per query costs a statement re-prepare (~70 µs). Our own writes flip _writing.
-        self._connection.set_authorizer(self._authorize)
-        # Also set once; each statement only moves the deadline (one clock read per lookup).
-        if self.statement_timeout is not None:
-            self._connection.set_progress_handler(self._past_deadline, PROGRESS_STEPS)
+        self._path = database_path()
+        try:
+            # The page size before any table exists. Against the default 4 KiB (100k flows appended to 300k,
+            # and the four-table join looked up): appends about 20% faster and point lookups about 25% faster.
+            self._connection = connect(self._path, self._configure_writer, page_size=PAGE_SIZE)
+        except sqlite3.Error as error:
+            remove_database(self._path)
+            raise BackendUnavailable(ROLE, error) from None
+        self._readers = ReaderPool(self._open_reader)
+        # the files go at close, or when the store is collected or the interpreter exits without a close
+        self._remove_files = weakref.finalize(self, remove_database, self._path)
 
-    def _past_deadline(self) -> bool:
-        """The progress handler: a true value makes SQLite stop the statement ("interrupted")."""
-        return time.monotonic() > self._deadline
+    def _configure_writer(self, connection: sqlite3.Connection) -> None:
+        connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        self._add_functions(connection)
+        connection.set_authorizer(self._authorize)  # our own writes open it (`_writing`)
+
+    def _add_functions(self, connection: sqlite3.Connection) -> None:
+        connection.create_function("fs_cutoff", 1, self._cutoff_value)
+
+    def _open_reader(self) -> Reader:
+        try:
+            return Reader(connect(self._path, self._add_functions), self.statement_timeout is not None)
+        except sqlite3.Error as error:
+            raise BackendUnavailable(ROLE, error) from None
 
     def _cutoff_value(self, name: str) -> Any:
         """`fs_cutoff(name)` in a view: the window's lower bound, as the event-time column stores it."""
@@ -111,9 +123,7 @@ class SqliteRealtimeStore(RealtimeStore):
         with self._writes():
             known = self.sources.get(source.name)
             if known is None:
-                body = ", ".join(f"{quote_identifier(c['name'])} {logical_types.SQLITE[c['type']]}"
-                                 for c in source.columns)
-                self._connection.execute(f"CREATE TABLE {quote_identifier(table)} ({body})")
+                self._connection.execute(_table_sql(source, ""))
                 self._indexes[source.name] = []
             else:
                 have = {c["name"] for c in known.columns}
@@ -123,10 +133,7 @@ class SqliteRealtimeStore(RealtimeStore):
                                                  f"{quote_identifier(column['name'])} "
                                                  f"{logical_types.SQLITE[column['type']]}")
                 self._connection.execute(f"DROP VIEW {quote_identifier(source.name)}")
-            where = "" if source.hot_window_seconds is None else \
-                f" WHERE {quote_identifier(source.event_time)} > fs_cutoff('{source.name}')"
-            self._connection.execute(f"CREATE VIEW {quote_identifier(source.name)} AS SELECT * FROM "
-                                     f"{quote_identifier(table)}{where}")
+            self._connection.execute(_view_sql(source, ""))
             # Entity keys only: an event-time index would halve the rows per second of every write (measured:
             # 505k against 262k rows/s at 10 columns), and eviction walks rowid ranges instead.
             for column in source.entity_keys:
@@ -158,7 +165,7 @@ class SqliteRealtimeStore(RealtimeStore):
 
     def _authorize(self, action: int, *_: Any) -> int:
         """Statements compiled outside our own writes may only read."""
-        return sqlite3.SQLITE_OK if self._writing or action in _READ_ONLY_ACTIONS else sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK if self._writing or action in READ_ONLY_ACTIONS else sqlite3.SQLITE_DENY
 
     @contextlib.contextmanager
     def _writes(self) -> Iterator[None]:
@@ -167,7 +174,6 @@ class SqliteRealtimeStore(RealtimeStore):
             if self._closed:
                 raise BackendUnavailable(ROLE, "the store is closed")
             self._writing = True
-            self._deadline = math.inf
             try:
                 self._connection.execute("BEGIN")
                 yield
@@ -183,7 +189,7 @@ class SqliteRealtimeStore(RealtimeStore):
                 self._writing = False
 
     def append(self, frames: dict[str, Any]) -> dict[str, int]:
-        # Converted before taking the lock, so readers wait only for the inserts themselves.
+        # Converted before taking the lock, so other writes wait only for the inserts themselves.
         batches = [(name, self._insert_rows(name, frame), len(frame)) for name, frame in frames.items()]
         with self._writes():
             for name, statements, count in batches:
@@ -196,9 +202,10 @@ class SqliteRealtimeStore(RealtimeStore):
                     self._rebuild_indexes(name, create=True)
         return {name: count for name, _, count in batches}
 
-    def _insert_rows(self, name: str, frame: Any) -> list[tuple[str, Iterable[Any]]]:
-        """INSERT statements and their parameters for `frame`: many rows per statement (about 40% more rows
-        per second than one row per statement, measured at 10 columns), then the remainder one by one."""
+    def _insert_rows(self, name: str, frame: Any, schema: str = "") -> list[tuple[str, Iterable[Any]]]:
+        """INSERT statements and their parameters for `frame` (into `schema`'s rows table of the source:
+        the main one, or ``temp.``): many rows per statement (about 40% more rows per second than one
+        row per statement, measured at 10 columns), then the remainder one by one."""
         source = self.sources.get(name)
         if source is None:
             raise InvalidInput(f"the realtime store has no source {name!r}")
@@ -208,7 +215,7 @@ class SqliteRealtimeStore(RealtimeStore):
             raise InvalidInput(f"the source {name!r} has no column(s) {unknown}", {"unknown_columns": unknown})
         names = [c["name"] for c in source.columns if c["name"] in given]
         columns = python_columns(_stored(frame, source), names)
-        head = f"INSERT INTO {quote_identifier(rows_table(name))} ({', '.join(map(quote_identifier, names))}) VALUES "
+        head = f"INSERT INTO {schema}{quote_identifier(rows_table(name))} ({', '.join(map(quote_identifier, names))}) VALUES "
         one = "(" + ", ".join("?" * len(names)) + ")"
         per_statement = max(1, min(ROWS_PER_INSERT, SQLITE_MAX_VARIABLES // max(len(names), 1)))
         count = len(columns[0]) if columns else 0
@@ -224,19 +231,45 @@ class SqliteRealtimeStore(RealtimeStore):
             statements.append((head + one, (tail[i:i + len(names)] for i in range(0, len(tail), len(names)))))
         return statements
 
-    def _stage(self, inserts: list[list[tuple[str, Iterable[Any]]]]) -> None:
-        """Begin a transaction holding request rows (the caller holds the lock and rolls it back)."""
-        self._writing, self._deadline = True, math.inf
+    def _stage(self, reader: Reader, rows: dict[str, Any]) -> None:
+        """Write request rows to the reader's temporary tables, each shadowed by a temporary view named
+        after its source (so only this connection's statements see them)."""
+        inserts = [(name, self._insert_rows(name, frame, "temp.")) for name, frame in rows.items()]
+        reader.writing = True
         try:
-            self._connection.execute("BEGIN")
-            for statements in inserts:
-                for insert, rows in statements:
-                    self._connection.executemany(insert, rows)
+            for name, statements in inserts:
+                source = self.sources[name]
+                if reader.staged.get(name) is not source:
+                    self._make_staging_table(reader.connection, source, name in reader.staged)
+                    reader.staged[name] = source
+                for insert, values in statements:
+                    reader.connection.executemany(insert, values)
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError) as error:  # a value it cannot bind
+            self._unstage(reader, rows)
+            raise InvalidInput(f"the realtime store refused the values: {error}") from None
         except sqlite3.Error as error:
-            self._connection.execute("ROLLBACK")
+            self._unstage(reader, rows)
             raise BackendUnavailable(ROLE, error) from None
         finally:
-            self._writing = False
+            reader.writing = False
+
+    @staticmethod
+    def _make_staging_table(connection: sqlite3.Connection, source: SourceRecord, replace: bool) -> None:
+        if replace:  # a new version of the source: its columns may have changed
+            connection.execute(f"DROP VIEW IF EXISTS temp.{quote_identifier(source.name)}")
+            connection.execute(f"DROP TABLE IF EXISTS temp.{quote_identifier(rows_table(source.name))}")
+        connection.execute(_table_sql(source, "temp."))
+        connection.execute(_view_sql(source, "temp."))
+
+    @staticmethod
+    def _unstage(reader: Reader, rows: dict[str, Any]) -> None:
+        reader.writing = True
+        try:
+            for name in rows:
+                if name in reader.staged:
+                    reader.connection.execute(f"DELETE FROM temp.{quote_identifier(rows_table(name))}")
+        finally:
+            reader.writing = False
 
     def _delete_through(self, source: SourceRecord, cutoff: float) -> int:
         """Delete in rowid ranges of EVICT_CHUNK_ROWS, one transaction each, so readers wait for one chunk at a time
@@ -257,7 +290,7 @@ class SqliteRealtimeStore(RealtimeStore):
         record = self.sources[source]
         column = quote_identifier(record.event_time)
         names, rows = self._run(f"SELECT count(*), min({column}), max({column}) FROM {quote_identifier(source)}",
-                                (), None)
+                                (), None, timed=False)  # our own statement: the lookup time limit is not for it
         count, low, high = rows[0]
         if _is_timestamp(record, record.event_time):
             low, high = (None if v is None else _parse_timestamp(v) for v in (low, high))
@@ -268,8 +301,7 @@ class SqliteRealtimeStore(RealtimeStore):
         sql, types = self._lookup_plan(prepared, index_key)
         if isinstance(value, dt.datetime):
             value = _timestamp_text(value.timestamp())
-        inserts = [self._insert_rows(name, rows) for name, rows in (request_rows or {}).items()]
-        names, rows = self._run(sql, (value,), max_rows, inserts)
+        names, rows = self._run(sql, (value,), max_rows, request_rows)
         return typed_frame(names, rows, types)
 
     def _lookup_plan(self, prepared: PreparedQuery, index_key: str) -> tuple[str, dict[str, str | None]]:
@@ -289,6 +321,24 @@ class SqliteRealtimeStore(RealtimeStore):
         self._run(f"SELECT * FROM ({prepared.sqlite_sql(self.tables())}) AS _fs_check LIMIT 0", (), 0)
         return prepared.output_types(self.tables())
 
+    def lookup_scans(self, prepared: PreparedQuery) -> dict[str, list[str]]:
+        """From SQLite's query plan: a ``SCAN`` (not a ``SEARCH``) of a table source's rows table."""
+        scanned = {}
+        try:
+            with self._readers.reader() as reader:
+                # EXPLAIN plans on the schema the connection has loaded: a read first loads the writer's changes
+                reader.connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
+                for key in self.serving_keys(prepared):
+                    plan = reader.connection.execute("EXPLAIN QUERY PLAN " + self._lookup_plan(prepared, key)[0],
+                                                     (None,)).fetchall()
+                    tables = [name for name in self._table_sources(prepared)
+                              if any(f"{row[3]} ".startswith(f"SCAN {rows_table(name)} ") for row in plan)]
+                    if tables:
+                        scanned[key] = tables
+        except (ValueError, sqlite3.Error, FeatureStoreError):  # closed, or a plan it cannot explain: no warning
+            return {}
+        return scanned
+
     def query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
         """Run a read-only statement, rows as SQLite gives them (for tests and tools)."""
         names, rows = self._run(sql, tuple(params), None)
@@ -299,39 +349,58 @@ class SqliteRealtimeStore(RealtimeStore):
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            self._connection.close()
-
-    def _run(self, sql: str, params: tuple, max_rows: int | None,
-             inserts: list[list[tuple[str, Iterable[Any]]]] = ()) -> tuple[list[str], list[tuple]]:
-        """Run one read under the lock; `inserts` (request rows) are written first inside a transaction
-        that is rolled back after the read, so only this read sees them."""
-        with self._lock:
             if self._closed:
-                raise BackendUnavailable(ROLE, "the store is closed")
-            if inserts:
-                self._stage(inserts)
-            if self.statement_timeout is not None:
-                self._deadline = time.monotonic() + self.statement_timeout
-            try:
-                cursor = self._connection.execute(sql, params)
-                rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
-                names = [d[0] for d in cursor.description or ()]
-            except sqlite3.Error as error:
-                if self.statement_timeout is not None and getattr(error, "sqlite_errorcode", None) == \
-                        sqlite3.SQLITE_INTERRUPT:
-                    raise query_timeout(ROLE, self.statement_timeout) from None
-                raise InvalidQuery(f"the realtime store rejected the query: {error}") from None
-            finally:
-                if inserts:
-                    self._writing = True
-                    try:
-                        self._connection.execute("ROLLBACK")
-                    finally:
-                        self._writing = False
+                return
+            self._closed = True
+            self._readers.close()
+            self._connection.close()
+            self._remove_files()  # a reader still running keeps reading its open file
+
+    def _run(self, sql: str, params: tuple, max_rows: int | None, request_rows: dict[str, Any] | None = None,
+             timed: bool = True) -> tuple[list[str], list[tuple]]:
+        """Run one read on a reader of its own (under the time limit unless not `timed`); `request_rows` are
+        written to the reader's temporary tables first and deleted after the read, so only this read sees them."""
+        try:
+            with self._readers.reader() as reader:
+                return self._read(reader, sql, params, max_rows, request_rows, timed)
+        except ValueError:  # the pool is closed
+            raise BackendUnavailable(ROLE, "the store is closed") from None
+
+    def _read(self, reader: Reader, sql: str, params: tuple, max_rows: int | None,
+              request_rows: dict[str, Any] | None, timed: bool) -> tuple[list[str], list[tuple]]:
+        if request_rows:
+            self._stage(reader, request_rows)
+        if timed and self.statement_timeout is not None:
+            reader.deadline = time.monotonic() + self.statement_timeout
+        try:
+            cursor = reader.connection.execute(sql, params)
+            rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
+            names = [d[0] for d in cursor.description or ()]
+        except sqlite3.Error as error:
+            if self.statement_timeout is not None and getattr(error, "sqlite_errorcode", None) == \
+                    sqlite3.SQLITE_INTERRUPT:
+                raise query_timeout(ROLE, self.statement_timeout) from None
+            raise InvalidQuery(f"the realtime store rejected the query: {error}") from None
+        finally:
+            if request_rows:
+                self._unstage(reader, request_rows)
         if max_rows is not None and len(rows) > max_rows:
             raise ResultTooLarge(f"the result has more than {max_rows} rows", {"max_rows": max_rows})
         return names, rows
+
+
+def _table_sql(source: SourceRecord, schema: str) -> str:
+    """CREATE TABLE of the source's rows table in `schema` ("" for main, or "temp.")."""
+    body = ", ".join(f"{quote_identifier(c['name'])} {logical_types.SQLITE[c['type']]}" for c in source.columns)
+    return f"CREATE TABLE {schema}{quote_identifier(rows_table(source.name))} ({body})"
+
+
+def _view_sql(source: SourceRecord, schema: str) -> str:
+    """CREATE VIEW of the source's hot window over its rows table, both in `schema`."""
+    where = "" if source.hot_window_seconds is None else \
+        f" WHERE {quote_identifier(source.event_time)} > fs_cutoff('{source.name}')"
+    return (f"CREATE VIEW {schema}{quote_identifier(source.name)} AS SELECT * FROM "
+            f"{schema}{quote_identifier(rows_table(source.name))}{where}")
 
 
 def _column_names(frame: Any) -> list[str]:
