@@ -147,8 +147,10 @@ class EtlFetcher:
             except ValueError:
                 raise InvalidEtl(f"the git repository {str(root)!r} has no commits yet", details) from None
             ref = "HEAD" if work.head.is_detached else work.head.reference.name
-            data = _blob_bytes(commit, relpath, etl_path, untracked_hint=True)
-            if real.read_bytes() != data:
+            blob = _blob(commit, relpath, etl_path, untracked_hint=True)
+            # Sizes first: a huge (even sparse) work-tree file is refused without reading it.
+            data = blob.data_stream.read()
+            if real.stat().st_size != blob.size or _read_at_most(real, blob.size + 1) != data:
                 raise InvalidEtl(
                     f"ETL file {etl_path!r} has uncommitted changes; commit them first so the "
                     f"recorded commit {commit.hexsha[:12]} reproduces the code",
@@ -184,7 +186,7 @@ class EtlFetcher:
             bare = self._update_clone(remote, clone_dir, ref, local=scheme == "file")
             with bare:
                 sha = self._resolve(bare, ref or "HEAD", remote, shown)
-                data = _blob_bytes(bare.commit(sha), relpath, shown, untracked_hint=False)
+                data = _blob(bare.commit(sha), relpath, shown, untracked_hint=False).data_stream.read()
         source = EtlSource(kind="git", url=shown, repo=_redact(remote), ref=ref or "HEAD", commit=sha, path=relpath)
         return _fetched(source, data, shown)
 
@@ -354,8 +356,8 @@ def _fetched(source: EtlSource, data: bytes, etl_path: str) -> FetchedEtl:
     return FetchedEtl(source=source, code=code, code_sha256=code_sha256(code))
 
 
-def _blob_bytes(commit: git.Commit, relpath: str, etl_path: str, untracked_hint: bool) -> bytes:
-    """The bytes of file `relpath` in `commit`, or InvalidEtl."""
+def _blob(commit: git.Commit, relpath: str, etl_path: str, untracked_hint: bool) -> git.Blob:
+    """The blob of file `relpath` in `commit`, at most MAX_SOURCE_BYTES (checked before reading), or InvalidEtl."""
     try:
         item = commit.tree / relpath
     except KeyError:
@@ -369,7 +371,13 @@ def _blob_bytes(commit: git.Commit, relpath: str, etl_path: str, untracked_hint:
         raise InvalidEtl(message, {"etl_path": etl_path, "commit": commit.hexsha, "path": relpath})
     if item.size > MAX_SOURCE_BYTES:
         raise InvalidEtl(f"ETL source {etl_path!r} is larger than {MAX_SOURCE_BYTES} bytes", {"etl_path": etl_path})
-    return item.data_stream.read()
+    return item
+
+
+def _read_at_most(path: Path, size: int) -> bytes:
+    """The first `size` bytes of `path` (never more, whatever the file has become since its size was checked)."""
+    with open(path, "rb") as handle:
+        return handle.read(size)
 
 
 def _parse_git_url(etl_path: str) -> tuple[str, str | None, str]:

@@ -162,6 +162,20 @@ def test_uncommitted_change_is_refused(fetcher, etl_repo):
     assert caught.value.details["commit"] == etl_repo.head_sha
 
 
+def test_huge_sparse_uncommitted_file_is_refused_without_reading_it(fetcher, etl_repo):
+    """Security 9: a 1 TiB sparse work-tree file is refused on its size, not read in full first."""
+    with open(etl_repo.file("etls/features.py"), "r+b") as handle:
+        handle.truncate(1 << 40)  # sparse: no disk, but reading it would need 1 TiB of memory
+    with pytest.raises(InvalidEtl, match="uncommitted changes"):
+        fetcher.fetch(str(etl_repo.file("etls/features.py")))
+
+
+def test_same_size_uncommitted_change_is_refused(fetcher, etl_repo):
+    etl_repo.file("etls/features.py").write_text(FEATURES_ETL.replace("ios", "IOS"))
+    with pytest.raises(InvalidEtl, match="uncommitted changes"):
+        fetcher.fetch(str(etl_repo.file("etls/features.py")))
+
+
 @pytest.mark.parametrize("stage", [False, True], ids=["untracked", "staged-only"])
 def test_uncommitted_file_is_refused(fetcher, etl_repo, stage):
     etl_repo.file("etls/new.py").write_text(FEATURES_ETL)
