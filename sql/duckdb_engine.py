@@ -15,8 +15,10 @@ and bulk reads (append, hydration) run without a limit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
+import json
 import math
 import threading
 import time
@@ -28,12 +30,18 @@ import pandas as pd
 import pyarrow as pa
 
 from common.errors import BackendUnavailable, InvalidQuery, ResultTooLarge
+from sql.guards import is_refused, refused_message
 
 _DUCKDB_BAD_QUERY = (
     duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException,
     duckdb.InvalidInputException, duckdb.PermissionException, duckdb.OutOfRangeException,
     duckdb.NotImplementedException, duckdb.TypeMismatchException, duckdb.ConstraintException,
     duckdb.SyntaxException, duckdb.DataError, duckdb.ProgrammingError,
+)
+# What a user's SELECT can fail with that is the server's trouble, not the query's (503; the rest is 400).
+_DUCKDB_SERVER_SIDE = (
+    duckdb.IOException, duckdb.ConnectionException, duckdb.FatalException, duckdb.InternalException,
+    duckdb.OutOfMemoryException, duckdb.InterruptException,
 )
 
 
@@ -179,7 +187,7 @@ class DuckDBEngine:
         both parsers (DuckDB runs a DELETE inside a CTE) leaves nothing behind. `staged` rows
         (table -> Arrow table) are inserted first in that transaction: only this statement sees them.
         """
-        with self._translated():
+        with self._translated(user_sql=True):
             cursor = self._checked_select(sql)
             cursor.execute("BEGIN TRANSACTION")
             try:
@@ -201,7 +209,7 @@ class DuckDBEngine:
 
         The statement starts under the time limit; the stream itself is read at the caller's pace.
         """
-        with self._translated():
+        with self._translated(user_sql=True):
             cursor = self._checked_select(sql)
             cursor.execute("BEGIN TRANSACTION")
             try:
@@ -213,7 +221,7 @@ class DuckDBEngine:
 
         def stream() -> Iterator[Any]:
             try:
-                with self._translated():
+                with self._translated(user_sql=True):
                     yield from reader
             finally:
                 _rollback(cursor)
@@ -221,12 +229,16 @@ class DuckDBEngine:
         return reader.schema, stream()
 
     def _checked_select(self, sql: str) -> duckdb.DuckDBPyConnection:
-        """This thread's cursor, once DuckDB's own parser agrees `sql` is exactly one SELECT."""
+        """This thread's cursor, once DuckDB's own parser agrees `sql` is exactly one SELECT that
+        names no function or system view `sql.guards` refuses."""
         cursor = self._cursor()
         statements = cursor.extract_statements(sql)
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             kinds = [statement.type.name for statement in statements]
             raise InvalidQuery(f"the {self.role} runs exactly one SELECT statement, not {kinds}")
+        refused = _refused_name(sql)
+        if refused is not None:
+            raise InvalidQuery(refused_message(refused), {"function": refused})
         return cursor
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -246,8 +258,8 @@ class DuckDBEngine:
     def close(self) -> None:
         self._connection.close()
 
-    def _translated(self) -> "_DuckDBErrors":
-        return _DuckDBErrors(self.role)
+    def _translated(self, user_sql: bool = False) -> "_DuckDBErrors":
+        return _DuckDBErrors(self.role, user_sql)
 
     def _time_limit(self, cursor: duckdb.DuckDBPyConnection) -> "_TimeLimit":
         return _TimeLimit(self, cursor)
@@ -347,10 +359,14 @@ _WATCHDOG = _Watchdog()
 
 
 class _DuckDBErrors:
-    """Turn DuckDB exceptions into the service's errors: bad SQL is 400, the rest 503."""
+    """Turn DuckDB exceptions into the service's errors: bad SQL is 400, the rest 503.
 
-    def __init__(self, role: str):
-        self.role = role
+    For a user's SELECT (`user_sql`) only errors of the server's own (I/O, connection, memory, a fatal or
+    internal error) are 503: anything else, even an error class DuckDB leaves generic, came from the query
+    and is 400, so that clients do not retry it as an outage."""
+
+    def __init__(self, role: str, user_sql: bool = False):
+        self.role, self.user_sql = role, user_sql
 
     def __enter__(self) -> None:
         return None
@@ -358,9 +374,41 @@ class _DuckDBErrors:
     def __exit__(self, kind: type | None, error: BaseException | None, _tb: Any) -> bool:
         if error is None or not isinstance(error, duckdb.Error):
             return False
-        if isinstance(error, _DUCKDB_BAD_QUERY):
+        bad_query = not isinstance(error, _DUCKDB_SERVER_SIDE) if self.user_sql else isinstance(error, _DUCKDB_BAD_QUERY)
+        if bad_query:
             raise InvalidQuery(f"the {self.role} rejected the query: {error}") from None
         raise BackendUnavailable(self.role, error) from None
+
+
+_PARSER_LOCK = threading.Lock()
+_PARSER: list[duckdb.DuckDBPyConnection] = []  # one private in-memory connection, only for parsing
+
+
+@functools.lru_cache(maxsize=4096)
+def _refused_name(sql: str) -> str | None:
+    """The first function or table in DuckDB's own parse of `sql` that `sql.guards` refuses, else None.
+
+    None too when DuckDB cannot serialize the parse: running the text then reports its own error."""
+    with _PARSER_LOCK:
+        if not _PARSER:
+            _PARSER.append(duckdb.connect(":memory:", config={"enable_external_access": False}))
+        text = _PARSER[0].execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]
+    tree = json.loads(text)
+    return None if tree.get("error") else _first_refused(tree)
+
+
+def _first_refused(node: Any) -> str | None:
+    if isinstance(node, list):
+        return next((name for child in node if (name := _first_refused(child)) is not None), None)
+    if not isinstance(node, dict):
+        return None
+    name = node.get("function_name")
+    if isinstance(name, str) and is_refused(name):
+        return name
+    table = node.get("table_name")
+    if node.get("type") == "BASE_TABLE" and isinstance(table, str) and is_refused(table, table=True):
+        return table
+    return _first_refused(list(node.values()))
 
 
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:
