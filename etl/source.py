@@ -152,8 +152,9 @@ class EtlFetcher:
             ref = "HEAD" if work.head.is_detached else work.head.reference.name
             blob = _blob(commit, relpath, etl_path, untracked_hint=True)
             # Sizes first: a huge (even sparse) work-tree file is refused without reading it.
-            data = blob.data_stream.read()
-            if real.stat().st_size != blob.size or _read_at_most(real, blob.size + 1) != data:
+            same_size = real.stat().st_size == blob.size
+            data = blob.data_stream.read() if same_size else b""
+            if not same_size or _read_at_most(real, blob.size + 1) != data:
                 raise InvalidEtl(
                     f"ETL file {etl_path!r} has uncommitted changes; commit them first so the "
                     f"recorded commit {commit.hexsha[:12]} reproduces the code",
