@@ -11,6 +11,7 @@ any process the service starts do not inherit them.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, MutableMapping
@@ -127,13 +128,38 @@ def _secret_from_file(name: str, environ: Mapping[str, str]) -> str | None:
 
 
 def remove_secrets_from_environ(environ: MutableMapping[str, str] | None = None) -> list[str]:
-    """Delete every secret setting and its ``_FILE`` name from `environ` (default ``os.environ``, which
-    also unsets them for child processes); the names removed."""
+    """Delete every secret setting and its ``_FILE`` name from `environ` (default ``os.environ``: also
+    unset for child processes, and wiped from the kernel's copy of this process's starting environment,
+    see `_wipe_starting_environment`); the names removed."""
+    wipe = environ is None
     environ = os.environ if environ is None else environ
     names = [name for secret in SECRET_SETTINGS for name in (secret, f"{secret}_FILE") if name in environ]
     for name in names:
         del environ[name]
+    if wipe and names:
+        _wipe_starting_environment(names)
     return names
+
+
+def _wipe_starting_environment(names: list[str]) -> None:
+    """Zero the ``NAME=value`` strings of `names` where the kernel placed this process's starting
+    environment: Linux serves ``/proc/<pid>/environ`` from that memory, which unsetting a variable does
+    not change. Only for names already unset (nothing points at their strings any more); a no-op where
+    /proc is missing."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50 and 51 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return
+    if not 0 < start < end:
+        return
+    keys = tuple(name.encode() + b"=" for name in names)
+    offset = 0
+    for entry in ctypes.string_at(start, end - start).split(b"\0"):
+        if entry.startswith(keys):
+            ctypes.memset(start + offset, 0, len(entry))
+        offset += len(entry) + 1
 
 
 def settings_table() -> str:
