@@ -15,7 +15,7 @@ and bulk reads (append, hydration) run without a limit.
 from __future__ import annotations
 
 import contextlib
-import functools
+import hashlib
 import heapq
 import itertools
 import json
@@ -382,33 +382,48 @@ class _DuckDBErrors:
 
 _PARSER_LOCK = threading.Lock()
 _PARSER: list[duckdb.DuckDBPyConnection] = []  # one private in-memory connection, only for parsing
+_CHECKED: dict[bytes, str | None] = {}  # digest of the SQL text -> `_refused_name`; never holds the text
+_CHECKED_MAX = 4096
 
 
-@functools.lru_cache(maxsize=4096)
 def _refused_name(sql: str) -> str | None:
     """The first function or table in DuckDB's own parse of `sql` that `sql.guards` refuses, else None.
 
-    None too when DuckDB cannot serialize the parse: running the text then reports its own error."""
+    None too when DuckDB cannot serialize the parse: running the text then reports its own error.
+    Remembered by a digest of the text, so a saved query's lookups parse it once."""
+    key = hashlib.blake2b(sql.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    if key in _CHECKED:
+        return _CHECKED[key]
     with _PARSER_LOCK:
         if not _PARSER:
             _PARSER.append(duckdb.connect(":memory:", config={"enable_external_access": False}))
         text = _PARSER[0].execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]
-    tree = json.loads(text)
-    return None if tree.get("error") else _first_refused(tree)
+    try:
+        tree = json.loads(text)
+    except RecursionError:
+        raise InvalidQuery("the query is nested too deeply to be checked") from None
+    refused = None if tree.get("error") else _first_refused(tree)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = refused
+    return refused
 
 
-def _first_refused(node: Any) -> str | None:
-    if isinstance(node, list):
-        return next((name for child in node if (name := _first_refused(child)) is not None), None)
-    if not isinstance(node, dict):
-        return None
-    name = node.get("function_name")
-    if isinstance(name, str) and is_refused(name):
-        return name
-    table = node.get("table_name")
-    if node.get("type") == "BASE_TABLE" and isinstance(table, str) and is_refused(table, table=True):
-        return table
-    return _first_refused(list(node.values()))
+def _first_refused(tree: Any) -> str | None:
+    """A refused function name or system view in DuckDB's JSON parse tree (walked without recursion)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            name, table = node.get("function_name"), node.get("table_name")
+            if isinstance(name, str) and is_refused(name):
+                return name
+            if node.get("type") == "BASE_TABLE" and isinstance(table, str) and is_refused(table, table=True):
+                return table
+            pending.extend(node.values())
+    return None
 
 
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:

@@ -57,3 +57,15 @@ def test_the_services_own_writes_keep_503_for_transaction_trouble() -> None:
     with pytest.raises(BackendUnavailable):
         with _DuckDBErrors("warehouse"):
             raise duckdb.TransactionException("write-write conflict")
+
+
+@pytest.mark.parametrize("depth", [300, 900, 3000])
+def test_deeply_nested_sql_is_checked_or_refused_never_a_crash(engine: DuckDBEngine, depth: int) -> None:
+    sql = "SELECT " + "abs(" * depth + "1" + ")" * depth + " AS x"
+    try:
+        assert engine.query(sql)["x"].tolist() == [1]
+    except InvalidQuery:
+        pass  # too deep for the check or for DuckDB: a 400, never a RecursionError
+    nested = "SELECT " + "abs(" * depth + "(SELECT count(*) FROM duckdb_settings())" + ")" * depth + " AS x"
+    with pytest.raises(InvalidQuery):
+        engine.query(nested)
