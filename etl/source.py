@@ -295,23 +295,8 @@ class EtlFetcher:
         self._check_allowed(current, url)
         deadline = time.monotonic() + self.timeout
         try:
-            for _ in range(MAX_REDIRECTS + 1):
-                with self._get(current) as response:
-                    if response.is_redirect:  # followed by hand: every hop is checked and must be allowed
-                        current = checked_http_url(urljoin(current, response.headers["location"]))
-                        self._check_allowed(current, url)
-                        continue
-                    status = response.status_code
-                    if status != 200:
-                        error = UpstreamUnavailable if status >= 500 else InvalidEtl
-                        raise error(
-                            f"ETL URL {shown_url(current)!r} answered HTTP {status}",
-                            {"etl_path": shown, "status": status},
-                        )
-                    data = _read_capped(response, shown, deadline)
-                    break
-            else:
-                raise InvalidEtl(f"ETL URL {shown!r} redirects more than {MAX_REDIRECTS} times", {"etl_path": shown})
+            with requests.Session() as session:
+                current, data = self._get_following_redirects(session, current, url, deadline)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise UpstreamUnavailable(
                 f"ETL URL {shown!r} is unavailable ({type(exc).__name__})",
@@ -321,14 +306,32 @@ class EtlFetcher:
             raise InvalidEtl(f"cannot fetch ETL URL {shown!r}: {exc}", {"etl_path": shown}) from None
         return _fetched(EtlSource(kind="http", url=current), data, shown)  # the URL the code was read from
 
-    def _get(self, url: str) -> requests.Response:
+    def _get_following_redirects(self, session: requests.Session, current: str, url: str,
+                                 deadline: float) -> tuple[str, bytes]:
+        """(the URL read, its body) from checked URL `current`, redirects followed by hand: every hop is
+        checked and must be allowed; `url` is what the caller gave (for messages)."""
+        shown = shown_url(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            with self._get(session, current) as response:
+                if response.is_redirect:
+                    current = checked_http_url(urljoin(current, response.headers["location"]))
+                    self._check_allowed(current, url)
+                    continue
+                status = response.status_code
+                if status != 200:
+                    error = UpstreamUnavailable if status >= 500 else InvalidEtl
+                    raise error(f"ETL URL {shown_url(current)!r} answered HTTP {status}",
+                                {"etl_path": shown, "status": status})
+                return current, _read_capped(response, shown, deadline)
+        raise InvalidEtl(f"ETL URL {shown!r} redirects more than {MAX_REDIRECTS} times", {"etl_path": shown})
+
+    def _get(self, session: requests.Session, url: str) -> requests.Response:
         """GET exactly `url` (prepared once, sent as prepared), streaming, redirects not followed."""
         request = requests.Request("GET", url).prepare()
         if request.url != url:  # a checked URL prepares to itself; anything else is not what was checked
             raise InvalidEtl(f"ETL URL {url!r} is not in the form it is sent in", {"etl_path": url})
-        with requests.Session() as session:
-            settings = session.merge_environment_settings(url, {}, True, None, None)
-            return session.send(request, timeout=self.timeout, allow_redirects=False, **settings)
+        settings = session.merge_environment_settings(url, {}, True, None, None)
+        return session.send(request, timeout=self.timeout, allow_redirects=False, **settings)
 
     # ------------------------------------------------------------------ allow-list
 
