@@ -11,7 +11,7 @@ from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
 
 from app import jsonio
-from app.settings import load_settings
+from app.settings import load_settings, remove_secrets_from_environ
 
 log = logging.getLogger("featurestore")
 
@@ -83,8 +83,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from app.api.common import error_body
 
     settings = load_settings(config)
+    # Read once: ETL code (in this process or a worker) and every child process see none of them.
+    remove_secrets_from_environ()
     app = Flask(__name__)
-    app.config.update(settings)
+    app.config.update({**settings, "ADMIN_KEY": None})  # registered by its hash below, not kept
     app.config.update(MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"], RESTX_ERROR_404_HELP=False,
                       ERROR_INCLUDE_MESSAGE=False, RESTX_MASK_SWAGGER=False)
     app.json = OrjsonProvider(app)

@@ -2,12 +2,19 @@
 
 Precedence: defaults, then environment variables, then the mapping given to
 `create_app` (tests). URL defaults derive from `DATA_DIR` when left unset.
+
+Secrets (`SECRET_SETTINGS`: the admin key and the backend URLs, which may carry
+passwords) can instead be read from a file named by ``<NAME>_FILE`` (a Docker secret,
+say), so they are in no process environment at all; `remove_secrets_from_environ`
+takes them (and the ``_FILE`` names) out of ``os.environ`` once read, so ETL code and
+any process the service starts do not inherit them.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, MutableMapping
 
 
 @dataclass(frozen=True)
@@ -29,9 +36,9 @@ def _names(text: str) -> tuple[str, ...]:
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATA_DIR", "./data", "Folder for the embedded catalog, warehouse and git cache."),
     Setting("CATALOG_URL", None, "Catalog backend: sqlite:///…, postgresql://… or mongodb://…. "
-            "Default: sqlite:///$DATA_DIR/catalog.db."),
+            "Default: sqlite:///$DATA_DIR/catalog.db. Or CATALOG_URL_FILE: a file holding it."),
     Setting("WAREHOUSE_URL", None, "Warehouse: duckdb:///… or any SQLAlchemy URL (postgresql://…). "
-            "Default: duckdb:///$DATA_DIR/warehouse.duckdb."),
+            "Default: duckdb:///$DATA_DIR/warehouse.duckdb. Or WAREHOUSE_URL_FILE: a file holding it."),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "
@@ -58,7 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AUTH", "on", "API-key authentication: 'on', or 'off' for local development only (announced "
             "loudly at start).", lambda text: "off" if text.strip().lower() in ("off", "0", "false", "no") else "on"),
     Setting("ADMIN_KEY", None, "With AUTH on: an admin API key to create (by its hash) at start, so a "
-            "deployment needs no interactive step."),
+            "deployment needs no interactive step. Or ADMIN_KEY_FILE: a file holding it (e.g. a Docker secret)."),
     Setting("QUERY_TIMEOUT_SECONDS", 30.0, "Time limit of one SQL statement on the warehouse (and the most "
             "LOOKUP_TIMEOUT_SECONDS can be); past it the request gets 400 query_timeout.", float),
     Setting("LOOKUP_TIMEOUT_SECONDS", 1.0, "Time limit of one statement on the realtime store (a point lookup); "
@@ -94,15 +101,21 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+SECRET_SETTINGS = ("ADMIN_KEY", "CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL")
+
+
 def load_settings(overrides: Mapping[str, Any] | None = None,
                   environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Resolve every setting: defaults, then `environ`, then `overrides`; fill derived URLs."""
+    """Resolve every setting: defaults, then `environ` (``<NAME>_FILE`` for secrets), then `overrides`;
+    fill derived URLs."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         value = setting.default
-        if setting.name in environ and environ[setting.name] != "":
+        raw = _secret_from_file(setting.name, environ) if setting.name in SECRET_SETTINGS else None
+        if raw is None and environ.get(setting.name, "") != "":
             raw = environ[setting.name]
+        if raw is not None:
             try:
                 value = setting.parse(raw)
             except ValueError:
@@ -116,6 +129,58 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     values["LOAD_DIR"] = os.path.abspath(values["LOAD_DIR"] or os.path.join(data_dir, "load"))
     values["EXPORT_DIR"] = os.path.abspath(values["EXPORT_DIR"] or os.path.join(data_dir, "exports"))
     return values
+
+
+def _secret_from_file(name: str, environ: Mapping[str, str]) -> str | None:
+    """The content of the file ``<name>_FILE`` names (one trailing newline dropped), or None if unset."""
+    path = environ.get(f"{name}_FILE", "")
+    if not path:
+        return None
+    if environ.get(name, ""):
+        raise ValueError(f"setting {name}: give either {name} or {name}_FILE, not both")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read().removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"setting {name}_FILE: cannot read {path!r}: {error}") from None
+    if not text.strip():
+        raise ValueError(f"setting {name}_FILE: {path!r} is empty")
+    return text
+
+
+def remove_secrets_from_environ(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Delete every secret setting and its ``_FILE`` name from `environ` (default ``os.environ``: also
+    unset for child processes, and wiped from the kernel's copy of this process's starting environment,
+    see `_wipe_starting_environment`); the names removed."""
+    wipe = environ is None
+    environ = os.environ if environ is None else environ
+    names = [name for secret in SECRET_SETTINGS for name in (secret, f"{secret}_FILE") if name in environ]
+    for name in names:
+        del environ[name]
+    if wipe and names:
+        _wipe_starting_environment(names)
+    return names
+
+
+def _wipe_starting_environment(names: list[str]) -> None:
+    """Zero the ``NAME=value`` strings of `names` where the kernel placed this process's starting
+    environment: Linux serves ``/proc/<pid>/environ`` from that memory, which unsetting a variable does
+    not change. Only for names already unset (nothing points at their strings any more); a no-op where
+    /proc is missing."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50 and 51 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return
+    if not 0 < start < end:
+        return
+    keys = tuple(name.encode() + b"=" for name in names)
+    offset = 0
+    for entry in ctypes.string_at(start, end - start).split(b"\0"):
+        if entry.startswith(keys):
+            ctypes.memset(start + offset, 0, len(entry))
+        offset += len(entry) + 1
 
 
 def settings_table() -> str:

@@ -7,16 +7,26 @@ the Python client turns that JSON back into the same classes.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# CSI sequences (colours, underline: sqlglot underlines the failing token), OSC strings, two-byte escapes.
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def plain_text(text: str) -> str:
+    """`text` without ANSI terminal escape sequences, fit for a JSON message or a log line."""
+    return _ANSI_ESCAPE.sub("", text) if "\x1b" in text else text
 
 
 class FeatureStoreError(Exception):
-    """Base of every deliberate error; carries what the JSON body needs."""
+    """Base of every deliberate error; carries what the JSON body needs (the message as plain text)."""
 
     status: int = 500
     code: str = "internal_error"
 
     def __init__(self, message: str, details: dict[str, Any] | None = None, code: str | None = None):
+        message = plain_text(message)
         super().__init__(message)
         self.message = message
         self.details = details or {}

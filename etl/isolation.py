@@ -13,6 +13,12 @@ before it runs any ETL code:
   or a subprocess get around it. Where ETL authors are not trusted, also run the
   service (or the workers) in a network namespace without interfaces, a container
   with ``--network none``, or under a seccomp filter that denies ``socket(2)``;
+- keeps only an allow-list of its environment (`scrub_environment`: paths, locale, time
+  zone, temporary folders, thread counts), so ETL code and the processes it starts see no
+  credentials the server's environment holds. The kernel's copy of the environment a
+  process started with (``/proc/self/environ``) is the fork server's: started after the
+  service removed its own secrets (`app.settings.remove_secrets_from_environ`), it has
+  none of them, but it keeps any other variable the server was started with;
 - ignores SIGINT (the server handles shutdown) and exits when the server does.
 
 A worker keeps its own LRU of loaded classes, keyed by (key, sha256) and checked
@@ -381,11 +387,24 @@ def block_network() -> None:
         setattr(socket, name, refuse)
 
 
+_KEPT_ENVIRONMENT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+                                "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE"})
+_KEPT_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_")
+
+
+def scrub_environment() -> None:
+    """Delete every environment variable of this process but `_KEPT_ENVIRONMENT` and `_KEPT_PREFIXES`."""
+    for name in list(os.environ):
+        if name not in _KEPT_ENVIRONMENT and not name.startswith(_KEPT_PREFIXES):
+            del os.environ[name]
+
+
 def _serve(conn: Connection, memory_bytes: int | None, cache_size: int) -> None:
     """A worker's life: set the limits, say ready, then answer requests until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     try:
+        scrub_environment()
         if memory_bytes is not None:
             in_use = _address_space()
             if in_use is not None and in_use + _HEADROOM > memory_bytes:

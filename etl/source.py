@@ -13,7 +13,9 @@ where it came from (`catalog.base.EtlSource`) and its sha256:
 - ``http(s)://…/name.py``: a plain GET, capped at `MAX_SOURCE_BYTES`.
 
 Local paths and ``file://`` are always allowed; every other remote must start
-with one of the ``ETL_ALLOWED_REMOTES`` prefixes.
+with one of the ``ETL_ALLOWED_REMOTES`` prefixes. A remote URL is checked once by
+`etl.remote_url` (ambiguous URLs refused, the host as the HTTP client reads it) and
+that checked form is what is compared, fetched and recorded.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import requests
 
 from catalog.base import EtlSource
 from common.errors import InvalidEtl, UpstreamUnavailable
+from etl.remote_url import checked_git_remote, checked_http_url, shown_url
 
 try:  # POSIX: also exclude other worker processes sharing the cache directory
     import fcntl
@@ -147,8 +150,11 @@ class EtlFetcher:
             except ValueError:
                 raise InvalidEtl(f"the git repository {str(root)!r} has no commits yet", details) from None
             ref = "HEAD" if work.head.is_detached else work.head.reference.name
-            data = _blob_bytes(commit, relpath, etl_path, untracked_hint=True)
-            if real.read_bytes() != data:
+            blob = _blob(commit, relpath, etl_path, untracked_hint=True)
+            # Sizes first: a huge (even sparse) work-tree file is refused without reading it.
+            same_size = real.stat().st_size == blob.size
+            data = blob.data_stream.read() if same_size else b""
+            if not same_size or _read_at_most(real, blob.size + 1) != data:
                 raise InvalidEtl(
                     f"ETL file {etl_path!r} has uncommitted changes; commit them first so the "
                     f"recorded commit {commit.hexsha[:12]} reproduces the code",
@@ -160,7 +166,7 @@ class EtlFetcher:
     # ------------------------------------------------------------------ git remotes
 
     def _fetch_git(self, url: str, remote: str, ref: str | None, path: str) -> FetchedEtl:
-        shown = _redact(url)
+        shown = shown_url(url)
         relpath = _clean_repo_path(path, shown)
         if ref is not None:
             ref = ref.strip()
@@ -172,20 +178,22 @@ class EtlFetcher:
             scheme = "file"
         if scheme not in _GIT_SCHEMES:
             raise InvalidEtl(
-                f"unsupported git remote {_redact(remote)!r}; use one of: {', '.join(_GIT_SCHEMES)}",
-                {"etl_path": shown, "repo": _redact(remote)},
+                f"unsupported git remote {shown_url(remote)!r}; use one of: {', '.join(_GIT_SCHEMES)}",
+                {"etl_path": shown, "repo": shown_url(remote)},
             )
         if scheme == "file":
             if not _file_url_to_path(remote).is_dir():
                 raise InvalidEtl(f"git repository {remote!r} does not exist", {"etl_path": shown, "repo": remote})
-        else:
+        else:  # from here on only the checked form: what is allowed is what git is given and what is recorded
+            remote = checked_git_remote(remote)
             self._check_allowed(remote, url)
+            shown = f"git+{remote}" + (f"@{ref}" if ref else "") + f"#{relpath}"
         with self._repo_lock(remote) as clone_dir:
             bare = self._update_clone(remote, clone_dir, ref, local=scheme == "file")
             with bare:
                 sha = self._resolve(bare, ref or "HEAD", remote, shown)
-                data = _blob_bytes(bare.commit(sha), relpath, shown, untracked_hint=False)
-        source = EtlSource(kind="git", url=shown, repo=_redact(remote), ref=ref or "HEAD", commit=sha, path=relpath)
+                data = _blob(bare.commit(sha), relpath, shown, untracked_hint=False).data_stream.read()
+        source = EtlSource(kind="git", url=shown, repo=remote, ref=ref or "HEAD", commit=sha, path=relpath)
         return _fetched(source, data, shown)
 
     @contextmanager
@@ -198,8 +206,8 @@ class EtlFetcher:
         # Waiting for another fetch of the same remote counts against this request's time limit:
         # callers queued behind a hung remote fail after `timeout`, not after their turn plus it.
         if not lock.acquire(timeout=self.timeout):
-            raise UpstreamUnavailable(f"the git remote {_redact(remote)} is busy with another fetch that has "
-                                      f"not finished within {self.timeout:g} s", {"remote": _redact(remote)})
+            raise UpstreamUnavailable(f"the git remote {shown_url(remote)} is busy with another fetch that has "
+                                      f"not finished within {self.timeout:g} s", {"remote": shown_url(remote)})
         try:
             with open(self.cache_dir / f"{key}.lock", "a+b") as lock_file:
                 if fcntl is not None:
@@ -258,7 +266,7 @@ class EtlFetcher:
                 env=env,
             )
         except git.GitCommandError as exc:
-            shown = _redact(remote)
+            shown = shown_url(remote)
             stderr = _stderr_text(exc).replace(remote, shown)
             if stderr.startswith("Timeout:"):  # GitPython's message repeats the whole command
                 stderr = f"no answer within {self.timeout:g} s (git {args[0]} was stopped)"
@@ -267,43 +275,28 @@ class EtlFetcher:
                 raise InvalidEtl(f"cannot read the git repository {shown!r}: {stderr}", details) from None
             raise UpstreamUnavailable(f"git remote {shown!r} is unavailable: {stderr}", details) from None
 
-    def _resolve(self, bare: git.Repo, ref: str, remote: str, shown_url: str) -> str:
+    def _resolve(self, bare: git.Repo, ref: str, remote: str, shown: str) -> str:
         """The commit SHA `ref` (branch, tag, full or short SHA) names in the clone, or InvalidEtl."""
         try:
             return bare.git.rev_parse("--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
         except git.GitCommandError:
             raise InvalidEtl(
-                f"unknown ref {ref!r} in {_redact(remote)!r}: not a branch, tag or commit",
-                {"etl_path": shown_url, "repo": _redact(remote), "ref": ref},
+                f"unknown ref {ref!r} in {shown_url(remote)!r}: not a branch, tag or commit",
+                {"etl_path": shown, "repo": shown_url(remote), "ref": ref},
             ) from None
 
     # ------------------------------------------------------------------ HTTP
 
     def _fetch_http(self, url: str) -> FetchedEtl:
-        shown = _redact(url)
-        if not urlsplit(url).path.endswith(".py"):
+        shown = shown_url(url)
+        current = checked_http_url(url)  # what `requests` sends: the allow-list sees the host it connects to
+        if not urlsplit(current).path.endswith(".py"):
             raise InvalidEtl(f"ETL URL {shown!r} does not name a .py file", {"etl_path": shown})
-        self._check_allowed(url, url)
+        self._check_allowed(current, url)
         deadline = time.monotonic() + self.timeout
-        current = url
         try:
-            for _ in range(MAX_REDIRECTS + 1):
-                with requests.get(current, timeout=self.timeout, stream=True, allow_redirects=False) as response:
-                    if response.is_redirect:  # followed by hand: every hop must be allowed
-                        current = urljoin(current, response.headers["location"])
-                        self._check_allowed(current, url)
-                        continue
-                    status = response.status_code
-                    if status != 200:
-                        error = UpstreamUnavailable if status >= 500 else InvalidEtl
-                        raise error(
-                            f"ETL URL {_redact(current)!r} answered HTTP {status}",
-                            {"etl_path": shown, "status": status},
-                        )
-                    data = _read_capped(response, shown, deadline)
-                    break
-            else:
-                raise InvalidEtl(f"ETL URL {shown!r} redirects more than {MAX_REDIRECTS} times", {"etl_path": shown})
+            with requests.Session() as session:
+                current, data = self._get_following_redirects(session, current, url, deadline)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise UpstreamUnavailable(
                 f"ETL URL {shown!r} is unavailable ({type(exc).__name__})",
@@ -311,19 +304,46 @@ class EtlFetcher:
             ) from None
         except requests.RequestException as exc:
             raise InvalidEtl(f"cannot fetch ETL URL {shown!r}: {exc}", {"etl_path": shown}) from None
-        return _fetched(EtlSource(kind="http", url=shown), data, shown)
+        return _fetched(EtlSource(kind="http", url=current), data, shown)  # the URL the code was read from
+
+    def _get_following_redirects(self, session: requests.Session, current: str, url: str,
+                                 deadline: float) -> tuple[str, bytes]:
+        """(the URL read, its body) from checked URL `current`, redirects followed by hand: every hop is
+        checked and must be allowed; `url` is what the caller gave (for messages)."""
+        shown = shown_url(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            with self._get(session, current) as response:
+                if response.is_redirect:
+                    current = checked_http_url(urljoin(current, response.headers["location"]))
+                    self._check_allowed(current, url)
+                    continue
+                status = response.status_code
+                if status != 200:
+                    error = UpstreamUnavailable if status >= 500 else InvalidEtl
+                    raise error(f"ETL URL {shown_url(current)!r} answered HTTP {status}",
+                                {"etl_path": shown, "status": status})
+                return current, _read_capped(response, shown, deadline)
+        raise InvalidEtl(f"ETL URL {shown!r} redirects more than {MAX_REDIRECTS} times", {"etl_path": shown})
+
+    def _get(self, session: requests.Session, url: str) -> requests.Response:
+        """GET exactly `url` (prepared once, sent as prepared), streaming, redirects not followed."""
+        request = requests.Request("GET", url).prepare()
+        if request.url != url:  # a checked URL prepares to itself; anything else is not what was checked
+            raise InvalidEtl(f"ETL URL {url!r} is not in the form it is sent in", {"etl_path": url})
+        settings = session.merge_environment_settings(url, {}, True, None, None)
+        return session.send(request, timeout=self.timeout, allow_redirects=False, **settings)
 
     # ------------------------------------------------------------------ allow-list
 
     def _check_allowed(self, remote: str, etl_path: str) -> None:
-        """Refuse a non-local remote unless it starts with an ETL_ALLOWED_REMOTES prefix."""
+        """Refuse a checked non-local remote unless it starts with an ETL_ALLOWED_REMOTES prefix."""
         parts = urlsplit(remote)
         segments = unquote(parts.path).split("/")
         if "." in segments or ".." in segments or "\\" in unquote(parts.path):
             raise InvalidEtl(
-                f"remote {_redact(remote)!r} is not allowed: '.' and '..' path segments could escape "
+                f"remote {shown_url(remote)!r} is not allowed: '.' and '..' path segments could escape "
                 f"the {ALLOWED_SETTING} prefixes",
-                {"etl_path": _redact(etl_path), "remote": _redact(remote), "setting": ALLOWED_SETTING},
+                {"etl_path": shown_url(etl_path), "remote": shown_url(remote), "setting": ALLOWED_SETTING},
             )
         candidate = _allow_key(remote)
         for prefix in self.allowed_remotes:
@@ -333,9 +353,9 @@ class EtlFetcher:
             if candidate.startswith(allowed) and (allowed.endswith("/") or candidate[len(allowed)] in "/?#@"):
                 return
         raise InvalidEtl(
-            f"remote {_redact(remote)!r} is not allowed; add a prefix of it to the "
+            f"remote {shown_url(remote)!r} is not allowed; add a prefix of it to the "
             f"{ALLOWED_SETTING} setting",
-            {"etl_path": _redact(etl_path), "remote": _redact(remote), "setting": ALLOWED_SETTING},
+            {"etl_path": shown_url(etl_path), "remote": shown_url(remote), "setting": ALLOWED_SETTING},
         )
 
 
@@ -354,8 +374,8 @@ def _fetched(source: EtlSource, data: bytes, etl_path: str) -> FetchedEtl:
     return FetchedEtl(source=source, code=code, code_sha256=code_sha256(code))
 
 
-def _blob_bytes(commit: git.Commit, relpath: str, etl_path: str, untracked_hint: bool) -> bytes:
-    """The bytes of file `relpath` in `commit`, or InvalidEtl."""
+def _blob(commit: git.Commit, relpath: str, etl_path: str, untracked_hint: bool) -> git.Blob:
+    """The blob of file `relpath` in `commit`, at most MAX_SOURCE_BYTES (checked before reading), or InvalidEtl."""
     try:
         item = commit.tree / relpath
     except KeyError:
@@ -369,7 +389,13 @@ def _blob_bytes(commit: git.Commit, relpath: str, etl_path: str, untracked_hint:
         raise InvalidEtl(message, {"etl_path": etl_path, "commit": commit.hexsha, "path": relpath})
     if item.size > MAX_SOURCE_BYTES:
         raise InvalidEtl(f"ETL source {etl_path!r} is larger than {MAX_SOURCE_BYTES} bytes", {"etl_path": etl_path})
-    return item.data_stream.read()
+    return item
+
+
+def _read_at_most(path: Path, size: int) -> bytes:
+    """The first `size` bytes of `path` (never more, whatever the file has become since its size was checked)."""
+    with open(path, "rb") as handle:
+        return handle.read(size)
 
 
 def _parse_git_url(etl_path: str) -> tuple[str, str | None, str]:
@@ -413,18 +439,6 @@ def _file_url_to_path(url: str) -> Path:
 
 def _strip_git_prefix(url: str) -> str:
     return url[len("git+"):] if url.startswith("git+") else url
-
-
-def _redact(url: str) -> str:
-    """`url` fit to record and show: no password, and no user name for HTTP (often a token)."""
-    prefix, body = ("git+", url[4:]) if url.startswith("git+") else ("", url)
-    parts = urlsplit(body)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    netloc = host if parts.scheme.lower() in ("http", "https") or not user else f"{user}@{host}"
-    return prefix + urlunsplit(parts._replace(netloc=netloc))
 
 
 def _allow_key(url: str) -> str:

@@ -15,8 +15,10 @@ and bulk reads (append, hydration) run without a limit.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import itertools
+import json
 import math
 import threading
 import time
@@ -28,12 +30,18 @@ import pandas as pd
 import pyarrow as pa
 
 from common.errors import BackendUnavailable, InvalidQuery, ResultTooLarge
+from sql.guards import is_refused, refused_message
 
 _DUCKDB_BAD_QUERY = (
     duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException,
     duckdb.InvalidInputException, duckdb.PermissionException, duckdb.OutOfRangeException,
     duckdb.NotImplementedException, duckdb.TypeMismatchException, duckdb.ConstraintException,
     duckdb.SyntaxException, duckdb.DataError, duckdb.ProgrammingError,
+)
+# What a user's SELECT can fail with that is the server's trouble, not the query's (503; the rest is 400).
+_DUCKDB_SERVER_SIDE = (
+    duckdb.IOException, duckdb.ConnectionException, duckdb.FatalException, duckdb.InternalException,
+    duckdb.OutOfMemoryException, duckdb.InterruptException,
 )
 
 
@@ -180,7 +188,7 @@ class DuckDBEngine:
         (table -> Arrow table) are inserted first in that transaction: only this statement sees them.
         `relations` (name -> Arrow table) are readable by that name during this statement only.
         """
-        with self._translated(), _registered(self._cursor(), relations):
+        with self._translated(user_sql=True), _registered(self._cursor(), relations):
             cursor = self._checked_select(sql)
             cursor.execute("BEGIN TRANSACTION")
             try:
@@ -198,12 +206,16 @@ class DuckDBEngine:
                 _rollback(cursor)
 
     def _checked_select(self, sql: str) -> duckdb.DuckDBPyConnection:
-        """This thread's cursor, once DuckDB's own parser agrees `sql` is exactly one SELECT."""
+        """This thread's cursor, once DuckDB's own parser agrees `sql` is exactly one SELECT that
+        names no function or system view `sql.guards` refuses."""
         cursor = self._cursor()
         statements = cursor.extract_statements(sql)
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             kinds = [statement.type.name for statement in statements]
             raise InvalidQuery(f"the {self.role} runs exactly one SELECT statement, not {kinds}")
+        refused = _refused_name(sql)
+        if refused is not None:
+            raise InvalidQuery(refused_message(refused), {"function": refused})
         return cursor
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -223,8 +235,8 @@ class DuckDBEngine:
     def close(self) -> None:
         self._connection.close()
 
-    def _translated(self) -> "_DuckDBErrors":
-        return _DuckDBErrors(self.role)
+    def _translated(self, user_sql: bool = False) -> "_DuckDBErrors":
+        return _DuckDBErrors(self.role, user_sql)
 
     def _time_limit(self, cursor: duckdb.DuckDBPyConnection) -> "_TimeLimit":
         return _TimeLimit(self, cursor)
@@ -324,10 +336,14 @@ _WATCHDOG = _Watchdog()
 
 
 class _DuckDBErrors:
-    """Turn DuckDB exceptions into the service's errors: bad SQL is 400, the rest 503."""
+    """Turn DuckDB exceptions into the service's errors: bad SQL is 400, the rest 503.
 
-    def __init__(self, role: str):
-        self.role = role
+    For a user's SELECT (`user_sql`) only errors of the server's own (I/O, connection, memory, a fatal or
+    internal error) are 503: anything else, even an error class DuckDB leaves generic, came from the query
+    and is 400, so that clients do not retry it as an outage."""
+
+    def __init__(self, role: str, user_sql: bool = False):
+        self.role, self.user_sql = role, user_sql
 
     def __enter__(self) -> None:
         return None
@@ -335,7 +351,8 @@ class _DuckDBErrors:
     def __exit__(self, kind: type | None, error: BaseException | None, _tb: Any) -> bool:
         if error is None or not isinstance(error, duckdb.Error):
             return False
-        if isinstance(error, _DUCKDB_BAD_QUERY):
+        bad_query = not isinstance(error, _DUCKDB_SERVER_SIDE) if self.user_sql else isinstance(error, _DUCKDB_BAD_QUERY)
+        if bad_query:
             raise InvalidQuery(f"the {self.role} rejected the query: {error}") from None
         raise BackendUnavailable(self.role, error) from None
 
@@ -353,6 +370,52 @@ def _registered(cursor: duckdb.DuckDBPyConnection, relations: dict[str, Any] | N
                 cursor.unregister(name)
             except duckdb.Error:  # the cursor was interrupted and replaced by the time limit
                 pass
+
+
+_PARSER_LOCK = threading.Lock()
+_PARSER: list[duckdb.DuckDBPyConnection] = []  # one private in-memory connection, only for parsing
+_CHECKED: dict[bytes, str | None] = {}  # digest of the SQL text -> `_refused_name`; never holds the text
+_CHECKED_MAX = 4096
+
+
+def _refused_name(sql: str) -> str | None:
+    """The first function or table in DuckDB's own parse of `sql` that `sql.guards` refuses, else None.
+
+    None too when DuckDB cannot serialize the parse: running the text then reports its own error.
+    Remembered by a digest of the text, so a saved query's lookups parse it once."""
+    key = hashlib.blake2b(sql.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    if key in _CHECKED:
+        return _CHECKED[key]
+    with _PARSER_LOCK:
+        if not _PARSER:
+            _PARSER.append(duckdb.connect(":memory:", config={"enable_external_access": False}))
+        text = _PARSER[0].execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]
+    try:
+        tree = json.loads(text)
+    except RecursionError:
+        raise InvalidQuery("the query is nested too deeply to be checked") from None
+    refused = None if tree.get("error") else _first_refused(tree)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = refused
+    return refused
+
+
+def _first_refused(tree: Any) -> str | None:
+    """A refused function name or system view in DuckDB's JSON parse tree (walked without recursion)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            name, table = node.get("function_name"), node.get("table_name")
+            if isinstance(name, str) and is_refused(name):
+                return name
+            if node.get("type") == "BASE_TABLE" and isinstance(table, str) and is_refused(table, table=True):
+                return table
+            pending.extend(node.values())
+    return None
 
 
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:

@@ -23,6 +23,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sqlglot.optimizer.qualify import qualify
 
 from common.errors import InvalidQuery
+from sql.guards import is_refused, refused_message
 from sql.types import SQLGLOT as SQLGLOT_TYPES
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -195,12 +196,28 @@ def _prepare(sql: str, dialect: str) -> PreparedQuery:
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN):
             raise InvalidQuery(f"{node.key.upper()} is not allowed inside a query", {"construct": node.key})
+        name = _refused_name(node)
+        if name is not None:
+            raise InvalidQuery(refused_message(name), {"function": name})
     names = [select.alias_or_name for select in tree.selects if not isinstance(select, exp.Star)]
     repeated = sorted({name for name in names if names.count(name) > 1 and name != "*"})
     if repeated:
         raise InvalidQuery(f"output column names must be distinct: {repeated}", {"columns": repeated})
     normalized = normalize_identifiers(tree.copy(), dialect=dialect).sql(dialect=dialect, comments=False)
     return PreparedQuery(tree, dialect, hashlib.sha256(normalized.encode()).hexdigest())
+
+
+def _refused_name(node: exp.Expression) -> str | None:
+    """The name `node` calls or reads if `sql.guards` refuses it (a function, table function or system view)."""
+    if isinstance(node, exp.Anonymous):
+        name = node.name
+    elif isinstance(node, exp.Func):
+        name = node.sql_name()
+    elif isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+        return node.name if is_refused(node.name, table=True) else None
+    else:
+        return None
+    return name if is_refused(name) else None
 
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)

@@ -71,6 +71,34 @@ def test_bad_sql_is_refused_and_changes_nothing(api, trained, sql, code):
     assert (table_counts(api), catalog_state(api)) == before
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM force_checkpoint()",
+    "SELECT * FROM which_secret('s3://bucket/x', 's3')",
+    "SELECT * FROM duckdb_databases()",
+    "SELECT current_setting('temp_directory') AS t",
+    "SELECT * FROM pragma_database_list",
+    "SELECT name, value FROM duckdb_settings()",
+    "SELECT * FROM duckdb_extensions()",
+])
+@pytest.mark.parametrize("path", ["/v1.0/query/train", "/v1.0/query/train?format=arrow",
+                                  "/v1.0/query/train?save=true"])
+def test_server_revealing_sql_is_a_400_that_names_no_server_path(api, tmp_path, sql, path):
+    """Security 8: these answered 503 backend_unavailable (retried by clients) or the server's file paths."""
+    for _ in range(2):  # a second which_secret() used to break the connection's state: 503
+        response = api.client.post(path, json={"query": sql})
+        body = response.get_data(as_text=True)
+        assert response.status_code == 400, body
+        assert response.get_json()["code"] == "invalid_query"
+        assert str(tmp_path) not in body and "/root" not in body
+    assert api.post("/v1.0/query/train", {"query": "SELECT 1 AS one"})["data"] == [{"one": 1}]
+
+
+def test_sql_error_messages_have_no_ansi_escapes(api):
+    """Newcomer 5: sqlglot underlines the failing token with ANSI codes."""
+    error = api.post("/v1.0/query/train", {"query": "SELECT * FROM (SELECT 1"}, 400)
+    assert error["code"] == "invalid_query" and "\x1b" not in error["message"]
+
+
 @pytest.mark.parametrize("body", [
     None, [], "select 1", 5, {}, {"query": 5}, {"query": ["SELECT 1"]}, {"query": "SELECT 1", "query_name": 7},
     {"query": "SELECT 1", "unexpected": True}, {"query": "SELECT 1", "query_name": "n" * 201},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.settings import SETTINGS
+from app.settings import SECRET_SETTINGS, SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,14 +30,20 @@ def test_compose_runs_the_service_with_mongo_and_postgres(compose):
     assert set(services) == {"featurestore", "mongo", "postgres"}
     env = services["featurestore"]["environment"]
     assert env["CATALOG_URL"].startswith("mongodb://mongo:27017/")
-    assert re.match(r"postgresql://\w+:\w+@postgres:5432/\w+$", env["WAREHOUSE_URL"])
     assert env["REALTIME_URL"] == "sqlite:///:memory:" and env["AUTH"] == "on"
-    assert "${FEATURESTORE_ADMIN_KEY:?" in env["ADMIN_KEY"]  # required, never a default secret
-    assert set(env) <= {setting.name for setting in SETTINGS}, "every variable is a setting the service reads"
+    readable = {setting.name for setting in SETTINGS} | {f"{name}_FILE" for name in SECRET_SETTINGS}
+    assert set(env) <= readable, "every variable is a setting the service reads"
+    # Security 2: no secret in the environment (ETL code could read it); files under /run/secrets instead.
+    assert not {"ADMIN_KEY", "WAREHOUSE_URL"} & set(env) and "FEATURESTORE_ADMIN_KEY" not in str(env)
+    assert (env["ADMIN_KEY_FILE"], env["WAREHOUSE_URL_FILE"]) == ("/run/secrets/admin_key", "/run/secrets/warehouse_url")
+    assert set(services["featurestore"]["secrets"]) == {"admin_key", "warehouse_url"}
+    assert compose["secrets"]["admin_key"] == {"environment": "FEATURESTORE_ADMIN_KEY"}  # never a default
+    warehouse_url = (ROOT / compose["secrets"]["warehouse_url"]["file"]).read_text().strip()
+    assert re.match(r"postgresql://\w+:\w+@postgres:5432/\w+$", warehouse_url)
     assert services["featurestore"]["depends_on"] == {"mongo": {"condition": "service_healthy"},
                                                       "postgres": {"condition": "service_healthy"}}
     assert services["featurestore"]["ports"] == ["127.0.0.1:8080:8080"]
-    user, password, database = re.match(r"postgresql://(\w+):(\w+)@postgres:5432/(\w+)", env["WAREHOUSE_URL"]).groups()
+    user, password, database = re.match(r"postgresql://(\w+):(\w+)@postgres:5432/(\w+)", warehouse_url).groups()
     pg_env = services["postgres"]["environment"]
     assert (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"]) == (user, password, database)
 

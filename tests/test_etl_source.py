@@ -54,6 +54,16 @@ def _serve(server: http.server.ThreadingHTTPServer):
 @pytest.fixture
 def http_server():
     """A loopback HTTP server; set ``server.routes[path] = (status, headers, body)``."""
+    yield from _http_server()
+
+
+@pytest.fixture
+def evil_server():
+    """A second loopback HTTP server, the one an allow-list bypass would reach."""
+    yield from _http_server()
+
+
+def _http_server():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Routes)
     server.routes = {}  # type: ignore[attr-defined]
     server.base = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
@@ -160,6 +170,20 @@ def test_uncommitted_change_is_refused(fetcher, etl_repo):
         fetcher.fetch(str(etl_repo.file("etls/features.py")))
     assert caught.value.status == 400
     assert caught.value.details["commit"] == etl_repo.head_sha
+
+
+def test_huge_sparse_uncommitted_file_is_refused_without_reading_it(fetcher, etl_repo):
+    """Security 9: a 1 TiB sparse work-tree file is refused on its size, not read in full first."""
+    with open(etl_repo.file("etls/features.py"), "r+b") as handle:
+        handle.truncate(1 << 40)  # sparse: no disk, but reading it would need 1 TiB of memory
+    with pytest.raises(InvalidEtl, match="uncommitted changes"):
+        fetcher.fetch(str(etl_repo.file("etls/features.py")))
+
+
+def test_same_size_uncommitted_change_is_refused(fetcher, etl_repo):
+    etl_repo.file("etls/features.py").write_text(FEATURES_ETL.replace("ios", "IOS"))
+    with pytest.raises(InvalidEtl, match="uncommitted changes"):
+        fetcher.fetch(str(etl_repo.file("etls/features.py")))
 
 
 @pytest.mark.parametrize("stage", [False, True], ids=["untracked", "staged-only"])
@@ -453,11 +477,60 @@ def test_http_fetch(http_fetcher, http_server):
     assert (fetched.source.kind, fetched.source.url, fetched.source.commit) == ("http", url, None)
 
 
-def test_http_credentials_are_not_recorded(http_fetcher, http_server):
+def test_http_credentials_are_refused_and_not_echoed(http_fetcher, http_server):
     http_server.routes["/etls/features.py"] = (200, {}, FEATURES_ETL.encode())
     url = http_server.base.replace("http://", "http://robot:s3cret@") + "/etls/features.py"
-    fetched = http_fetcher.fetch(url)
-    assert "s3cret" not in fetched.source.url and "robot" not in fetched.source.url
+    with pytest.raises(InvalidEtl, match="user info") as caught:
+        http_fetcher.fetch(url)
+    assert "s3cret" not in str(caught.value.to_dict())
+
+
+def test_backslash_userinfo_cannot_reach_another_host(tmp_path, http_server, evil_server):
+    """Security 1: urlsplit reads the host after the last '@', requests ends it at the backslash."""
+    http_server.routes["/allowed/x.py"] = (200, {}, FEATURES_ETL.encode())
+    evil = evil_server.base.removeprefix("http://")
+    allowed = http_server.base.removeprefix("http://")
+    evil_server.routes[f"/%5C@{allowed}/allowed/x.py"] = (200, {}, b"import os  # evil\n")
+    fetcher = EtlFetcher(tmp_path / "cache", allowed_remotes=[http_server.base + "/allowed/"], timeout=5)
+    with pytest.raises(InvalidEtl, match="refused") as caught:
+        fetcher.fetch(f"http://{evil}\\@{allowed}/allowed/x.py")
+    assert caught.value.status == 400
+    redirecting = f"http://{evil}\\@{allowed}/allowed/x.py"
+    http_server.routes["/allowed/hop.py"] = (302, {"Location": redirecting}, b"")
+    with pytest.raises(InvalidEtl, match="refused"):
+        fetcher.fetch(http_server.base + "/allowed/hop.py")
+
+
+@pytest.mark.parametrize("host", [
+    "allowed.example.", "ALLOWED%2Eexample", "allowed.ex\u00e4mple", "allowed.example\t", "allowed.example\x00",
+    "2130706433", "0177.0.0.1", "127.1", "0x7f.0.0.1", "[::ffff:127.0.0.1]", "-allowed.example",
+    "user:pw@allowed.example", "user@allowed.example", "a@b@allowed.example", "allowed.example:080",
+    "allowed.example:99999",
+], ids=repr)
+@pytest.mark.parametrize("form", ["http://{host}/etls/x.py", "git+https://{host}/etls.git#x.py"])
+def test_ambiguous_remote_urls_are_refused(tmp_path, host, form):
+    prefixes = ["http://allowed.example/", "https://allowed.example/", "http://127.0.0.1/", "https://127.0.0.1/"]
+    fetcher = EtlFetcher(tmp_path / "cache", allowed_remotes=prefixes, timeout=1)
+    with pytest.raises(InvalidEtl, match="is refused") as caught:
+        fetcher.fetch(form.format(host=host))
+    assert caught.value.status == 400
+    assert "pw" not in str(caught.value.to_dict())
+
+
+def test_ssh_remote_keeps_a_plain_user_name_but_no_password(tmp_path):
+    fetcher = EtlFetcher(tmp_path / "cache", allowed_remotes=["ssh://git@allowed.example/acme/"], timeout=1)
+    with pytest.raises(InvalidEtl, match="is refused"):
+        fetcher.fetch("git+ssh://git:pw@allowed.example/acme/etls.git#x.py")
+    with pytest.raises(InvalidEtl, match="not allowed"):  # checked, then compared with the allow-list
+        fetcher.fetch("git+ssh://git@other.example/acme/etls.git#x.py")
+
+
+def test_http_records_the_url_it_fetched(http_fetcher, http_server):
+    http_server.routes["/etls/features.py"] = (200, {}, FEATURES_ETL.encode())
+    http_server.routes["/etls/old.py"] = (301, {"Location": "/etls/features.py"}, b"")
+    upper = http_server.base.replace("http://", "HTTP://") + "/etls/%66eatures.py#frag"
+    assert http_fetcher.fetch(upper).source.url == http_server.base + "/etls/features.py"
+    assert http_fetcher.fetch(http_server.base + "/etls/old.py").source.url == http_server.base + "/etls/features.py"
 
 
 @pytest.mark.parametrize("status, error", [(404, InvalidEtl), (403, InvalidEtl), (503, UpstreamUnavailable)])

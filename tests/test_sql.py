@@ -310,3 +310,49 @@ def _select_variants(draw: st.DrawFn) -> tuple[str, str]:
 def test_hash_is_stable_under_formatting(variant: tuple[str, str], dialect: str) -> None:
     canonical, formatted = variant
     assert prepare_query(formatted, dialect).sql_hash == prepare_query(canonical, dialect).sql_hash
+
+
+# ---------------------------------------------------------------------- functions that reveal or change the server
+
+SERVER_REVEALING = {
+    "duckdb_databases": "SELECT * FROM duckdb_databases()",
+    "current_setting": "SELECT current_setting('temp_directory') AS t",
+    "current_setting quoted": 'SELECT "CURRENT_SETTING"(\'temp_directory\') AS t',
+    "duckdb_settings": "SELECT name, value FROM duckdb_settings() WHERE name LIKE '%dir%'",
+    "duckdb_extensions": "SELECT * FROM duckdb_extensions()",
+    "duckdb_secrets in a subquery": "SELECT 1 AS a WHERE EXISTS (SELECT * FROM duckdb_secrets())",
+    "qualified": "SELECT * FROM system.main.duckdb_settings()",
+    "pragma view": "SELECT * FROM pragma_database_list",
+    "pragma function": "SELECT * FROM pragma_table_info('users')",
+    "which_secret": "SELECT * FROM which_secret('s3://bucket/x', 's3')",
+    "force_checkpoint": "SELECT * FROM force_checkpoint()",
+    "checkpoint": "SELECT * FROM checkpoint()",
+    "query()": "SELECT * FROM query('SELECT * FROM duckdb_settings()')",
+    "json_execute_serialized_sql": "SELECT * FROM json_execute_serialized_sql('{}')",
+    "in a CTE": "WITH s AS (SELECT current_setting('home_directory') AS h) SELECT * FROM s",
+    "pg_read_file": "SELECT pg_read_file('/etc/passwd') AS f",
+    "pg_settings": "SELECT setting FROM pg_settings WHERE name = 'data_directory'",
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("sql", list(SERVER_REVEALING.values()), ids=list(SERVER_REVEALING))
+def test_refuses_functions_that_reveal_or_change_the_server(sql: str, dialect: str) -> None:
+    """Security 8: metadata and settings functions answer server paths; they are refused before running."""
+    with pytest.raises(InvalidQuery, match="is not allowed in a query") as caught:
+        prepare_query(sql, dialect)
+    assert caught.value.status == 400 and caught.value.details["function"]
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM range(3) r", "SELECT * FROM generate_series(1, 3)",
+                                 "SELECT unnest([1, 2]) AS u", "SELECT * FROM query", "SELECT version() AS v"])
+def test_ordinary_table_functions_and_a_table_named_query_are_accepted(sql: str) -> None:
+    prepare_query(sql)
+
+
+def test_parse_errors_have_no_ansi_escapes() -> None:
+    """Newcomer 5: sqlglot underlines the failing token with ANSI codes; clients get plain text."""
+    with pytest.raises(InvalidQuery) as caught:
+        prepare_query("SELECT * FROM (SELECT 1")
+    assert "\x1b" not in caught.value.message and "\x1b" not in str(caught.value)
+    assert "SELECT * FROM (SELECT 1" in caught.value.message

@@ -432,8 +432,9 @@ def test_duckdb_external_access_is_off(duckdb_warehouse: Warehouse, sql: str) ->
 def test_duckdb_configuration_is_locked(duckdb_warehouse: Warehouse, sql: str) -> None:
     with pytest.raises(InvalidQuery):
         duckdb_warehouse.query(sql)
-    setting = duckdb_warehouse.query("SELECT current_setting('enable_external_access') AS on_")
-    assert setting["on_"].tolist() == [False]
+    # user SQL may not read settings (sql/guards.py): the engine's own reads may
+    setting = duckdb_warehouse.engine.arrow("SELECT current_setting('enable_external_access') AS on_")
+    assert setting.column("on_").to_pylist() == [False]
     with pytest.raises(InvalidQuery, match="disabled"):
         duckdb_warehouse.query("SELECT * FROM glob('/etc/*')")
 
@@ -452,8 +453,8 @@ def test_duckdb_writes_no_files(duckdb_warehouse: Warehouse, tmp_path: Path, tem
     with pytest.raises(InvalidQuery, match="runs exactly one SELECT statement|disabled"):
         duckdb_warehouse.query(template.format(path=target))
     assert not target.exists() and sorted(path.name for path in tmp_path.iterdir()) == before
-    assert duckdb_warehouse.query("SELECT database_name FROM duckdb_databases() WHERE NOT internal")[
-        "database_name"].tolist() == ["warehouse"]
+    assert duckdb_warehouse.engine.arrow("SELECT database_name FROM duckdb_databases() WHERE NOT internal"
+                                         ).column("database_name").to_pylist() == ["warehouse"]
 
 
 # -- realtime stores hydrated from each warehouse -----------------------------------------------------------

@@ -40,7 +40,7 @@ class DuckDBWarehouse(Warehouse):
         would bound only the first); closing the stream interrupts the cursor. `uploads` are registered on
         that cursor only, and go with it."""
         engine = self.engine
-        with engine._translated():
+        with engine._translated(user_sql=True):
             engine._checked_select(sql)
             cursor = engine._connection.cursor()
             for name, table in (uploads or {}).items():
@@ -165,4 +165,4 @@ class _StreamErrors:
             raise query_timeout(ROLE, self.deadline.seconds) from None
         if isinstance(error, OSError):  # an error of the query met while reading (a cast in a later batch)
             raise InvalidQuery(f"the {ROLE} rejected the query: {error}") from None
-        return self.engine._translated().__exit__(kind, error, tb)
+        return self.engine._translated(user_sql=True).__exit__(kind, error, tb)
