@@ -329,9 +329,10 @@ class FeatureService:
 
     # -- data and health -------------------------------------------------------------------------
 
-    def publish(self, n_flows: int, seed: int | None = None) -> dict[str, int]:
+    def publish(self, n_flows: int, seed: int | None = None) -> dict[str, Any]:
         """Generate `n_flows` demo flows and ingest them into the demo's declared sources (declared on
-        first use), every table in one transaction per store."""
+        first use), every table in one transaction per store: ``{"written", "duplicate"}`` (a seeded
+        publish repeated with the same size writes nothing)."""
         from demo.publishing import publish_flows
 
         if not 1 <= n_flows <= self.options.max_publish_flows:

@@ -13,6 +13,8 @@ NAMESPACES = [ns]
 counts = ns.model("PublishCounts", {
     "n_flows": fields.Integer, "seed": NullableInteger,
     "written": fields.Raw(description="rows written per table", example={"users": 80, "quotes": 100}),
+    "duplicate": fields.Boolean(description="true when this seed and n_flows were published before: nothing "
+                                            "was written (every count 0)"),
 })
 
 
@@ -20,7 +22,8 @@ counts = ns.model("PublishCounts", {
 @with_errors(ns)
 class Publish(Resource):
     @ns.doc(params={"n_flows": {"description": "how many flows to generate", "type": "integer", "required": True},
-                    "seed": {"description": "seed for a reproducible batch", "type": "integer"}})
+                    "seed": {"description": "seed for a reproducible batch; publishing the same seed and "
+                                            "n_flows again writes nothing", "type": "integer"}})
     @ns.response(200, "rows written per table", counts)
     @ns.response(400, "n_flows missing or out of range")
     @allow(*ADMIN)
@@ -31,4 +34,4 @@ class Publish(Resource):
         if n_flows is None:
             raise InvalidInput("query parameter n_flows is required", {"parameter": "n_flows"})
         seed = query_int("seed", None, 0, 2**32 - 1)
-        return {"n_flows": n_flows, "seed": seed, "written": fs.publish(n_flows, seed)}
+        return {"n_flows": n_flows, "seed": seed, **fs.publish(n_flows, seed)}
