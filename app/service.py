@@ -202,9 +202,13 @@ class FeatureService:
 
     def _served_query(self, query_id: str, index_key: str, index_value: Any, request: RequestData | None
                       ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """The checked lookup and the request rows it ran with (logged by the caller once all has succeeded)."""
+        """The checked lookup and the request rows it ran with (logged by the caller once all has succeeded);
+        no rows for the entity is 404 `entity_not_found`."""
         record = self.get_query(query_id)
         frame, rows = self._lookup(record, index_key, index_value, request)
+        if frame.empty:  # query/realtime and extract/realtime answer an unknown entity alike
+            raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
+                           {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
         trained = [column["name"] for column in record.schema]
         if len(frame.columns) > len(trained) and prepare_query(record.sql, self.warehouse.dialect).selects_star:
             # a compatible new column of a source widens SELECT *; the saved query's output is its saved schema
@@ -291,9 +295,6 @@ class FeatureService:
             raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
                                {"etl_id": etl_id, "trained_query_id": etl.query_id})
         raw, request_rows = self._served_query(query_id, index_key, index_value, request)
-        if raw.empty:
-            raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
-                           {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         window = self.stats.window(etl_id)
         try:

@@ -100,7 +100,8 @@ class FeatureStore:
 
     def query_realtime(self, query_id: str, index_key: str, index_value: Scalar,
                        request_rows: dict[str, list[dict[str, Any]]] | None = None, log: bool = False) -> pd.DataFrame:
-        """One entity's rows of a saved query, from hot data, typed like its training result.
+        """One entity's rows of a saved query, from hot data, typed like its training result
+        (`NotFound`, code ``entity_not_found``, when it has none).
 
         `request_rows` ({source: [row, …]}) supply the rows of the request sources the query reads;
         `log=True` also appends them to those sources."""
