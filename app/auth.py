@@ -65,15 +65,19 @@ def ensure_admin_key(catalog: Catalog, token: str) -> ApiKeyRecord:
     return existing if existing else create_key(catalog, "bootstrap (ADMIN_KEY)", "admin", token)[0]
 
 
+GET_A_KEY = ("an admin creates keys with `python -m app keys create --name NAME --role ROLE` on the server "
+             "or POST /v1.0/keys (the first admin key: ADMIN_KEY at start)")
+
+
 def authenticate(catalog: Catalog) -> ApiKeyRecord:
     """The active key behind the request's bearer token, or Unauthorized."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'; " + GET_A_KEY)
     record = catalog.find_api_key(key_hash(token.strip()))
     if record is None or record.revoked_at is not None:
-        raise Unauthorized("the API key is unknown or revoked")
+        raise Unauthorized("the API key is unknown or revoked; " + GET_A_KEY)
     return record
 
 

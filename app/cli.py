@@ -6,6 +6,7 @@ subcommand reads the same settings (environment variables) as the server.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command or "serve"](args)
     except FeatureStoreError as error:
-        print(f"error: {error.message}", file=sys.stderr)
+        details = f"\n  details: {json.dumps(error.details, default=str)}" if error.details else ""
+        print(f"error: {error.code}: {error.message}{details}", file=sys.stderr)
         return 2
 
 

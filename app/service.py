@@ -102,6 +102,12 @@ def etl_id_of(query_id: str, code_sha256: str) -> str:
     return "e_" + hashlib.sha256(f"{query_id}:{code_sha256}".encode()).hexdigest()[:16]
 
 
+def _not_saved(error: NotFound, save: str) -> NotFound:
+    """An unknown id's 404, saying how ids come to exist: a run without save=true (or a plan) stores nothing."""
+    return NotFound(f"{error.message}; an id exists once saved ({save}): a run without save=true stores "
+                    "nothing, and the id a plan shows exists only after a save", error.details)
+
+
 def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
     """Turn `index_value` into the type of the key column, or raise InvalidInput."""
     try:
@@ -222,7 +228,10 @@ class FeatureService:
             self.sources.ingest_many(rows)
 
     def get_query(self, query_id: str) -> QueryRecord:
-        return self._queries.get_or_make(query_id, lambda: self.catalog.get_query(query_id))
+        try:
+            return self._queries.get_or_make(query_id, lambda: self.catalog.get_query(query_id))
+        except NotFound as error:
+            raise _not_saved(error, "POST /v1.0/query/train?save=true") from None
 
     def list_queries(self, offset: int, limit: int) -> Page[QueryRecord]:
         return self.catalog.list_queries(offset, limit)
@@ -323,7 +332,10 @@ class FeatureService:
         return {"etl_id": etl_id, **report}
 
     def get_etl(self, etl_id: str) -> EtlRecord:
-        return self._etls.get_or_make(etl_id, lambda: self.catalog.get_etl(etl_id))
+        try:
+            return self._etls.get_or_make(etl_id, lambda: self.catalog.get_etl(etl_id))
+        except NotFound as error:
+            raise _not_saved(error, "POST /v1.0/extract/train?save=true") from None
 
     def list_etls(self, offset: int, limit: int, query_id: str | None = None) -> Page[EtlRecord]:
         return self.catalog.list_etls(offset, limit, query_id)
