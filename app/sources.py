@@ -43,6 +43,7 @@ class SourceService:
         self.load_dir = load_dir
         self._current: dict[str, SourceRecord] = {}
         self._loaded = False
+        self._hydrated: set[str] = set()  # sources whose hot window is in the realtime store
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._evictor: threading.Thread | None = None
@@ -62,13 +63,17 @@ class SourceService:
         return True
 
     def ensure_loaded(self) -> bool:
-        """Load and hydrate the sources once (at start, or on first use if the catalog was down then);
-        whether they are loaded."""
+        """Load and hydrate the sources once (at start, or on first use if the catalog or the warehouse was down
+        then); whether they are loaded."""
         if self._loaded:
             return True
         with self._lock:
             if not self._loaded and self.load():
-                log.info("realtime store hydrated from the warehouse: %s", self.hydrate())
+                try:
+                    log.info("realtime store hydrated from the warehouse: %s", self.hydrate())
+                except BackendUnavailable as error:  # the service starts (degraded) and tries again on use
+                    log.warning("realtime store not hydrated (%s); it is on first use once the warehouse "
+                                "answers", error.message)
         return self._loaded
 
     def tables(self) -> dict[str, list[tuple[str, str]]]:
@@ -363,19 +368,28 @@ class SourceService:
     # -- the hot window ------------------------------------------------------------------------------
 
     def hydrate(self) -> dict[str, int]:
-        """Fill the realtime store with every table source's hot window (on start)."""
+        """Fill the realtime store with every table source's hot window (on start; each source once). A warehouse
+        that cannot be reached raises BackendUnavailable, the sources left registered (empty) for the next try."""
         loaded = {}
         for source in self._current.values():
+            if source.name in self._hydrated:
+                continue
             try:
                 if self.warehouse.table_columns(source.table) is None:
                     log.warning("source %r: the warehouse has no table %r; nothing to hydrate", source.name,
                                 source.table)
                     self.realtime.register(source)
-                    continue
-                loaded.update(self.realtime.hydrate(self.warehouse, [source]))
+                else:
+                    loaded.update(self.realtime.hydrate(self.warehouse, [source]))
             except InvalidInput as error:  # a value the store refuses: serve the rest, say which source
                 log.error("source %r not hydrated: %s", source.name, error.message)
                 self.realtime.register(source)
+            except BackendUnavailable:
+                for waiting in self._current.values():
+                    if waiting.name not in self._hydrated:
+                        self.realtime.register(waiting)
+                raise
+            self._hydrated.add(source.name)
         self._loaded = True
         return loaded
 
