@@ -41,7 +41,8 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     with contextlib.ExitStack() as opened:  # a failed step closes what the earlier ones opened
         catalog = open_catalog(settings["CATALOG_URL"])
         opened.callback(catalog.close)
-        warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout)
+        read_url = {"read_url": settings["WAREHOUSE_READ_URL"]} if settings.get("WAREHOUSE_READ_URL") else {}
+        warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout, **read_url)
         opened.callback(warehouse.close)
         realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=timeout)
         opened.callback(realtime.close)

@@ -32,6 +32,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Default: sqlite:///$DATA_DIR/catalog.db."),
     Setting("WAREHOUSE_URL", None, "Warehouse: duckdb:///… or any SQLAlchemy URL (postgresql://…). "
             "Default: duckdb:///$DATA_DIR/warehouse.duckdb."),
+    Setting("WAREHOUSE_READ_URL", None, "PostgreSQL warehouse only: the URL user SQL (queries, training sets) "
+            "connects with, as a role that may only SELECT the sources' tables (docker-compose.yml makes one). "
+            "Default: WAREHOUSE_URL."),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "
