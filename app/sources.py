@@ -276,8 +276,10 @@ class SourceService:
             raise InvalidInput(f"batch_id must be a string of 1 to {MAX_BATCH_ID} characters", {"field": "batch_id"})
         return self.ingest_many({name: rows}, batch_id)[name]
 
-    def ingest_many(self, rows: dict[str, pa.Table], batch_id: str | None = None) -> dict[str, dict[str, Any]]:
-        """Rows of several sources: one transaction in the warehouse, then one in the realtime store."""
+    def ingest_many(self, rows: dict[str, pa.Table], batch_id: str | None = None,
+                    note: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Rows of several sources: one transaction in the warehouse, then one in the realtime store. With a
+        `batch_id`, `note` is kept in its ledger entry (a retry's answer carries it)."""
         records = {name: self.get(name) for name in rows}  # loads the sources first, if start-up could not
         answers = {name: {"source": name, "version": records[name].version, "rows": table.num_rows,
                           **event_time_range(records[name], table), "batch_id": batch_id}
@@ -286,7 +288,8 @@ class SourceService:
                if records[name].kind == "table"}
         for name, answer in answers.items():
             answer["realtime_rows"] = hot[name].num_rows if name in hot else 0
-        mark = None if batch_id is None else BatchMark(next(iter(rows)), batch_id, answers[next(iter(rows))])
+        first = next(iter(rows))
+        mark = None if batch_id is None else BatchMark(first, batch_id, {**answers[first], **(note or {})})
         try:
             seen = self.warehouse.append({records[name].table: table for name, table in rows.items()}, mark)
         except InvalidQuery as error:  # the engine's own refusal of a value (a constraint, an encoding)

@@ -78,7 +78,8 @@ class FeatureStore:
 
     def publish(self, n_flows: int, seed: int | None = None) -> dict[str, Any]:
         """Generate `n_flows` demo flows: ``{n_flows, seed, written, duplicate}``. The same `seed` and
-        `n_flows` again write nothing (``duplicate`` true); unseeded calls are new data, so never retried."""
+        `n_flows` again write nothing (``duplicate`` true), another `n_flows` is `InvalidInput`; unseeded
+        calls are new data, so never retried."""
         params = {"n_flows": n_flows, **({"seed": seed} if seed is not None else {})}
         return self._http.call("PUT", "/publish", retry=False, params=params)
 

@@ -31,6 +31,10 @@ def test_publishing_a_seed_again_writes_nothing(api):
     again = api.put("/v1.0/publish?n_flows=20&seed=42")
     assert again["duplicate"] is True and set(again["written"].values()) == {0}
     assert api.put("/v1.0/publish?n_flows=20&seed=43")["duplicate"] is False
+    # the same seed with another size would repeat the first flows' ids (a seed fixes them): refused, not written
+    error = api.put("/v1.0/publish?n_flows=30&seed=42", 400)
+    assert error["code"] == "invalid_input" and "another seed" in error["message"]
+    assert error["details"] == {"seed": 42, "n_flows": 30, "published_n_flows": 20}
     counts = api.post("/v1.0/query/train", {"query": "SELECT count(*) AS n, count(DISTINCT quote_id) AS ids "
                                                       "FROM quotes"})["data"]
     assert counts == [{"n": 40, "ids": 40}]

@@ -22,10 +22,11 @@ counts = ns.model("PublishCounts", {
 @with_errors(ns)
 class Publish(Resource):
     @ns.doc(params={"n_flows": {"description": "how many flows to generate", "type": "integer", "required": True},
-                    "seed": {"description": "seed for a reproducible batch; publishing the same seed and "
-                                            "n_flows again writes nothing", "type": "integer"}})
+                    "seed": {"description": "seed for a reproducible batch; the same seed and n_flows again "
+                                            "writes nothing (duplicate), with another n_flows is a 400",
+                             "type": "integer"}})
     @ns.response(200, "rows written per table", counts)
-    @ns.response(400, "n_flows missing or out of range")
+    @ns.response(400, "n_flows missing or out of range, or the seed was published with another n_flows")
     @allow(*ADMIN)
     def put(self):
         """Generate N flows and write each to the warehouse and the realtime store."""
