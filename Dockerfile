@@ -1,9 +1,15 @@
 # The feature store service: slim, non-root, served by waitress (python -m app).
 FROM python:3.11-slim
 
+# DATA_DIR exists and belongs to the service user (a new named volume mounted there takes that ownership);
+# ETL repositories mounted from the host (docker-compose.yml: /srv/etl-repos) belong to another uid, which
+# git would refuse as "dubious ownership" without safe.directory.
 RUN apt-get update && apt-get install -y --no-install-recommends git curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 featurestore
+    && useradd --create-home --uid 10001 featurestore \
+    && mkdir -p /var/lib/featurestore /srv/etl-repos \
+    && chown featurestore:featurestore /var/lib/featurestore \
+    && git config --system --add safe.directory '*'
 
 WORKDIR /srv/featurestore
 COPY requirements.txt .

@@ -45,16 +45,16 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     with contextlib.ExitStack() as opened:  # a failed step closes what the earlier ones opened
         catalog = open_catalog(settings["CATALOG_URL"])
         opened.callback(catalog.close)
-        warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout)
+        read_url = {"read_url": settings["WAREHOUSE_READ_URL"]} if settings.get("WAREHOUSE_READ_URL") else {}
+        warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout, **read_url)
         opened.callback(warehouse.close)
         realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=lookup_timeout(settings))
         opened.callback(realtime.close)
         sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
-        # Load and hydrate every source once; if the catalog is down, that happens on first use instead.
-        if sources.ensure_loaded() and settings["DEMO_SOURCES"]:
-            from demo.publishing import declare_demo_sources
-
-            declare_demo_sources(sources)
+        # Load and hydrate every source once; if the catalog or the warehouse is down, that happens on first use
+        # instead (the service starts, /health says what is down).
+        if settings["DEMO_SOURCES"]:
+            _declare_demo_sources(sources)
         fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
                              settings["REMOTE_TIMEOUT_SECONDS"])
         runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
@@ -75,6 +75,20 @@ def lookup_timeout(settings: Mapping[str, Any]) -> float | None:
     """The realtime store's statement limit: LOOKUP_TIMEOUT_SECONDS, never past QUERY_TIMEOUT_SECONDS (0: none)."""
     limits = [seconds for seconds in (settings["LOOKUP_TIMEOUT_SECONDS"], settings["QUERY_TIMEOUT_SECONDS"]) if seconds]
     return min(limits) if limits else None
+
+
+def _declare_demo_sources(sources: Any) -> None:
+    """DEMO_SOURCES at start; with the catalog or warehouse down, the first publish declares them instead."""
+    from common.errors import BackendUnavailable
+    from demo.publishing import declare_demo_sources
+
+    try:
+        if sources.ensure_loaded():
+            declare_demo_sources(sources)
+            return
+    except BackendUnavailable as error:
+        log.warning("demo sources not declared at start (%s)", error.message)
+    log.warning("the demo's sources are declared by the first publish: the stores are not ready yet")
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

@@ -65,6 +65,10 @@ def ensure_admin_key(catalog: Catalog, token: str) -> ApiKeyRecord:
     return existing if existing else create_key(catalog, "bootstrap (ADMIN_KEY)", "admin", token)[0]
 
 
+GET_A_KEY = ("an admin creates keys with `python -m app keys create --name NAME --role ROLE` on the server "
+             "or POST /v1.0/keys (the first admin key: ADMIN_KEY at start)")
+
+
 def bearer_token(header: str) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header value, or None."""
     scheme, _, token = header.partition(" ")
@@ -73,7 +77,7 @@ def bearer_token(header: str) -> str | None:
 
 def missing_key() -> Unauthorized:
     """The error of a request that sends no API key."""
-    return Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    return Unauthorized("send an API key as 'Authorization: Bearer <key>'; " + GET_A_KEY)
 
 
 def authenticate(catalog: Catalog) -> ApiKeyRecord:
@@ -83,7 +87,7 @@ def authenticate(catalog: Catalog) -> ApiKeyRecord:
         raise missing_key()
     record = catalog.find_api_key(key_hash(token))
     if record is None or record.revoked_at is not None:
-        raise Unauthorized("the API key is unknown or revoked")
+        raise Unauthorized("the API key is unknown or revoked; " + GET_A_KEY)
     return record
 
 

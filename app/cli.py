@@ -1,4 +1,4 @@
-"""One command line for the service: ``python -m app [serve|keys|publish|plan|apply|export] …``.
+"""One command line for the service: ``python -m app [serve|keys|publish|reset|plan|apply|export] …``.
 
 With no subcommand it serves (so ``python -m app`` runs the service). Every
 subcommand reads the same settings (environment variables) as the server.
@@ -6,8 +6,11 @@ subcommand reads the same settings (environment variables) as the server.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from app.settings import SETTINGS, load_settings
@@ -79,6 +82,58 @@ def publish(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 0
+
+
+def reset(args: argparse.Namespace) -> int:
+    """Delete the embedded stores' files under DATA_DIR (catalog, warehouse, git cache), the service stopped.
+
+    Server backends (PostgreSQL, MongoDB) are left alone; the load directory (your input files) is kept."""
+    settings = load_settings()
+    files = _embedded_files(settings)
+    for url in (settings["CATALOG_URL"], settings["WAREHOUSE_URL"]):
+        if not url.startswith(("sqlite:///", "duckdb:///")):
+            print(f"not embedded, left alone (drop its database yourself): {_redacted(url)}", file=sys.stderr)
+    present = [path for path in files if path.exists()]
+    if not present:
+        print(f"nothing to reset under {settings['DATA_DIR']}", file=sys.stderr)
+        return 0
+    locked = _locked_warehouse(settings["WAREHOUSE_URL"])
+    if locked:
+        print(f"error: {locked} is in use: stop the service first, then run reset again", file=sys.stderr)
+        return 1
+    if not args.yes:
+        print("would delete:\n" + "\n".join(f"  {path}" for path in present) + "\nrun again with --yes to "
+              "delete them", file=sys.stderr)
+        return 1
+    for path in present:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        print(f"deleted {path}", file=sys.stderr)
+    return 0
+
+
+def _embedded_files(settings: dict[str, Any]) -> list[Path]:
+    """The files the embedded catalog and warehouse keep (with their journals), and the git cache."""
+    files = [Path(settings["DATA_DIR"]) / "git-cache"]
+    for url, suffixes in ((settings["CATALOG_URL"], ("", "-wal", "-shm", "-journal")),
+                          (settings["WAREHOUSE_URL"], ("", ".wal"))):
+        scheme, _, path = url.partition(":///")
+        if scheme in ("sqlite", "duckdb") and path and not path.startswith(":memory:"):
+            files += [Path(path + suffix) for suffix in suffixes]
+    return files
+
+
+def _locked_warehouse(url: str) -> str | None:
+    """The DuckDB warehouse file if a running service holds it (DuckDB locks it), else None."""
+    scheme, _, path = url.partition(":///")
+    if scheme != "duckdb" or not Path(path).is_file():
+        return None
+    import duckdb
+
+    try:
+        duckdb.connect(path).close()
+    except duckdb.IOException:
+        return path
+    return None
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -181,7 +236,7 @@ def _redacted(url: str) -> str:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m app", description="The feature store service.",
                                    epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = root.add_subparsers(dest="command", metavar="{serve,keys,publish,plan,apply,export}")
+    commands = root.add_subparsers(dest="command", metavar="{serve,keys,publish,reset,plan,apply,export}")
     commands.add_parser("serve", help="run the service (the default)", epilog=_settings_help(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     key_parser = commands.add_parser("keys", help="create, list or revoke API keys")
@@ -196,6 +251,9 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("n_flows", type=int)
     pub.add_argument("--seed", type=int)
     pub.add_argument("--batch", type=int, default=50_000, help="flows per transaction")
+    wipe = commands.add_parser("reset", help="delete the embedded catalog, warehouse and git cache under "
+                               "DATA_DIR (stop the service first; the load directory is kept)")
+    wipe.add_argument("--yes", action="store_true", help="really delete (without it: list what would go)")
     repo_plan = _repo_parser(commands, "plan", "show what `apply` would change in the catalog for a feature "
                              "repo (changes nothing)", PLAN_EXIT)
     repo_plan.add_argument("--detailed-exitcode", action="store_true",
@@ -229,7 +287,8 @@ def _export_parser(commands: Any) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": serve, "keys": keys, "publish": publish,
-                                                            "plan": plan, "apply": apply, "export": export}
+                                                            "reset": reset, "plan": plan, "apply": apply,
+                                                            "export": export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command or "serve"](args)
     except FeatureStoreError as error:
-        print(f"error: {error.message}", file=sys.stderr)
+        details = f"\n  details: {json.dumps(error.details, default=str)}" if error.details else ""
+        print(f"error: {error.code}: {error.message}{details}", file=sys.stderr)
         return 2
 
 

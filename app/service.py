@@ -105,6 +105,12 @@ def etl_id_of(query_id: str, code_sha256: str) -> str:
     return "e_" + hashlib.sha256(f"{query_id}:{code_sha256}".encode()).hexdigest()[:16]
 
 
+def _not_saved(error: NotFound, save: str) -> NotFound:
+    """An unknown id's 404, saying how ids come to exist: a run without save=true (or a plan) stores nothing."""
+    return NotFound(f"{error.message}; an id exists once saved ({save}): a run without save=true stores "
+                    "nothing, and the id a plan shows exists only after a save", error.details)
+
+
 def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
     """Turn `index_value` into the type of the key column, or raise InvalidInput."""
     try:
@@ -229,9 +235,13 @@ class FeatureService:
 
     def _served_query(self, query_id: str, index_key: str, index_value: Any, request: RequestData | None
                       ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """The checked lookup and the request rows it ran with (logged by the caller once all has succeeded)."""
+        """The checked lookup and the request rows it ran with (logged by the caller once all has succeeded);
+        no rows for the entity is 404 `entity_not_found`."""
         record = self.get_query(query_id)
         frame, rows = self._lookup(record, index_key, index_value, request)
+        if frame.empty:  # query/realtime and extract/realtime answer an unknown entity alike
+            raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
+                           {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
         trained = [column["name"] for column in record.schema]
         if len(frame.columns) > len(trained) and prepare_query(record.sql, self.warehouse.dialect).selects_star:
             # a compatible new column of a source widens SELECT *; the saved query's output is its saved schema
@@ -245,7 +255,10 @@ class FeatureService:
             self.sources.ingest_many(rows)
 
     def get_query(self, query_id: str) -> QueryRecord:
-        return self._queries.get_or_make(query_id, lambda: self.catalog.get_query(query_id))
+        try:
+            return self._queries.get_or_make(query_id, lambda: self.catalog.get_query(query_id))
+        except NotFound as error:
+            raise _not_saved(error, "POST /v1.0/query/train?save=true") from None
 
     def list_queries(self, offset: int, limit: int) -> Page[QueryRecord]:
         return self.catalog.list_queries(offset, limit)
@@ -340,9 +353,6 @@ class FeatureService:
             raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
                                {"etl_id": etl_id, "trained_query_id": etl.query_id})
         raw, request_rows = self._served_query(query_id, index_key, index_value, request)
-        if raw.empty:
-            raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
-                           {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         if len(features) > self.options.max_response_rows:  # the lookup was bounded, the ETL's output too
             raise ResultTooLarge(f"the ETL returned {len(features)} rows for one entity, more than the "
@@ -375,16 +385,20 @@ class FeatureService:
         return {"etl_id": etl_id, **report}
 
     def get_etl(self, etl_id: str) -> EtlRecord:
-        return self._etls.get_or_make(etl_id, lambda: self.catalog.get_etl(etl_id))
+        try:
+            return self._etls.get_or_make(etl_id, lambda: self.catalog.get_etl(etl_id))
+        except NotFound as error:
+            raise _not_saved(error, "POST /v1.0/extract/train?save=true") from None
 
     def list_etls(self, offset: int, limit: int, query_id: str | None = None) -> Page[EtlRecord]:
         return self.catalog.list_etls(offset, limit, query_id)
 
     # -- data and health -------------------------------------------------------------------------
 
-    def publish(self, n_flows: int, seed: int | None = None) -> dict[str, int]:
+    def publish(self, n_flows: int, seed: int | None = None) -> dict[str, Any]:
         """Generate `n_flows` demo flows and ingest them into the demo's declared sources (declared on
-        first use), every table in one transaction per store."""
+        first use), every table in one transaction per store: ``{"written", "duplicate"}`` (a seeded
+        publish repeated with the same size writes nothing)."""
         from demo.publishing import publish_flows
 
         if not 1 <= n_flows <= self.options.max_publish_flows:

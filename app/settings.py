@@ -39,6 +39,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Default: sqlite:///$DATA_DIR/catalog.db. Or CATALOG_URL_FILE: a file holding it."),
     Setting("WAREHOUSE_URL", None, "Warehouse: duckdb:///… or any SQLAlchemy URL (postgresql://…). "
             "Default: duckdb:///$DATA_DIR/warehouse.duckdb. Or WAREHOUSE_URL_FILE: a file holding it."),
+    Setting("WAREHOUSE_READ_URL", None, "PostgreSQL warehouse only: the URL user SQL (queries, training sets) "
+            "connects with, as a role that may only SELECT the sources' tables (docker-compose.yml makes one). "
+            "Default: WAREHOUSE_URL. Or WAREHOUSE_READ_URL_FILE: a file holding it."),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "
@@ -101,7 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-SECRET_SETTINGS = ("ADMIN_KEY", "CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL")
+SECRET_SETTINGS = ("ADMIN_KEY", "CATALOG_URL", "WAREHOUSE_URL", "WAREHOUSE_READ_URL", "REALTIME_URL")
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None,

@@ -43,6 +43,7 @@ class SourceService:
         self.load_dir = load_dir
         self._current: dict[str, SourceRecord] = {}
         self._loaded = False
+        self._hydrated: set[str] = set()  # sources whose hot window is in the realtime store
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._evictor: threading.Thread | None = None
@@ -62,13 +63,17 @@ class SourceService:
         return True
 
     def ensure_loaded(self) -> bool:
-        """Load and hydrate the sources once (at start, or on first use if the catalog was down then);
-        whether they are loaded."""
+        """Load and hydrate the sources once (at start, or on first use if the catalog or the warehouse was down
+        then); whether they are loaded."""
         if self._loaded:
             return True
         with self._lock:
             if not self._loaded and self.load():
-                log.info("realtime store hydrated from the warehouse: %s", self.hydrate())
+                try:
+                    log.info("realtime store hydrated from the warehouse: %s", self.hydrate())
+                except BackendUnavailable as error:  # the service starts (degraded) and tries again on use
+                    log.warning("realtime store not hydrated (%s); it is on first use once the warehouse "
+                                "answers", error.message)
         return self._loaded
 
     def tables(self) -> dict[str, list[tuple[str, str]]]:
@@ -271,8 +276,10 @@ class SourceService:
             raise InvalidInput(f"batch_id must be a string of 1 to {MAX_BATCH_ID} characters", {"field": "batch_id"})
         return self.ingest_many({name: rows}, batch_id)[name]
 
-    def ingest_many(self, rows: dict[str, pa.Table], batch_id: str | None = None) -> dict[str, dict[str, Any]]:
-        """Rows of several sources: one transaction in the warehouse, then one in the realtime store."""
+    def ingest_many(self, rows: dict[str, pa.Table], batch_id: str | None = None,
+                    note: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Rows of several sources: one transaction in the warehouse, then one in the realtime store. With a
+        `batch_id`, `note` is kept in its ledger entry (a retry's answer carries it)."""
         records = {name: self.get(name) for name in rows}  # loads the sources first, if start-up could not
         answers = {name: {"source": name, "version": records[name].version, "rows": table.num_rows,
                           **event_time_range(records[name], table), "batch_id": batch_id}
@@ -281,7 +288,8 @@ class SourceService:
                if records[name].kind == "table"}
         for name, answer in answers.items():
             answer["realtime_rows"] = hot[name].num_rows if name in hot else 0
-        mark = None if batch_id is None else BatchMark(next(iter(rows)), batch_id, answers[next(iter(rows))])
+        first = next(iter(rows))
+        mark = None if batch_id is None else BatchMark(first, batch_id, {**answers[first], **(note or {})})
         try:
             seen = self.warehouse.append({records[name].table: table for name, table in rows.items()}, mark)
         except InvalidQuery as error:  # the engine's own refusal of a value (a constraint, an encoding)
@@ -363,19 +371,28 @@ class SourceService:
     # -- the hot window ------------------------------------------------------------------------------
 
     def hydrate(self) -> dict[str, int]:
-        """Fill the realtime store with every table source's hot window (on start)."""
+        """Fill the realtime store with every table source's hot window (on start; each source once). A warehouse
+        that cannot be reached raises BackendUnavailable, the sources left registered (empty) for the next try."""
         loaded = {}
         for source in self._current.values():
+            if source.name in self._hydrated:
+                continue
             try:
                 if self.warehouse.table_columns(source.table) is None:
                     log.warning("source %r: the warehouse has no table %r; nothing to hydrate", source.name,
                                 source.table)
                     self.realtime.register(source)
-                    continue
-                loaded.update(self.realtime.hydrate(self.warehouse, [source]))
+                else:
+                    loaded.update(self.realtime.hydrate(self.warehouse, [source]))
             except InvalidInput as error:  # a value the store refuses: serve the rest, say which source
                 log.error("source %r not hydrated: %s", source.name, error.message)
                 self.realtime.register(source)
+            except BackendUnavailable:
+                for waiting in self._current.values():
+                    if waiting.name not in self._hydrated:
+                        self.realtime.register(waiting)
+                raise
+            self._hydrated.add(source.name)
         self._loaded = True
         return loaded
 

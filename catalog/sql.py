@@ -32,6 +32,7 @@ from sqlalchemy.pool import StaticPool
 
 from catalog.base import (STAGES, ApiKeyRecord, Catalog, EtlRecord, FeatureSetRecord, Page, QueryRecord,
                           SourceRecord, utc_now)
+from common import postgres as pg_deadlines
 from common.errors import BackendUnavailable, InvalidInput, NotFound
 from common.urls import sqlalchemy_url
 
@@ -41,6 +42,7 @@ R = TypeVar("R")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 5
+PG_DEADLINE_S = 30.0  # client-side limit of one wait on the server (a frozen server fails, never hangs a call)
 
 metadata = sa.MetaData()
 
@@ -134,8 +136,10 @@ def _build_engine(url: str) -> tuple[sa.Engine, bool, Path | None]:
     except exc.ArgumentError as err:
         raise InvalidInput(f"CATALOG_URL: cannot parse {url!r}: {err}") from err
     if parsed.get_backend_name() != "sqlite":
-        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-        return sa.create_engine(parsed, pool_pre_ping=True, pool_timeout=10, connect_args=connect_args), False, None
+        arguments = pg_deadlines.connect_args(parsed, **({} if "connect_timeout" in parsed.query
+                                                      else {"connect_timeout": PG_CONNECT_TIMEOUT_S}))
+        engine = sa.create_engine(parsed, pool_pre_ping=True, pool_timeout=10, connect_args=arguments)
+        return pg_deadlines.with_deadlines(engine, PG_DEADLINE_S), False, None
 
     database = parsed.database or ""
     in_memory = database in ("", ":memory:")

@@ -77,7 +77,9 @@ class FeatureStore:
         return self._http.call("GET", "/health", retry=True)
 
     def publish(self, n_flows: int, seed: int | None = None) -> dict[str, Any]:
-        """Generate `n_flows` demo flows; rows written per table. Not idempotent: never retried."""
+        """Generate `n_flows` demo flows: ``{n_flows, seed, written, duplicate}``. The same `seed` and
+        `n_flows` again write nothing (``duplicate`` true), another `n_flows` is `InvalidInput`; unseeded
+        calls are new data, so never retried."""
         params = {"n_flows": n_flows, **({"seed": seed} if seed is not None else {})}
         return self._http.call("PUT", "/publish", retry=False, params=params)
 
@@ -99,7 +101,8 @@ class FeatureStore:
 
     def query_realtime(self, query_id: str, index_key: str, index_value: Scalar,
                        request_rows: dict[str, list[dict[str, Any]]] | None = None, log: bool = False) -> pd.DataFrame:
-        """One entity's rows of a saved query, from hot data, typed like its training result.
+        """One entity's rows of a saved query, from hot data, typed like its training result
+        (`NotFound`, code ``entity_not_found``, when it has none).
 
         `request_rows` ({source: [row, …]}) supply the rows of the request sources the query reads;
         `log=True` also appends them to those sources."""

@@ -15,14 +15,14 @@ from typing import Callable
 
 from common.errors import FeatureStoreError
 from featurerepo.plan import CHANGE, CREATE, SAME, Plan, Step
-from featurerepo.service_client import RepoClient
+from featurerepo.service_client import RepoClient, describe
 
 
 class ApplyFailed(Exception):
     """A step failed; `step` is the one, `error` the service's error, `done` the steps applied before it."""
 
     def __init__(self, step: Step, error: FeatureStoreError, done: list[Step]):
-        super().__init__(f"{step.kind} {step.name}: {error.code}: {error.message}")
+        super().__init__(f"{step.kind} {step.name}: {describe(error)}")
         self.step, self.error, self.done = step, error, done
 
 

@@ -49,7 +49,7 @@ def run_apply(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     """`apply`: plan, then carry out the changes, printing each object as it is done."""
     from featurerepo.apply import ApplyFailed, apply_plan
     from featurerepo.plan import CHANGE, CREATE, SAME, make_plan
-    from featurerepo.service_client import is_fatal
+    from featurerepo.service_client import describe, is_fatal
 
     out, err = out or sys.stdout, err or sys.stderr
     session = _Session(args, out, err)
@@ -77,8 +77,7 @@ def run_apply(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
         try:
             apply_plan(plan, api, report, session.progress)
         except ApplyFailed as failed:
-            session.line(failed.step, f"failed: {failed.error.code}: {failed.error.message}", plan.steps,
-                         action="!")
+            session.line(failed.step, f"failed: {describe(failed.error)}", plan.steps, action="!")
             print(f"Apply stopped: {len(failed.done)} of {len(plan.steps)} objects done before the error.",
                   file=out)
             if is_fatal(failed.error):

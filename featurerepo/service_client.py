@@ -5,6 +5,7 @@ newest version of a feature set with the stages of all its versions.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
 from client import FeatureStore, NotFound
@@ -55,5 +56,29 @@ def is_fatal(error: FeatureStoreError) -> bool:
 
 
 def describe(error: FeatureStoreError) -> str:
-    """``code: message`` as the service sent it."""
-    return f"{error.code}: {error.message}"
+    """``code: message`` as the service sent it, then what its details say (e.g. which column broke which
+    expectation), so a failed step is explained without a second look at the service."""
+    details = details_text(error.details)
+    return f"{error.code}: {error.message}" + (f" [{details}]" if details else "")
+
+
+MAX_DETAILS_CHARS = 600
+
+
+def details_text(details: Any) -> str:
+    """An error's `details` on one line: each broken expectation as ``column rule expected: N row(s), e.g. …``,
+    anything else as compact JSON (cut at MAX_DETAILS_CHARS)."""
+    if not details:
+        return ""
+    if isinstance(details, dict) and isinstance(details.get("violations"), list):
+        text = "; ".join(_violation_text(v) for v in details["violations"] if isinstance(v, dict))
+    else:
+        text = json.dumps(details, separators=(",", ":"), default=str, ensure_ascii=False)
+    return text if len(text) <= MAX_DETAILS_CHARS else text[:MAX_DETAILS_CHARS - 1] + "…"
+
+
+def _violation_text(violation: dict[str, Any]) -> str:
+    examples = violation.get("examples") or []
+    shown = f", e.g. {', '.join(map(str, examples))}" if examples else ""
+    return (f"column {violation.get('column')!r} {violation.get('rule')} {violation.get('expected')!r}: "
+            f"{violation.get('failed_rows')} row(s){shown}")

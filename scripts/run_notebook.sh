@@ -6,4 +6,4 @@
 source "$(dirname "$0")/_venv.sh" requirements-notebook.txt
 save="--save"
 [ "${1:-}" = "--no-save" ] && save=""
-exec .venv/bin/python -m tests.test_notebook $save
+exec .venv/bin/python -m tests.notebook $save

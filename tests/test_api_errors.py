@@ -168,7 +168,8 @@ def test_bad_realtime_query_requests(api, trained, changes, status, code):
 def test_injection_in_index_value_is_just_a_value(api, trained):
     before = table_counts(api)
     for value in ("' OR '1'='1", "x'; DROP TABLE users; --", "\u202e💥"):
-        assert api.post("/v1.0/query/realtime", realtime_body(trained, index_value=value))["data"] == []
+        assert api.post("/v1.0/query/realtime", realtime_body(trained, index_value=value), 404
+                        )["code"] == "entity_not_found"
         error = api.post("/v1.0/extract/realtime", {**realtime_body(trained, index_value=value),
                                                     "etl_id": trained["etl_id"]}, 404)
         assert error["code"] == "entity_not_found"
@@ -182,7 +183,17 @@ def test_integer_key_rejects_non_numbers(api, trained):
                                               "index_value": "soon"}, 400)
     assert error["details"]["expected_type"] == "integer"
     assert api.post("/v1.0/query/realtime", {"query_id": query_id, "index_key": "creation_date",
-                                             "index_value": "12"})["data"] == []
+                                             "index_value": "12"}, 404)["code"] == "entity_not_found"
+
+
+def test_unknown_entity_is_404_on_both_realtime_endpoints(api, trained):
+    """query/realtime and extract/realtime agree: no hot rows for the entity is 404 entity_not_found, with the
+    key and value in details (not a 200 with no rows on one and a 404 on the other)."""
+    body = realtime_body(trained, index_value="nobody")
+    for path, extra in (("/v1.0/query/realtime", {}), ("/v1.0/extract/realtime", {"etl_id": trained["etl_id"]})):
+        error = api.post(path, {**body, **extra}, 404)
+        assert error["code"] == "entity_not_found"
+        assert error["details"] == {"index_key": body["index_key"], "index_value": "nobody"}
 
 
 def test_etl_trained_on_another_query(api, trained):

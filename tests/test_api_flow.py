@@ -23,6 +23,34 @@ def test_publish_writes_every_table(api):
     assert counts["data"] == [{"n": 50}]
 
 
+def test_publishing_a_seed_again_writes_nothing(api):
+    """The README's walkthrough and its client snippet both publish seed 42: the second is a retry of
+    the first (same seed, same n_flows, same ids), so nothing doubles; another size or seed is new data."""
+    first = api.put("/v1.0/publish?n_flows=20&seed=42")
+    assert first["duplicate"] is False and first["written"]["quotes"] == 20
+    again = api.put("/v1.0/publish?n_flows=20&seed=42")
+    assert again["duplicate"] is True and set(again["written"].values()) == {0}
+    assert api.put("/v1.0/publish?n_flows=20&seed=43")["duplicate"] is False
+    # the same seed with another size would repeat the first flows' ids (a seed fixes them): refused, not written
+    error = api.put("/v1.0/publish?n_flows=30&seed=42", 400)
+    assert error["code"] == "invalid_input" and "another seed" in error["message"]
+    assert error["details"] == {"seed": 42, "n_flows": 30, "published_n_flows": 20}
+    counts = api.post("/v1.0/query/train", {"query": "SELECT count(*) AS n, count(DISTINCT quote_id) AS ids "
+                                                      "FROM quotes"})["data"]
+    assert counts == [{"n": 40, "ids": 40}]
+    served = api.post("/v1.0/query/train?save=true", {"query": "SELECT quote_id, count(*) AS n FROM quotes "
+                                                               "GROUP BY quote_id"})
+    quote_id = served["data"][0]["quote_id"]
+    assert api.post("/v1.0/query/realtime", {"query_id": served["query_id"], "index_key": "quote_id",
+                                             "index_value": quote_id})["data"] == [{"quote_id": quote_id, "n": 1}]
+
+
+def test_unseeded_publishes_are_each_new_data(api):
+    api.put("/v1.0/publish?n_flows=10")
+    assert api.put("/v1.0/publish?n_flows=10")["duplicate"] is False
+    assert api.post("/v1.0/query/train", {"query": "SELECT count(*) AS n FROM quotes"})["data"] == [{"n": 20}]
+
+
 def test_walkthrough_serves_training_features(api, repo):
     trained = train_walkthrough(api, repo)
     assert trained["query"]["query_id"].startswith("q_") and trained["extract"]["etl_id"].startswith("e_")

@@ -133,14 +133,14 @@ def test_catalog_reads_and_health(store, trained, live_server):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_no_hot_rows_is_an_empty_typed_frame_or_entity_not_found(store, trained):
-    empty = store.query_realtime(trained.query.query_id, "user_id", "nobody")
-    assert empty.empty and list(empty.columns) == list(trained.query.data.columns)
-    assert logical(empty) == logical(trained.query.data)
-    with pytest.raises(client.NotFound) as caught:
-        store.extract_realtime(trained.query.query_id, trained.extract.etl_id, "user_id", "nobody")
-    assert caught.value.code == "entity_not_found" and caught.value.status == 404
-    assert caught.value.details["index_value"] == "nobody"
+def test_no_hot_rows_is_entity_not_found_on_both_lookups(store, trained):
+    lookups = [lambda: store.query_realtime(trained.query.query_id, "user_id", "nobody"),
+               lambda: store.extract_realtime(trained.query.query_id, trained.extract.etl_id, "user_id", "nobody")]
+    for lookup in lookups:
+        with pytest.raises(client.NotFound) as caught:
+            lookup()
+        assert caught.value.code == "entity_not_found" and caught.value.status == 404
+        assert caught.value.details["index_value"] == "nobody"
 
 
 @pytest.mark.slow

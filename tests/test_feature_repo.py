@@ -256,6 +256,25 @@ def test_invalid_sql_fails_the_plan_with_the_services_message(live_server, featu
 
 
 @pytest.mark.slow
+def test_a_failed_apply_says_which_column_broke_which_expectation(tmp_path, feature_repo):
+    """`apply` prints the details of the service's error, not only its code: the column, the rule, the rows."""
+    code = feature_repo.file("etls/fitted_features.py").read_text()
+    strict = code.replace('"minutes_to_bind_z": {"type": "float", "min": -10, "max": 10}',
+                          '"minutes_to_bind_z": {"type": "float", "min": -0.01, "max": 0.01}')
+    assert strict != code
+    feature_repo.commit("etls/fitted_features.py", strict, "Too strict an expectation")
+    with running_server(tmp_path / "data") as base:
+        publish(base)
+        applied = cli("apply", str(feature_repo.path), url=base)
+    assert applied.returncode == 1
+    assert lines(applied)[("etl", "fitted_features")] == "!"
+    failed = next(line for line in applied.stdout.splitlines() if line.startswith("! etl"))
+    assert "failed: expectations_failed" in failed
+    assert "column 'minutes_to_bind_z' min -0.01" in failed and "row(s), e.g." in failed
+    assert "column 'minutes_to_bind_z'" in applied.stderr  # the closing error line too
+
+
+@pytest.mark.slow
 def test_etls_from_a_git_remote(live_server, feature_repo):  # noqa: F811
     """With [git] url, ETLs are registered as {repo, ref, path}: a remote service clones them."""
     publish(live_server)

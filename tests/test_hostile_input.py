@@ -526,7 +526,7 @@ def test_hostile_index_values_are_just_values(hostile, value):
     ids = hostile["values"]
     before = start(hostile)
     body = {"query_id": ids[Q], "index_key": "user_id", "index_value": value}
-    assert api.post("/v1.0/query/realtime", body)["data"] == []
+    assert api.post("/v1.0/query/realtime", body, 404)["code"] == "entity_not_found"
     assert api.post("/v1.0/extract/realtime", {**body, "etl_id": ids[E]}, 404)["code"] == "entity_not_found"
     error = api.post(f"/v1.0/feature-sets/{FEATURE_SET}/realtime", {"index_value": value}, 404)
     assert error["code"] == "entity_not_found"

@@ -1,63 +1,24 @@
-"""example.ipynb runs top to bottom against a live server on the embedded defaults.
-
-Also a script: ``python -m tests.test_notebook [--save]`` executes the notebook against
-``$FEATURESTORE_URL`` if set, else a throwaway server on a temporary DATA_DIR, and with
-``--save`` writes it back with the outputs of that run (``scripts/run_notebook.sh``).
-"""
+"""example.ipynb runs top to bottom against a live server on the embedded defaults (tests/notebook.py runs it;
+scripts/run_notebook.sh runs that module without pytest)."""
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
+import re
+import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.fixtures_server import running_server
 
 nbformat = pytest.importorskip("nbformat", reason="requirements-notebook.txt is not installed")
-nbclient = pytest.importorskip("nbclient", reason="requirements-notebook.txt is not installed")
+pytest.importorskip("nbclient", reason="requirements-notebook.txt is not installed")
 pytest.importorskip("ipykernel", reason="requirements-notebook.txt is not installed")
 pytest.importorskip("matplotlib", reason="requirements-notebook.txt is not installed")
 
+from tests.notebook import NOTEBOOK, cell_tagged, execute_notebook, text_of  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "example.ipynb"
-CELL_TIMEOUT_SECONDS = 120
-
-
-def execute_notebook(url: str, path: Path = NOTEBOOK) -> "nbformat.NotebookNode":
-    """The notebook at `path`, executed top to bottom in a python3 kernel of this interpreter against `url`.
-
-    The kernel runs with the project root as working directory and ``FEATURESTORE_URL=url``; any
-    cell's error raises `nbclient.exceptions.CellExecutionError`.
-    """
-    notebook = nbformat.read(path, as_version=4)
-    # The kernelspec's "python" is replaced by sys.executable, so the kernel is this venv's interpreter.
-    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_SECONDS, kernel_name="python3",
-                                     allow_errors=False, record_timing=False,
-                                     resources={"metadata": {"path": str(ROOT)}})
-    env = {**os.environ, "FEATURESTORE_URL": url}
-    env.pop("FEATURESTORE_API_KEY", None)
-    client.execute(env=env)
-    return notebook
-
-
-def cell_tagged(notebook: "nbformat.NotebookNode", tag: str) -> "nbformat.NotebookNode":
-    [cell] = [c for c in notebook.cells if tag in c.get("metadata", {}).get("tags", [])]
-    return cell
-
-
-def text_of(cell: "nbformat.NotebookNode") -> str:
-    parts = []
-    for output in cell.get("outputs", []):
-        if output["output_type"] == "stream":
-            parts.append(output["text"])
-        elif "data" in output:
-            parts.append(output["data"].get("text/plain", ""))
-    return "".join(parts)
 
 
 @pytest.mark.slow
@@ -95,29 +56,13 @@ def test_committed_notebook_is_cleared_or_fully_run():
         assert not [o for cell in code_cells for o in cell.outputs if o["output_type"] == "error"]
 
 
-@contextlib.contextmanager
-def _service() -> Iterator[str]:
-    if os.environ.get("FEATURESTORE_URL"):
-        yield os.environ["FEATURESTORE_URL"]
-        return
-    with tempfile.TemporaryDirectory(prefix="featurestore-notebook-server-") as folder:
-        with running_server(Path(folder) / "data") as url:
-            yield url
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--save", action="store_true", help="write example.ipynb back with this run's outputs")
-    args = parser.parse_args(argv)
-    with _service() as url:
-        notebook = execute_notebook(url)
-    if args.save:
-        nbformat.write(notebook, NOTEBOOK)
-        print(f"executed and saved {NOTEBOOK.name}")
-    else:
-        print(f"executed {NOTEBOOK.name} without errors (not saved; --save writes its outputs)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def test_the_notebook_script_runs_without_pytest():
+    """scripts/run_notebook.sh installs requirements-notebook.txt only (a venv made by serve.sh has no pytest):
+    the module it runs must import, and parse its arguments, with pytest unimportable."""
+    script = (ROOT / "scripts" / "run_notebook.sh").read_text()
+    [module] = re.findall(r"^exec \.venv/bin/python -m ([\w.]+)", script, re.MULTILINE)
+    blocked = ("import runpy, sys; sys.modules['pytest'] = None; sys.argv = ['run_notebook', '--help']; "
+               f"runpy.run_module({module!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--save" in done.stdout

@@ -1,6 +1,7 @@
 """`python -m app` as a newcomer runs it: a real process on a free loopback port, stopped by its PID."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,33 @@ def test_worker_threads_share_one_realtime_store(tmp_path):
             for published in (50, 100, 150):
                 session.put(f"{base}/v1.0/publish", params={"n_flows": 50}, timeout=30).raise_for_status()
                 assert set(pool.map(count, range(16))) == {published}
+
+
+def _reset(data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key not in ("CATALOG_URL", "WAREHOUSE_URL")}
+    return subprocess.run([sys.executable, "-m", "app", "reset", *flags], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "DATA_DIR": str(data_dir)}, timeout=60)
+
+
+@pytest.mark.slow
+def test_reset_deletes_the_embedded_data_only_when_the_service_is_stopped(tmp_path):
+    """`python -m app reset --yes` is the documented way back to an empty store: refused while a service
+    holds the warehouse, a dry run without --yes, then the stores are gone and the load folder kept."""
+    data = tmp_path / "data"
+    (data / "load").mkdir(parents=True)
+    (data / "load" / "mine.csv").write_text("a\n1\n")
+    with running_server(data) as base:
+        assert requests.put(f"{base}/v1.0/publish", params={"n_flows": 10, "seed": 1}, timeout=30).ok
+        refused = _reset(data, "--yes")
+        assert refused.returncode == 1 and "stop the service first" in refused.stderr
+    assert (data / "warehouse.duckdb").exists() and (data / "catalog.db").exists()
+    dry = _reset(data)
+    assert dry.returncode == 1 and "--yes" in dry.stderr and (data / "warehouse.duckdb").exists()
+    done = _reset(data, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert not (data / "warehouse.duckdb").exists() and not (data / "catalog.db").exists()
+    assert (data / "load" / "mine.csv").exists()
+    with running_server(data) as base:
+        counts = requests.post(f"{base}/v1.0/query/train", json={"query": "SELECT count(*) AS n FROM quotes"},
+                               timeout=30).json()
+        assert counts["data"] == [{"n": 0}]

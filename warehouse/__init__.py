@@ -10,8 +10,11 @@ __all__ = ["BatchMark", "Warehouse", "open_warehouse"]
 
 
 def _duckdb(url: str, **options: Any) -> Warehouse:
+    from common.errors import InvalidInput
     from warehouse.duckdb import DuckDBWarehouse
 
+    if options.pop("read_url", None):
+        raise InvalidInput("WAREHOUSE_READ_URL is for a PostgreSQL warehouse; DuckDB runs user SQL read-only itself")
     return DuckDBWarehouse(url, **options)
 
 

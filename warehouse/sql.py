@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from catalog.base import SourceRecord
 from sql import types as logical_types
+from common import postgres as pg_deadlines
 from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from common.urls import sqlalchemy_url
 from sql.duckdb_engine import (_bounded_frame, checked_timeout, python_columns, query_timeout, quote_identifier,
@@ -28,6 +29,7 @@ from sql.duckdb_engine import (_bounded_frame, checked_timeout, python_columns, 
 from warehouse.base import LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, split_table
 
 ROLE = "warehouse"
+WRITE_DEADLINE_S = 300.0  # client-side limit of one wait on the server for the service's own writes (a big COPY)
 log = logging.getLogger(__name__)
 
 
@@ -38,23 +40,25 @@ class SqlAlchemyWarehouse(Warehouse):
     the server (its ``statement_timeout`` on the read-only sessions); other dialects ignore it.
     """
 
-    def __init__(self, url: str, *, statement_timeout: float | None = None):
+    def __init__(self, url: str, *, statement_timeout: float | None = None, read_url: str | None = None):
         self.statement_timeout = checked_timeout(statement_timeout)
         postgres = url.startswith("postgres")
-        connect_args = {"connect_timeout": 5} if postgres else {}
-        self.sa_engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, connect_args=connect_args)
-        # User SQL gets its own pool whose sessions are read-only by default, so even a statement
-        # that ends the transaction ("COMMIT; DELETE …") cannot start a writable one. Nor can a query
-        # lift the time limit: the server arms it when the statement starts, and a set_config() in one
-        # query is rolled back with its transaction when the connection returns to the pool.
+        if read_url and not (postgres and read_url.startswith("postgres")):
+            raise InvalidInput("WAREHOUSE_READ_URL is for a PostgreSQL warehouse (a role that may only read)")
+        self.sa_engine = _engine(url, WRITE_DEADLINE_S)
+        # User SQL gets its own pool (as the read-only role of `read_url`, if given) whose sessions are
+        # read-only by default, so even a statement that ends the transaction ("COMMIT; DELETE …") cannot
+        # start a writable one. Nor can a query lift the time limit: the server arms it when the statement
+        # starts, and a set_config() in one query is rolled back with its transaction when the connection
+        # returns to the pool.
         options = "-c default_transaction_read_only=on"
         if self.statement_timeout is not None:
             options += f" -c statement_timeout={max(1, math.ceil(self.statement_timeout * 1000))}"
-        read_only_args = {**connect_args, "options": options} if postgres else {}
         if self.statement_timeout is not None and not postgres:
             log.warning("statement_timeout is enforced on PostgreSQL only; %s runs queries without a limit",
                         url.split("://", 1)[0])
-        self.read_engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, connect_args=read_only_args)
+        read_deadline = None if self.statement_timeout is None else self.statement_timeout + pg_deadlines.GRACE_S
+        self.read_engine = _engine(read_url or url, read_deadline, {"options": options} if postgres else {})
         name = self.sa_engine.dialect.name
         # PostgreSQL through psycopg takes batches by COPY (about 6x the rows per second of executemany).
         self._copy = name == "postgresql" and self.sa_engine.dialect.driver == "psycopg"
@@ -318,3 +322,11 @@ class _SqlAlchemyErrors:
         raise BackendUnavailable(ROLE, getattr(error, "orig", None) or error) from None
 
 
+def _engine(url: str, deadline: float | None, extra: dict[str, Any] | None = None) -> sa.Engine:
+    """A pre-pinging engine; on PostgreSQL with a connect timeout, keepalives and a client-side deadline."""
+    if not url.startswith("postgres"):
+        return sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+    parsed = sa.make_url(sqlalchemy_url(url))
+    arguments = pg_deadlines.connect_args(parsed, connect_timeout=5, **(extra or {}))
+    return pg_deadlines.with_deadlines(sa.create_engine(parsed, pool_pre_ping=True, connect_args=arguments),
+                                       deadline)

@@ -10,13 +10,18 @@ from app.api.common import install_error_handlers, install_json_representation
 API_PREFIX = "/v1.0"
 
 
+# CommonMark (what Swagger UI renders): anything in angle brackets goes in a code span, or it is taken as HTML.
+DESCRIPTION = ("Saved SQL queries and git-versioned ETLs, served from hot data with the exact code and schema they "
+               "were trained with. Send an API key as `Authorization: Bearer <key>` (roles: admin, scientist, "
+               "serving); an admin creates keys with `python -m app keys create --name <name> --role <role>` or "
+               "`POST /v1.0/keys`.")
+
+
 def build_blueprint() -> Blueprint:
     """The API blueprint with its namespaces, OpenAPI document and Swagger UI (at /v1.0/docs)."""
     blueprint = Blueprint("api", __name__, url_prefix=API_PREFIX)
     api = Api(blueprint, version="1.0", title="Feature store",
-              description="Saved SQL queries and git-versioned ETLs, served from hot data with the exact "
-                          "code and schema they were trained with. Send an API key as "
-                          "'Authorization: Bearer <key>' (roles: admin, scientist, serving).", doc="/docs",
+              description=DESCRIPTION, doc="/docs",
               authorizations={"bearer": {"type": "apiKey", "in": "header", "name": "Authorization"}},
               security="bearer")
     install_json_representation(api)

@@ -29,7 +29,7 @@ etl_location = extract_ns.model("EtlLocation", {
 train_request = extract_ns.model("ExtractTrainRequest", {
     "query_id": fields.String(required=True, min_length=1, max_length=64),
     "etl_path": fields.String(max_length=4000, description=(
-        "a path or file:// URL of a .py file in a local git repository, git+<repo-url>@<ref>#<path>, "
+        "a path or file:// URL of a .py file in a local git repository, `git+<repo-url>@<ref>#<path>`, "
         "or an http(s) URL of a .py file")),
     "etl": fields.Nested(etl_location, description="structured alternative to etl_path"),
     "name": fields.String(max_length=200),

@@ -13,6 +13,8 @@ NAMESPACES = [ns]
 counts = ns.model("PublishCounts", {
     "n_flows": fields.Integer, "seed": NullableInteger,
     "written": fields.Raw(description="rows written per table", example={"users": 80, "quotes": 100}),
+    "duplicate": fields.Boolean(description="true when this seed and n_flows were published before: nothing "
+                                            "was written (every count 0)"),
 })
 
 
@@ -20,9 +22,11 @@ counts = ns.model("PublishCounts", {
 @with_errors(ns)
 class Publish(Resource):
     @ns.doc(params={"n_flows": {"description": "how many flows to generate", "type": "integer", "required": True},
-                    "seed": {"description": "seed for a reproducible batch", "type": "integer"}})
+                    "seed": {"description": "seed for a reproducible batch; the same seed and n_flows again "
+                                            "writes nothing (duplicate), with another n_flows is a 400",
+                             "type": "integer"}})
     @ns.response(200, "rows written per table", counts)
-    @ns.response(400, "n_flows missing or out of range")
+    @ns.response(400, "n_flows missing or out of range, or the seed was published with another n_flows")
     @allow(*ADMIN)
     def put(self):
         """Generate N flows and write each to the warehouse and the realtime store."""
@@ -31,4 +35,4 @@ class Publish(Resource):
         if n_flows is None:
             raise InvalidInput("query parameter n_flows is required", {"parameter": "n_flows"})
         seed = query_int("seed", None, 0, 2**32 - 1)
-        return {"n_flows": n_flows, "seed": seed, "written": fs.publish(n_flows, seed)}
+        return {"n_flows": n_flows, "seed": seed, **fs.publish(n_flows, seed)}

@@ -107,7 +107,7 @@ class QueryPlan(Resource):
 class QueryRealtime(Resource):
     @query_ns.expect(realtime_request)
     @query_ns.response(200, "the entity's rows from hot data", rows_response)
-    @query_ns.response(404, "unknown query_id")
+    @query_ns.response(404, "unknown query_id, or no hot rows for the entity (entity_not_found)")
     @query_ns.response(409, "serving output differs from the training schema")
     @allow(*SERVING)
     def post(self):
