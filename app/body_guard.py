@@ -1,7 +1,7 @@
 """Bodies refused from the request line and headers alone, before any body is read or any key looked up.
 
 `BodyPolicy` decides: a declared Content-Length over the route's limit is 413 (MAX_INGEST_BYTES for
-``POST /sources/<name>/rows``, MAX_BODY_BYTES for every other route), and with AUTH on a body sent
+``POST /sources/<name>/rows`` and ``POST /spines``, MAX_BODY_BYTES for every other route), and with AUTH on a body sent
 to a protected route without a bearer token is 401. The production server (app/server.py) applies
 it as soon as the headers have arrived, and to a chunked body as its bytes arrive, so a refused body
 is never read to its end nor spooled; `BodyGuard` applies the same checks to any WSGI server.
@@ -20,7 +20,7 @@ from common.errors import FeatureStoreError
 
 API_PREFIX = "/v1.0"  # app.api.API_PREFIX (not imported: that builds the whole API)
 OPEN_PATHS = {f"{API_PREFIX}/health", f"{API_PREFIX}/docs", f"{API_PREFIX}/swagger.json"}
-INGEST_PATH = re.compile(rf"^{re.escape(API_PREFIX)}/sources/[^/]+/rows/?$")
+INGEST_PATH = re.compile(rf"^{re.escape(API_PREFIX)}/(sources/[^/]+/rows|spines)/?$")  # bulk uploads
 
 
 class BodyTooLarge(FeatureStoreError):

@@ -456,7 +456,7 @@ class FeatureService:
     def _training_sql(self, prepared: PreparedQuery, hot_window: bool = False) -> str:
         """The query as the warehouse runs it, each source read from its warehouse table; with
         `hot_window`, only the rows each source's hot window holds now (what serving reads)."""
-        filters = self.sources.window_filters() if hot_window else None
+        filters = self.sources.row_filters(hot_window)
         return prepared.sql_with_tables(self.warehouse.dialect, self.sources.warehouse_tables(), filters)
 
     def query_warnings(self, sql: str) -> list[dict[str, Any]]:

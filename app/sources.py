@@ -16,14 +16,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+import sqlglot
 from sqlglot import exp
 
 from catalog.base import Catalog, SourceRecord, utc_now
 from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, InvalidQuery, NotFound
 from common.errors import SourceIncompatible
 from sql.types import logical_of_engine_type
-from sql.prepared import prepare_query
-from realtime.base import RealtimeStore, time_value, window_rows
+from sql.duckdb_engine import quote_qualified
+from sql.prepared import ROW_ALIAS, prepare_query
+from realtime.base import RealtimeStore, newest_only, time_value, window_rows
 from sources.definition import check_table_name, parse_source, source_diff
 from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow, rows_from_json
 from warehouse import BatchMark, Warehouse
@@ -112,17 +114,24 @@ class SourceService:
             tables[name] = rows_from_json(self._current[name], rows)
         return tables
 
-    def window_filters(self) -> dict[str, Any]:
-        """Source name -> the condition selecting the rows inside its hot window now (sources with one)."""
+    def row_filters(self, hot_window: bool = False) -> dict[str, Any]:
+        """Source name -> the condition on its warehouse rows (as `_fs_row`) that training reads them with:
+        only the newest version of a row (sources with a created_time, as serving reads them), and with
+        `hot_window` only the rows inside the source's hot window now."""
         filters = {}
         for name, record in self._current.items():
-            cutoff = self.realtime.cutoff(record)
-            if cutoff is None:
-                continue
-            bound = time_value(record, cutoff)
-            literal = exp.cast(exp.Literal.string(bound.isoformat()), "TIMESTAMPTZ") if hasattr(bound, "isoformat") \
-                else exp.Literal.number(repr(float(bound)))
-            filters[name] = exp.column(record.event_time, quoted=True) > literal
+            parts = []
+            cutoff = self.realtime.cutoff(record) if hot_window else None
+            if cutoff is not None:
+                bound = time_value(record, cutoff)
+                literal = exp.cast(exp.Literal.string(bound.isoformat()), "TIMESTAMPTZ") \
+                    if hasattr(bound, "isoformat") else exp.Literal.number(repr(float(bound)))
+                parts.append(exp.column(record.event_time, table=ROW_ALIAS, quoted=True) > literal)
+            newest = newest_only(record, quote_qualified(record.table), ROW_ALIAS)
+            if newest is not None:
+                parts.append(sqlglot.parse_one(newest, read="duckdb"))
+            if parts:
+                filters[name] = exp.and_(*parts)
         return filters
 
     def get(self, name: str) -> SourceRecord:

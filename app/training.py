@@ -18,16 +18,22 @@ from app.spine import Spine, SpineSpec, SpineUploads, build_spine, rows_table
 from common.errors import EtlFailed, ExpectationsFailed, InvalidInput
 from checks.expectations import check_expectations
 from sql.point_in_time import SID, SPINE, SourceCut, output_names, point_in_time_sql
-from sql.prepared import PreparedQuery, prepare_query
+from realtime.base import newest_only
+from sql.duckdb_engine import quote_qualified
+from sql.prepared import ROW_ALIAS, PreparedQuery, prepare_query
+
+
+CHUNK_ROWS = 250_000  # spine rows per warehouse statement of a streamed answer (see `query_batches`)
 
 
 class PointInTime:
     """Spines in, point-in-time training sets out, over the service's warehouse, sources and ETL runner."""
 
-    def __init__(self, service: Any, uploads: SpineUploads, max_spine_rows: int):
+    def __init__(self, service: Any, uploads: SpineUploads, max_spine_rows: int, chunk_rows: int = CHUNK_ROWS):
         self.service = service
         self.uploads = uploads
         self.max_spine_rows = max_spine_rows
+        self.chunk_rows = chunk_rows
 
     # -- spines ----------------------------------------------------------------------------------
 
@@ -74,21 +80,34 @@ class PointInTime:
     # -- the query ---------------------------------------------------------------------------------
 
     def query_batches(self, prepared: PreparedQuery, spine: Spine) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """The query as of every spine row, as Arrow batches: the spine's columns, then the query's."""
+        """The query as of every spine row, as Arrow batches: the spine's columns, then the query's.
+
+        The spine goes to the warehouse `chunk_rows` rows at a time, one statement each, in order: the
+        answer is the same, and the memory the warehouse needs (joins, windows, the final sort) is that of
+        one chunk, not of the whole spine."""
         sql, names = self._sql(prepared, spine, keep_unmatched=True)
-        _, batches = self.service.warehouse.query_batches(sql, uploads={SPINE: spine.keyed})
+
+        def chunk(start: int) -> Iterator[pa.RecordBatch]:
+            uploads = {SPINE: spine.keyed.slice(start, self.chunk_rows)}
+            return self.service.warehouse.query_batches(sql, uploads=uploads)[1]
+
+        batches = chunk(0)
         first = next(batches, None)
         template = _joined(spine, first, names) if first is not None else None
         schema = template.schema if template is not None else _joined(spine, None, names).schema
 
         def stream() -> Iterator[pa.RecordBatch]:
+            current = batches
             try:
                 if template is not None:
                     yield from template.to_batches()
-                for batch in batches:
-                    yield from _joined(spine, batch, names).cast(schema).to_batches()
+                for start in range(0, spine.rows, self.chunk_rows):
+                    if start:
+                        current = chunk(start)
+                    for batch in current:
+                        yield from _joined(spine, batch, names).cast(schema).to_batches()
             finally:
-                batches.close()  # a stream closed early stops the warehouse's query now, not when collected
+                current.close()  # a stream closed early stops the warehouse's query now, not when collected
 
         return schema, stream()
 
@@ -148,7 +167,8 @@ class PointInTime:
         for name in prepared.table_names():
             record = self.service.sources.get(name)
             cuts[name] = SourceCut(record.table, tuple(record.column_types()), record.event_time,
-                                   record.hot_window_seconds)
+                                   record.hot_window_seconds,
+                                   newest_only(record, quote_qualified(record.table), ROW_ALIAS))
         return cuts
 
 

@@ -93,22 +93,25 @@ def arrow_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def timed_training_set(server: Any, body: dict[str, Any], spine: bytes) -> tuple[float, pa.Table, float, int]:
-    """(seconds end to end, the answer, seconds of the train call alone, server peak bytes above its RSS)."""
-    with MemoryWatch(server.pid) as memory:
+def timed_training_set(server: Any, body: dict[str, Any], spine: bytes) -> tuple[float, pa.Table, float, int, int]:
+    """(seconds end to end, the answer, seconds of the train call alone, server peak bytes above its RSS before
+    the upload, and above its RSS before the train call)."""
+    with MemoryWatch(server.pid) as upload:
         started = time.perf_counter()
         status, _, data = server.request("POST", "/v1.0/spines", spine,
                                          headers={"Content-Type": "application/vnd.apache.arrow.stream"})
         if status != 201:
             raise RuntimeError(f"spine upload → {status}: {data[:300]!r}")
-        body = {**body, "spine": {**body["spine"], "spine_id": json.loads(data)["spine_id"]}}
+    body = {**body, "spine": {**body["spine"], "spine_id": json.loads(data)["spine_id"]}}
+    with MemoryWatch(server.pid) as call:
         called = time.perf_counter()
         status, _, data = server.request("POST", "/v1.0/query/train?format=arrow", body, timeout=3600)
         if status != 200:
             raise RuntimeError(f"query/train → {status}: {data[:300]!r}")
         answer = pa.ipc.open_stream(data).read_all()
         ended = time.perf_counter()
-    return ended - started, answer, ended - called, memory.peak - memory.baseline
+    whole = max(upload.peak, call.peak) - upload.baseline
+    return ended - started, answer, ended - called, whole, call.peak - call.baseline
 
 
 def brute_force_latest(views: pd.DataFrame, spine: pd.DataFrame) -> pd.DataFrame:
@@ -143,19 +146,22 @@ def check_latest(answer: pa.Table, views: pa.Table, spine: pa.Table, sample: int
 def run_peer(source: Path, spine: Path, out: Path) -> dict[str, Any]:
     venv = Path(os.environ.get("FEAST_VENV", "/tmp/feast-venv"))
     done = subprocess.run([str(venv / "bin" / "python"), str(ROOT / "bench" / "peer_feast.py"), "--source", str(source),
-                           "--spine", str(spine), "--out", str(out)], capture_output=True, text=True, timeout=7200)
+                           "--spine", str(spine), "--out", str(out), "--pad-dropped"], capture_output=True, text=True,
+                          timeout=7200)
     if done.returncode != 0:
         raise RuntimeError(f"peer_feast.py failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def peer_mismatches(ours: pa.Table, theirs_path: Path) -> dict[str, int]:
-    theirs = pq.read_table(theirs_path).to_pandas()
+def peer_mismatches(ours: pa.Table, theirs_path: Path, peer: dict[str, Any]) -> dict[str, int]:
+    """Row by row (the peer's answer padded back to every spine row, by its row number): spine rows whose
+    latest page differs, and how many of those the peer had dropped (it keeps no row for a key whose
+    events are all outside the window)."""
+    theirs = pq.read_table(theirs_path).to_pandas().sort_values("row").reset_index(drop=True)
     mine = ours.to_pandas()
-    if len(theirs) != len(mine):
-        return {"rows_ours": len(mine), "rows_peer": len(theirs), "page_mismatches": -1}
     differ = mine["last_page"].fillna("∅").to_numpy() != theirs["last_page"].fillna("∅").to_numpy()
-    return {"rows_ours": len(mine), "rows_peer": len(theirs), "page_mismatches": int(differ.sum())}
+    return {"rows_ours": len(mine), "rows_peer_answered": peer.get("rows_out"), "page_mismatches": int(differ.sum()),
+            "mismatches_where_ours_is_null": int((differ & mine["last_page"].isna().to_numpy()).sum())}
 
 
 def latest(server: Any, args: argparse.Namespace, work: Path, report: dict[str, Any]) -> None:
@@ -176,22 +182,26 @@ def latest(server: Any, args: argparse.Namespace, work: Path, report: dict[str, 
     runs, peers = [], []
     for repeat in range(args.repeats):
         quiet = wait_for_quiet(args.max_load, args.max_wait, print)
-        seconds, answer, call, peak = timed_training_set(server, body, spine_body)
+        seconds, answer, call, peak, call_peak = timed_training_set(server, body, spine_body)
         run = {"seconds": round(seconds, 3), "train_call_seconds": round(call, 3), "rows": answer.num_rows,
                "result_mb": round(answer.nbytes / 1e6, 1), "server_peak_above_rss_mb": round(peak / 1e6, 1),
-               "peak_over_result": round(peak / max(answer.nbytes, 1), 2), "load_average": quiet["load_average"][0]}
+               "peak_over_result": round(peak / max(answer.nbytes, 1), 2),
+               "train_call_peak_over_result": round(call_peak / max(answer.nbytes, 1), 2),
+               "load_average": quiet["load_average"][0]}
         if repeat == 0:
             run["sample_mismatches"] = check_latest(answer, views, spine)
         runs.append(run)
         print(f"  ours  #{repeat + 1}: {run}")
-        if args.peer:
+        if args.peer and repeat < args.peer_repeats:
             peer = run_peer(work / "page_views.parquet", work / "spine.parquet", work / "peer.parquet")
-            peer["agreement"] = peer_mismatches(answer, work / "peer.parquet")
+            peer["agreement"] = peer_mismatches(answer, work / "peer.parquet", peer)
             peers.append(peer)
             print(f"  feast #{repeat + 1}: {peer}")
     report["latest"]["runs"] = runs
     report["latest"]["median_seconds"] = statistics.median(r["seconds"] for r in runs)
     report["latest"]["median_peak_over_result"] = statistics.median(r["peak_over_result"] for r in runs)
+    report["latest"]["median_train_call_peak_over_result"] = statistics.median(
+        r["train_call_peak_over_result"] for r in runs)
     if peers:
         report["latest"]["peer_runs"] = peers
         report["latest"]["peer_median_seconds"] = statistics.median(p["seconds_call"] for p in peers)
@@ -220,14 +230,18 @@ def history(server: Any, args: argparse.Namespace, report: dict[str, Any]) -> No
     runs = []
     for repeat in range(args.repeats):
         quiet = wait_for_quiet(args.max_load, args.max_wait, print)
-        seconds, answer, call, peak = timed_training_set(server, body, spine_body)
+        seconds, answer, call, peak, _ = timed_training_set(server, body, spine_body)
         run = {"seconds": round(seconds, 3), "train_call_seconds": round(call, 3), "rows": answer.num_rows,
-               "rows_per_second": round(spine.num_rows / seconds), "server_peak_above_rss_mb": round(peak / 1e6, 1),
+               "rows_per_second": round(spine.num_rows / seconds),
+               "train_call_rows_per_second": round(spine.num_rows / call),
+               "server_peak_above_rss_mb": round(peak / 1e6, 1),
                "load_average": quiet["load_average"][0]}
         runs.append(run)
         print(f"  history #{repeat + 1}: {run}")
     report["history"] = {"flows": args.flows, "spine_rows": spine.num_rows, "runs": runs,
-                         "median_rows_per_second": statistics.median(r["rows_per_second"] for r in runs)}
+                         "median_rows_per_second": statistics.median(r["rows_per_second"] for r in runs),
+                         "median_train_call_rows_per_second": statistics.median(
+                             r["train_call_rows_per_second"] for r in runs)}
 
 
 def main() -> None:
@@ -241,6 +255,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", nargs="+", choices=["latest", "history"], default=["latest", "history"])
     parser.add_argument("--peer", action="store_true", help="also run Feast (bench/install_feast.sh first)")
+    parser.add_argument("--peer-repeats", type=int, default=1, help="Feast runs (after ours, alternating)")
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--max-wait", type=float, default=120.0)
     args = parser.parse_args()

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
 from sources.rows import stored_rows
+from sql.duckdb_engine import quote_identifier
 from sql.prepared import PreparedQuery
 from warehouse import Warehouse
 
@@ -22,6 +23,19 @@ ROWS_PREFIX = "_fs_rows_"  # the table behind each source's view
 def index_name(source: str, column: str) -> str:
     """A realtime index's name: the source's length first, so no two (source, column) pairs share one."""
     return f"_fs_idx_{len(source)}_{source}_{column}"
+
+
+def newest_only(source: SourceRecord, table: str, alias: str) -> str | None:
+    """The condition that keeps a row of `table` (as `alias`) unless a newer version replaced it: a row with
+    the same entity keys and event time and a later `created_time` (None for a source without one).
+    Serving, training and point-in-time training all read a source through it."""
+    if source.created_time is None:
+        return None
+    same = " AND ".join(f"_fs_newer.{quote_identifier(c)} = {alias}.{quote_identifier(c)}"
+                        for c in dict.fromkeys([*source.entity_keys, source.event_time]))
+    created = quote_identifier(source.created_time)
+    return (f"NOT EXISTS (SELECT 1 FROM {table} AS _fs_newer WHERE {same} "
+            f"AND _fs_newer.{created} > {alias}.{created})")
 
 
 def rows_table(source: str) -> str:

@@ -19,7 +19,7 @@ from common.errors import FeatureStoreError, InvalidInput
 from common.urls import duckdb_path
 from sql.duckdb_engine import DuckDBEngine, quote_identifier
 from sql.prepared import PreparedQuery
-from realtime.base import ROLE, RealtimeStore, index_name, rows_table, time_value
+from realtime.base import ROLE, RealtimeStore, index_name, newest_only, rows_table, time_value
 
 
 QUADRATIC_JOINS = {"CROSS_PRODUCT", "NESTED_LOOP_JOIN", "BLOCKWISE_NL_JOIN"}  # plan operators with no hash key
@@ -58,8 +58,11 @@ class DuckDBRealtimeStore(RealtimeStore):
         column = quote_identifier(source.event_time)
         is_timestamp = any(c["name"] == source.event_time and c["type"] == "timestamp" for c in source.columns)
         bound = f"to_timestamp(fs_cutoff('{source.name}'))" if is_timestamp else f"fs_cutoff('{source.name}')"
-        where = "" if source.hot_window_seconds is None else f" WHERE {column} > {bound}"
-        statements.append(f"CREATE OR REPLACE VIEW {quote_identifier(source.name)} AS SELECT * FROM {table}{where}")
+        conditions = [c for c in (None if source.hot_window_seconds is None else f"_fs_row.{column} > {bound}",
+                                  newest_only(source, table, "_fs_row")) if c]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        statements.append(f"CREATE OR REPLACE VIEW {quote_identifier(source.name)} AS SELECT _fs_row.* FROM {table} "
+                          f"AS _fs_row{where}")
         self.engine.execute_ddl(statements)
         self.sources[source.name] = source
         for key in source.entity_keys:  # as the SQLite store: eviction scans (columnar, cheap here)

@@ -53,7 +53,7 @@ from common.urls import url_scheme
 from sql import types as logical_types
 from sql.duckdb_engine import checked_timeout, python_columns, query_timeout, quote_identifier
 from sql.prepared import PreparedQuery
-from realtime.base import ROLE, RealtimeStore, index_name, rows_table
+from realtime.base import ROLE, RealtimeStore, index_name, newest_only, rows_table
 from realtime.sqlite_pool import READ_ONLY_ACTIONS, Reader, ReaderPool, connect, database_path, remove_database
 
 PAGE_SIZE = 16384
@@ -396,11 +396,14 @@ def _table_sql(source: SourceRecord, schema: str) -> str:
 
 
 def _view_sql(source: SourceRecord, schema: str) -> str:
-    """CREATE VIEW of the source's hot window over its rows table, both in `schema`."""
-    where = "" if source.hot_window_seconds is None else \
-        f" WHERE {quote_identifier(source.event_time)} > fs_cutoff('{source.name}')"
-    return (f"CREATE VIEW {schema}{quote_identifier(source.name)} AS SELECT * FROM "
-            f"{schema}{quote_identifier(rows_table(source.name))}{where}")
+    """CREATE VIEW of the source's hot window (newest versions only) over its rows table, both in `schema`."""
+    alias = quote_identifier(rows_table(source.name))  # plans name the rows table (see `lookup_scans`)
+    table = f"{schema}{alias}"
+    conditions = [c for c in (None if source.hot_window_seconds is None else
+                              f"{alias}.{quote_identifier(source.event_time)} > fs_cutoff('{source.name}')",
+                              newest_only(source, table, alias)) if c]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"CREATE VIEW {schema}{quote_identifier(source.name)} AS SELECT {alias}.* FROM {table} AS {alias}{where}"
 
 
 def _column_names(frame: Any) -> list[str]:

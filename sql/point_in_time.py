@@ -22,12 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from common.errors import PointInTimeUnsupported
-from sql.prepared import PreparedQuery
+from sql.prepared import ROW_ALIAS, PreparedQuery
 from sql.types import SQLGLOT as SQLGLOT_TYPES
 
 SPINE = "_fs_spine"
@@ -44,6 +45,7 @@ class SourceCut:
     columns: tuple[tuple[str, str], ...]  # (column, logical type)
     event_time: str
     hot_window_seconds: int | None
+    newest_only: str | None = None  # the condition (on _fs_row) keeping only a row's newest version, if any
 
     @property
     def epoch(self) -> bool:
@@ -142,21 +144,24 @@ class _Rewriter:
         self.sources = sources
         self.as_of_now = as_of_now
 
-    def query(self, node: exp.Expression, key: str) -> exp.Expression:
-        """`node` (a SELECT or set operation) rewritten; `key` names its output column equal to the spine key."""
+    def query(self, node: exp.Expression, key: str, times: bool = False) -> exp.Expression:
+        """`node` (a SELECT or set operation) rewritten; `key` names its output column equal to the spine key.
+        Its last column is the spine row id, then (with `times`) the spine row's times, when a scope above
+        cuts a source of its own by them: carrying only what is used keeps joins and groups narrow."""
         if isinstance(node, exp.Subquery):
-            return self.query(node.this, key)
+            return self.query(node.this, key, times)
         if isinstance(node, exp.SetOperation):
             _refuse_modifiers(node)
             position = [s.alias_or_name for s in _selects(node.this)].index(key)
-            node.set("this", self.query(node.this, key))
-            node.set("expression", self.query(node.expression, _selects(node.expression)[position].alias_or_name))
+            node.set("this", self.query(node.this, key, times))
+            node.set("expression", self.query(node.expression, _selects(node.expression)[position].alias_or_name,
+                                              times))
             return node
         if not isinstance(node, exp.Select):
             raise PointInTimeUnsupported(f"{node.key.upper()} is not supported in point-in-time training")
-        return self._select(node, key)
+        return self._select(node, key, times)
 
-    def _select(self, select: exp.Select, key: str) -> exp.Select:
+    def _select(self, select: exp.Select, key: str, times: bool) -> exp.Select:
         _refuse_modifiers(select)
         items = self._items(select)
         anchor = items[0].alias_or_name
@@ -170,10 +175,11 @@ class _Rewriter:
                     "columns in a join condition", {"index_key": key})
             key_column = anchors[0]
         self._check_partitioned(select, key_column, equal_to_key)
-        self._anchor(items[0], key_column.name)
+        cuts_here = any(isinstance(item, exp.Table) for item in items[1:])  # joined sources cut by the times
+        self._anchor(items[0], key_column.name, times or cuts_here)
         for join in select.args.get("joins") or []:
             self._join(join, anchor, equal_to_key)
-        carried = [_col(anchor, name) for name in CARRIED]
+        carried = [_col(anchor, name) for name in (CARRIED if times else CARRIED[:1])]
         if select.args.get("group"):
             select.args["group"].set("expressions", [*select.args["group"].expressions, *carried])
         elif _aggregates(select):
@@ -221,16 +227,17 @@ class _Rewriter:
                 raise PointInTimeUnsupported("a window function must be PARTITION BY the key in point-in-time "
                                              "training (otherwise one key's features depend on other keys' rows)")
 
-    def _anchor(self, item: exp.Expression, key: str) -> None:
-        """Join the scope's first item to the spine on the key and the time cut (a source), or rewrite it."""
+    def _anchor(self, item: exp.Expression, key: str, times: bool) -> None:
+        """Join the scope's first item to the spine on the key and the time cut (a source), or rewrite it;
+        it carries the spine row id, and its times when `times`."""
         if isinstance(item, exp.Subquery):
-            item.set("this", self.query(item.this, key))
+            item.set("this", self.query(item.this, key, times))
             return
         cut = self.sources[item.name]
         inner = "_fs_rows"
         condition = exp.and_(_col(inner, key).eq(_col(SPINE, KEY)), self._time_cut(inner, cut, SPINE))
         rows = (exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier(inner, quoted=True)),
-                           *[_col(SPINE, name) for name in CARRIED])
+                           *[_col(SPINE, name) for name in (CARRIED if times else CARRIED[:1])])
                 .from_(_warehouse_table(cut, inner))
                 .join(exp.table_(SPINE, quoted=True), on=condition, join_type="inner"))
         item.replace(rows.subquery(item.alias_or_name))
@@ -270,9 +277,14 @@ class _Rewriter:
         return exp.and_(*parts) if parts else exp.true()
 
 
-def _warehouse_table(cut: SourceCut, alias: str) -> exp.Table:
+def _warehouse_table(cut: SourceCut, alias: str) -> exp.Expression:
+    """The source's warehouse rows as `alias`: its table, or only the newest versions of its rows."""
     schema, _, table = cut.table.rpartition(".")
-    return exp.table_(table, db=schema or None, quoted=True, alias=exp.to_identifier(alias, quoted=True))
+    if cut.newest_only is None:
+        return exp.table_(table, db=schema or None, quoted=True, alias=exp.to_identifier(alias, quoted=True))
+    rows = exp.table_(table, db=schema or None, quoted=True, alias=exp.to_identifier(ROW_ALIAS))
+    return exp.select("*").from_(rows).where(sqlglot.parse_one(cut.newest_only, read="duckdb")).subquery(
+        exp.to_identifier(alias, quoted=True))
 
 
 def _refuse_modifiers(node: exp.Expression) -> None:

@@ -30,6 +30,7 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 REALTIME_DIALECT = "duckdb"
 LOOKUP_ALIAS = "_fs_query"
+ROW_ALIAS = "_fs_row"  # a filtered source's table inside `sql_with_tables`
 
 # Nodes that write, change state or reach outside the query; none may appear anywhere in the tree.
 _FORBIDDEN = tuple(
@@ -80,7 +81,8 @@ class PreparedQuery:
                         filters: dict[str, exp.Expression] | None = None) -> str:
         """The query as `dialect` runs it, reading each table `name` from `tables[name]` instead (a
         source adopted from a warehouse table of another name), and only the rows of `filters[name]`
-        (a condition on that table's columns) where given; the name stays the alias."""
+        (a condition on that table's columns, which may name it `ROW_ALIAS`) where given; the name stays the
+        alias."""
         filters = filters or {}
         if not filters and not any(name != table for name, table in tables.items()):
             return self.sql_for(dialect)
@@ -93,8 +95,9 @@ class PreparedQuery:
             schema, _, table = tables[name].rpartition(".")
             alias = node.alias or node.name
             source = exp.table_(table, db=schema or None, quoted=True)
-            if name in filters:
-                node.replace(exp.select("*").from_(source).where(filters[name].copy()).subquery(alias))
+            if name in filters:  # the filter reads the table as _fs_row
+                rows = exp.table_(table, db=schema or None, quoted=True, alias=exp.to_identifier(ROW_ALIAS))
+                node.replace(exp.select("*").from_(rows).where(filters[name].copy()).subquery(alias))
             else:
                 node.replace(exp.table_(table, db=schema or None, quoted=True, alias=alias))
         return tree.sql(dialect=dialect, comments=False)

@@ -496,3 +496,33 @@ def test_spine_rows_without_data_keep_the_features_types(make_app, tmp_path):
     assert table.schema.field("browser_not_buyer").type == pa.bool_()
     answer = api.post("/v1.0/extract/train", body)["data"]
     assert isinstance(answer[0]["views"], int) and answer[1]["views"] is None
+
+
+def test_a_spine_larger_than_a_json_body_may_be_is_uploaded_as_arrow(shop_api):
+    api, _, _ = shop_api
+    n = 20_000  # about 400 KB of Arrow, past the tests' MAX_BODY_BYTES (64 KB), within MAX_INGEST_BYTES
+    spine = pa.table({"customer_id": [f"c{i % 9:06d}" for i in range(n)], "as_of": [NOW] * n})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, spine.schema) as writer:
+        writer.write_table(spine)
+    body = sink.getvalue().to_pybytes()
+    assert len(body) > 64 * 1024
+    response = api.client.post("/v1.0/spines", data=body, content_type="application/vnd.apache.arrow.stream")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.get_json()["rows"] == n
+
+
+def test_a_streamed_answer_in_many_spine_chunks_equals_one_statement(shop_api):
+    api, data, _ = shop_api
+    service = api.client.application.extensions["feature_service"]
+    customers = sorted(set(data["page_views"].column("customer_id").to_pylist())) + ["nobody"]
+    rows = [{"customer_id": c, "as_of": iso(NOW - 86400 * d), "label": i}
+            for i, (c, d) in enumerate((c, d) for d in (1, 3, 9, 30) for c in customers)]
+    body = {"query": SHOP_SQL, "spine": {"index_key": "customer_id", "time": "as_of", "rows": rows}}
+    whole = pa.ipc.open_stream(api.client.post("/v1.0/query/train?format=arrow", json=body).data).read_all()
+    service.point_in_time.chunk_rows = 7  # several chunks, one of them shorter
+    chunked = pa.ipc.open_stream(api.client.post("/v1.0/query/train?format=arrow", json=body).data).read_all()
+    assert chunked.num_rows == whole.num_rows == len(rows)
+    for a, b in zip(chunked.to_pylist(), whole.to_pylist()):  # sums of floats may differ in the last bit
+        assert {k: v for k, v in a.items()
+                if (v != pytest.approx(b[k], rel=1e-12) if isinstance(v, float) else v != b[k])} == {}, (a, b)

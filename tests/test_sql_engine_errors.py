@@ -8,6 +8,7 @@ import pytest
 
 from common.errors import BackendUnavailable, InvalidQuery
 from sql.duckdb_engine import DuckDBEngine, _DuckDBErrors
+from warehouse.duckdb import DuckDBWarehouse
 from tests.test_sql import SERVER_REVEALING
 
 
@@ -21,12 +22,14 @@ def engine(tmp_path: Path):
 
 @pytest.mark.parametrize("sql", [s for name, s in SERVER_REVEALING.items() if not name.startswith("pg_")],
                          ids=[n for n in SERVER_REVEALING if not n.startswith("pg_")])
-def test_engine_refuses_them_on_its_own_parse(engine: DuckDBEngine, sql: str) -> None:
-    """Even SQL that never went through sqlglot's checks cannot call them."""
-    for run in (lambda: engine.query(sql), lambda: list(engine.batches(sql, 10)[1])):
+def test_engine_refuses_them_on_its_own_parse(engine: DuckDBEngine, sql: str, tmp_path: Path) -> None:
+    """Even SQL that never went through sqlglot's checks cannot call them (a statement, or an Arrow stream)."""
+    warehouse = DuckDBWarehouse(f"duckdb:///{tmp_path / 'stream.duckdb'}")
+    for run in (lambda: engine.query(sql), lambda: list(warehouse.query_batches(sql, 10)[1])):
         with pytest.raises(InvalidQuery, match="is not allowed in a query"):
             run()
     assert engine.query("SELECT 1 AS one")["one"].tolist() == [1]
+    warehouse.close()
 
 
 def test_repeated_failures_are_400_and_the_engine_keeps_answering(engine: DuckDBEngine) -> None:

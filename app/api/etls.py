@@ -83,7 +83,7 @@ class ExtractTrain(Resource):
     @extract_ns.doc(params=FLAGS)
     @extract_ns.produces(JSON_OR_ARROW)
     @extract_ns.response(200, "the training set, and the ETL id when saved", train_response)
-    @extract_ns.response(202, "export: the job writing the training set (see /jobs/<job_id>)")
+    @extract_ns.response(202, "export: the job writing the training set (see `GET /jobs/<job_id>`)")
     @extract_ns.response(400, "the ETL cannot be fetched or loaded")
     @extract_ns.response(404, "unknown query_id")
     @extract_ns.response(422, "the ETL raised or returned something else than a DataFrame")

@@ -149,7 +149,7 @@ class FeatureSetTrain(Resource):
     @ns.response(200, "the training set of the version", ns.model("FeatureSetTrainingSet", {
         "name": fields.String, "version": fields.Integer, "schema": fields.List(fields.Raw),
         "data": fields.List(fields.Raw)}))
-    @ns.response(202, "export: the job writing the training set (see /jobs/<job_id>)")
+    @ns.response(202, "export: the job writing the training set (see `GET /jobs/<job_id>`)")
     @ns.response(404, "unknown name or version")
     @allow(*SCIENTIST)
     def post(self, name: str):

@@ -17,7 +17,7 @@ NAMESPACES = [ns]
 EXPORT_FIELDS = {"export": fields.Raw(description=(
     "write the training set instead of returning it: {path: 'dir/name.parquet'} (under EXPORT_DIR) or "
     "{table: 'name'} (a new warehouse table), optional overwrite: true. Answers 202 with a job; "
-    "GET /jobs/<job_id> shows progress and, when done, where and how many rows"))}
+    "`GET /jobs/<job_id>` shows progress and, when done, where and how many rows"))}
 job_model = ns.model("Job", {
     "job_id": fields.String, "kind": fields.String, "status": fields.String(enum=["running", "succeeded", "failed"]),
     "created_at": fields.String, "finished_at": fields.String, "progress": fields.Raw(description="{rows_written}"),

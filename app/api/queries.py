@@ -62,7 +62,7 @@ class QueryTrain(Resource):
     @query_ns.doc(params=FLAGS)
     @query_ns.produces(JSON_OR_ARROW)
     @query_ns.response(200, "the result, and the query id when saved", train_response)
-    @query_ns.response(202, "export: the job writing the rows (see /jobs/<job_id>)")
+    @query_ns.response(202, "export: the job writing the rows (see `GET /jobs/<job_id>`)")
     @query_ns.response(400, "not a single read-only SELECT, or the warehouse rejected it")
     @allow(*SCIENTIST)
     def post(self):
