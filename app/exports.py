@@ -153,9 +153,10 @@ class ExportJobs:
     def _write_file(self, target: ExportTarget, schema: pa.Schema, batches: Iterator[pa.RecordBatch]
                     ) -> dict[str, Any]:
         final = self.export_dir / target.path
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if not final.parent.resolve().is_relative_to(self.export_dir.resolve()):
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+        if not final.parent.resolve().is_relative_to(self.export_dir.resolve()):  # before creating any folder
             raise InvalidInput("export.path leaves EXPORT_DIR through a link", {"path": target.path})
+        final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial")
         try:
             with pq.ParquetWriter(str(partial), schema) as writer:

@@ -110,7 +110,8 @@ class FeatureSets:
         if spine is not None and spine.index_key != record.index_key:
             raise InvalidInput(f"spine.index_key must be the feature set's key {record.index_key!r}",
                                {"index_key": spine.index_key, "expected": record.index_key})
-        frame = self.service.etl_training_set(record.etl_id, spine)
+        limit = self.service.options.max_response_rows if row_limit else None
+        frame = self.service.etl_training_set(record.etl_id, spine, limit)
         if row_limit and len(frame) > self.service.options.max_response_rows:
             raise ResultTooLarge(f"the training set has {len(frame)} rows, more than a JSON response may carry",
                                  {"rows": len(frame), "max_rows": self.service.options.max_response_rows})

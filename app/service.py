@@ -170,7 +170,7 @@ class FeatureService:
             self._check_declared(prepared)  # before the warehouse, which may not have the table at all
         if spine is not None:
             record, schema = self._query_for_spine(prepared, sql, name, save, created_by)
-            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(schema, spine.index_key))
+            keyed = self.point_in_time.spine(spine, schema, self.options.max_response_rows if include_data else None)
             frame = self.point_in_time.query_frame(prepared, keyed, self.options.max_response_rows)
             return record, frame_schema(frame), frame if include_data else None
         if include_data:
@@ -195,8 +195,7 @@ class FeatureService:
         prepared = prepare_query(sql, self.warehouse.dialect)
         if spine is not None:
             record, schema = self._query_for_spine(prepared, sql, name, save, created_by)
-            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(schema, spine.index_key))
-            return (record, *self.point_in_time.query_batches(prepared, keyed))
+            return (record, *self.point_in_time.query_batches(prepared, self.point_in_time.spine(spine, schema)))
         record = self.train_query(sql, name, True, False, created_by)[0] if save else None
         schema, batches = self.warehouse.query_batches(self._training_sql(prepared, hot_window))
         return record, schema, batches
@@ -282,7 +281,8 @@ class FeatureService:
         # registering it again returns training rows computed with that state, never a refit.
         registered = self._registered_etl(etl_id)
         if spine is not None:
-            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(query.schema, spine.index_key))
+            limit = self.options.max_response_rows if include_data and row_limit else None
+            keyed = self.point_in_time.spine(spine, query.schema, limit)
             answer, features, state = self.point_in_time.etl_features(
                 etl_id, fetched.code, fetched.code_sha256, prepared, keyed,
                 registered.state if registered else None, expectations)
@@ -327,14 +327,16 @@ class FeatureService:
         return {"etl_id": etl_id, "exists": self._exists(self.get_etl, etl_id),
                 "source": dataclasses.asdict(fetched.source), "code_sha256": fetched.code_sha256}
 
-    def etl_training_set(self, etl_id: str, spine: SpineSpec | None = None) -> pd.DataFrame:
+    def etl_training_set(self, etl_id: str, spine: SpineSpec | None = None, max_rows: int | None = None
+                         ) -> pd.DataFrame:
         """A registered ETL's training set now: its stored code and fitted state on the warehouse (with a
-        `spine`, as of each spine row: the spine's columns, then the features)."""
+        `spine`, as of each spine row: the spine's columns, then the features; a spine longer than
+        `max_rows` refused before it runs)."""
         etl = self.get_etl(etl_id)
         query = self.get_query(etl.query_id)
         prepared = prepare_query(query.sql, self.warehouse.dialect)
         if spine is not None:
-            keyed = self.point_in_time.spine(spine, self.point_in_time.key_type(query.schema, spine.index_key))
+            keyed = self.point_in_time.spine(spine, query.schema, max_rows)
             return self.point_in_time.etl_features(etl_id, etl.code, etl.code_sha256, prepared, keyed, etl.state,
                                                    etl.expectations)[0]
         raw = self.warehouse.query(self._training_sql(prepared, bool(etl.extra.get("hot_window"))))

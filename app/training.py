@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from app.spine import Spine, SpineSpec, SpineUploads, build_spine, rows_table
-from common.errors import EtlFailed, ExpectationsFailed, InvalidInput
+from common.errors import EtlFailed, ExpectationsFailed, InvalidInput, ResultTooLarge
 from checks.expectations import check_expectations
 from sql.point_in_time import SID, SPINE, SourceCut, output_names, point_in_time_sql
 from realtime.base import newest_only
@@ -37,8 +37,19 @@ class PointInTime:
 
     # -- spines ----------------------------------------------------------------------------------
 
-    def spine(self, spec: SpineSpec, key_type: str) -> Spine:
-        """The spine a request names, checked and keyed (its key cast to `key_type`)."""
+    def spine(self, spec: SpineSpec, schema: list[dict[str, str]], max_answer_rows: int | None = None) -> Spine:
+        """The spine a request names, checked and keyed (its key cast to the type the query's `schema` gives
+        it). With `max_answer_rows` (a JSON answer's limit), a spine longer than that is refused before any
+        query runs: the answer has a row for every spine row at least."""
+        key_type = self.key_type(schema, spec.index_key)
+        spine = self._keyed(spec, key_type)
+        if max_answer_rows is not None and spine.rows > max_answer_rows:
+            raise ResultTooLarge(f"the spine has {spine.rows} rows, more than the {max_answer_rows} a JSON response "
+                                 "may carry; ask for Arrow (format=arrow) or an export", {
+                                     "rows": spine.rows, "max_rows": max_answer_rows})
+        return spine
+
+    def _keyed(self, spec: SpineSpec, key_type: str) -> Spine:
         if spec.rows is not None:
             if len(spec.rows) > self.max_spine_rows:
                 raise InvalidInput(f"the spine has {len(spec.rows)} rows; at most {self.max_spine_rows}",
@@ -115,7 +126,7 @@ class PointInTime:
         """The query as of every spine row, as a DataFrame (at most `max_rows` rows)."""
         sql, names = self._sql(prepared, spine, keep_unmatched=True)
         frame = self.service.warehouse.query(sql, max_rows=max_rows, uploads={SPINE: spine.keyed})
-        return _with_spine(spine, frame.pop(SID).to_numpy(), frame[names[1:]] if names else frame)
+        return _with_spine(spine, frame.pop(SID).to_numpy(), frame)
 
     # -- the ETL -------------------------------------------------------------------------------------
 
@@ -197,10 +208,9 @@ def _with_spine(spine: Spine, sids: np.ndarray, rows: pd.DataFrame, fill_unmatch
     rows = rows.drop(columns=[spine.index_key], errors="ignore").reset_index(drop=True)
     if fill_unmatched:
         missing = np.setdiff1d(np.arange(spine.rows, dtype=np.int64), sids, assume_unique=False)
-        if len(missing):
-            rows = pd.concat([_nullable(rows), pd.DataFrame(index=range(len(missing)), columns=rows.columns)],
-                             ignore_index=True) if len(rows) else pd.DataFrame(index=range(len(missing)),
-                                                                                columns=rows.columns)
+        if len(missing):  # null rows of the features' own types (integers and booleans as nullable kinds)
+            typed = _nullable(rows)
+            rows = pd.concat([typed, typed.iloc[:0].reindex(range(len(missing)))], ignore_index=True)
             sids = np.concatenate([sids, missing])
         order = np.argsort(sids, kind="stable")
         sids, rows = sids[order], rows.iloc[order].reset_index(drop=True)

@@ -526,3 +526,19 @@ def test_a_streamed_answer_in_many_spine_chunks_equals_one_statement(shop_api):
     for a, b in zip(chunked.to_pylist(), whole.to_pylist()):  # sums of floats may differ in the last bit
         assert {k: v for k, v in a.items()
                 if (v != pytest.approx(b[k], rel=1e-12) if isinstance(v, float) else v != b[k])} == {}, (a, b)
+
+
+def test_a_spine_longer_than_a_json_answer_may_be_is_refused_before_it_runs(shop_api):
+    api, _, _ = shop_api
+    n = 5001  # the tests' MAX_RESPONSE_ROWS is 5000: the answer would have at least n rows
+    spine = pa.table({"customer_id": [f"c{i % 9:06d}" for i in range(n)], "as_of": [NOW] * n})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, spine.schema) as writer:
+        writer.write_table(spine)
+    spine_id = api.client.post("/v1.0/spines", data=sink.getvalue().to_pybytes(),
+                               content_type="application/vnd.apache.arrow.stream").get_json()["spine_id"]
+    body = {"query": SHOP_SQL, "spine": {"index_key": "customer_id", "time": "as_of", "spine_id": spine_id}}
+    error = api.post("/v1.0/query/train", body, 400)
+    assert error["code"] == "result_too_large" and error["details"] == {"rows": n, "max_rows": 5000}
+    streamed = api.client.post("/v1.0/query/train?format=arrow", json=body)
+    assert streamed.status_code == 200 and pa.ipc.open_stream(streamed.data).read_all().num_rows == n
