@@ -81,6 +81,8 @@ def connect(path: str, configure: Callable[[sqlite3.Connection], None], page_siz
     connection.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
     connection.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
     connection.execute("PRAGMA temp_store = MEMORY")
+    # LIKE is case-sensitive in the warehouse engines (DuckDB, PostgreSQL); SQLite's default folds ASCII case.
+    connection.execute("PRAGMA case_sensitive_like = ON")
     configure(connection)
     return connection
 

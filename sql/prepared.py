@@ -246,7 +246,32 @@ def timestamps_as_text(prepared: PreparedQuery, tables: dict[str, list[tuple[str
         for column, other in ((node.left, node.right), (node.right, node.left)):
             if _is_temporal(column.type) and isinstance(other, exp.Literal) and other.is_string:
                 changed |= _replace_with_text(other, other.this)
+    changed |= _round_float_to_integer_casts(typed)
     return typed if changed else tree
+
+
+def _round_float_to_integer_casts(typed: exp.Expression) -> bool:
+    """Make ``CAST(float AS INTEGER)`` round half to even, as DuckDB and PostgreSQL do; SQLite truncates.
+    A DECIMAL rounds half away from zero, as
+    SQLite's ROUND does. Halves (``x - CAST(x AS INTEGER)`` is ±0.5) become ``2 * ROUND(x / 2)``, the rest ``ROUND(x)``.
+    True if any cast was rewritten."""
+    changed = False
+    for node in list(typed.find_all(exp.Cast)):
+        source = node.this.type
+        if (node.to.this in exp.DataType.INTEGER_TYPES and source is not None
+                and source.this in exp.DataType.REAL_TYPES | {exp.DataType.Type.DECIMAL}):
+            value = exp.Paren(this=node.this.copy())
+            if source.this == exp.DataType.Type.DECIMAL:  # a DECIMAL (a literal such as 2.5) rounds half away
+                node.set("this", exp.Round(this=value))
+                changed = True
+                continue
+            fraction = exp.Abs(this=exp.Sub(this=value.copy(), expression=exp.cast(value.copy(), "BIGINT")))
+            even = exp.Mul(this=exp.Literal.number(2), expression=exp.Round(
+                this=exp.Div(this=value.copy(), expression=exp.Literal.number("2.0"))))
+            node.set("this", exp.Case(ifs=[exp.If(this=exp.EQ(this=fraction, expression=exp.Literal.number("0.5")),
+                                                  true=even)], default=exp.Round(this=value)))
+            changed = True
+    return changed
 
 
 def _is_temporal(data_type: exp.DataType | None) -> bool:
