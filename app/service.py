@@ -28,7 +28,8 @@ from etl.runner import EtlRunner
 from etl.source import EtlFetcher
 from checks.expectations import check_expectations, validate_expectations
 from checks.schema import compare_schemas, frame_schema, served_schema
-from checks.stats import frame_stats, skew_report
+from checks.skew import skew_report
+from checks.stats import frame_stats
 from sql.prepared import PreparedQuery, prepare_query
 from realtime.base import RealtimeStore
 from warehouse import Warehouse
@@ -375,7 +376,7 @@ class FeatureService:
             if etl.serving_policy == "reject":
                 raise ExpectationsFailed(f"the served features break {len(violations)} expectation(s) of the ETL",
                                          {"stage": "serve", "etl_id": etl_id, "violations": violations})
-        window.record(features)
+        window.record(features, key=index_key)
         self._log_request(request, request_rows)
         return features, violations
 

@@ -97,10 +97,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STATS_FLUSH_SECONDS", 60.0, "How often serving statistics are saved to the catalog (and on "
             "shutdown).", float),
     Setting("SKEW_MIN_SAMPLES", 50, "Served rows needed before a feature can be flagged as skewed.", int),
-    Setting("SKEW_PSI_THRESHOLD", 0.2, "Population stability index at which a feature is flagged.", float),
+    Setting("SKEW_PSI_THRESHOLD", 0.2, "Population stability index above which a feature is flagged (plus 3x "
+            "the PSI a stable sample of that size shows, see checks/skew.py).", float),
     Setting("SKEW_MEAN_SHIFT_THRESHOLD", 0.5, "Shift of the serving mean, in training standard deviations, "
-            "at which a feature is flagged.", float),
-    Setting("SKEW_NULL_RATE_THRESHOLD", 0.1, "Change of the null rate at which a feature is flagged.", float),
+            "above which a feature is flagged (plus 3x its sampling noise).", float),
+    Setting("SKEW_NULL_RATE_THRESHOLD", 0.1, "Change of the null rate above which a feature is flagged (plus 3x "
+            "its sampling noise).", float),
 )
 
 

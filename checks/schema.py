@@ -11,7 +11,9 @@ null may stand for a trained integer column (pandas widens integers to float
 when a value is missing). Integers may stand for a trained float column (every
 integer is a float). An integer column arriving for a boolean one (0/1 from
 an engine without booleans) is a type change; so is a float with a fraction
-where training had integers.
+where training had integers. A trained "mixed" column (objects of several
+kinds, e.g. booleans and strings) may be served as any one of the kinds it can
+mix, boolean, string, integer or float: one served row holds only one of them.
 """
 from __future__ import annotations
 
@@ -117,10 +119,14 @@ class SchemaDiff:
         return asdict(self)
 
 
+_MIXABLE = frozenset({"boolean", "string", "integer", "float"})
+
+
 def compatible(trained: str, served: str, widened: bool = False) -> bool:
     """Whether a served logical type may stand for a trained one (see the module docstring)."""
     return (trained == served or "null" in (trained, served) or (trained, served) == ("float", "integer")
-            or (widened and (trained, served) == ("integer", "float")))
+            or (widened and (trained, served) == ("integer", "float"))
+            or (trained == "mixed" and served in _MIXABLE))
 
 
 def compare_schemas(trained: list[Column], served: list[Column]) -> SchemaDiff:
