@@ -117,6 +117,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         service.close()
         raise
     app.register_blueprint(build_blueprint())
+    from ui import install_ui
+
+    install_ui(app)  # the web UI at /ui, a client of the API above
     from app.body_guard import BodyGuard, BodyPolicy
 
     app.wsgi_app = BodyGuard(app.wsgi_app, BodyPolicy.from_settings(settings))  # before any key lookup
