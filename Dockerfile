@@ -26,6 +26,7 @@ COPY featurerepo ./featurerepo
 COPY realtime ./realtime
 COPY sources ./sources
 COPY sql ./sql
+COPY ui ./ui
 COPY warehouse ./warehouse
 
 USER featurestore

@@ -56,6 +56,8 @@ SETTINGS: tuple[Setting, ...] = (
             "it). Default: $DATA_DIR/exports."),
     Setting("MAX_SPINE_ROWS", 10_000_000, "Most rows one training spine may have.", int),
     Setting("SPINE_TTL_SECONDS", 3600.0, "How long an uploaded spine (POST /spines) is kept.", float),
+    Setting("UI_SECRET_KEY", None, "Signs the web UI's session cookie; unset: a new random secret per process "
+            "(logins last until a restart). Set it when several processes serve one port."),
     Setting("HOST", "127.0.0.1", "Address the server listens on."),
     Setting("PORT", 8080, "Port the server listens on.", int),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
@@ -106,7 +108,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-SECRET_SETTINGS = ("ADMIN_KEY", "CATALOG_URL", "WAREHOUSE_URL", "WAREHOUSE_READ_URL", "REALTIME_URL")
+SECRET_SETTINGS = ("ADMIN_KEY", "UI_SECRET_KEY", "CATALOG_URL", "WAREHOUSE_URL", "WAREHOUSE_READ_URL", "REALTIME_URL")
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None,
