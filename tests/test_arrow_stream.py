@@ -120,12 +120,15 @@ def test_a_stream_stopped_after_its_first_batch_ends_with_the_error(make_app):
 
 
 def test_a_query_error_after_the_first_batch_ends_with_the_error(api):
-    """DuckDB meets the bad value only in a later batch: the marker carries a 400, not a cut or a 500."""
-    late_error = ("SELECT CAST(CASE WHEN range > 1000000 THEN 'x' ELSE '1' END AS INTEGER) AS v "
-                  "FROM range(2000000)")
+    """DuckDB meets the bad value only in a later batch: the marker carries a 400, not a cut or a 500.
+
+    The bad values start ~25 of DuckDB's parallel morsels in, so a loaded machine's scan threads cannot
+    reach them before the first batch is sent (at 1M rows in they sometimes did)."""
+    late_error = ("SELECT CAST(CASE WHEN range > 3000000 THEN 'x' ELSE '1' END AS INTEGER) AS v "
+                  "FROM range(4000000)")
     rows, end = end_marker(bounded_body(api.client.post("/v1.0/query/train?format=arrow",
                                                         json={"query": late_error}, buffered=False)))
-    assert 0 < rows <= 1000001 and end["status"] == "error" and end["http_status"] == 400
+    assert 0 < rows <= 3000001 and end["status"] == "error" and end["http_status"] == 400
     assert end["error"]["code"] == "invalid_query" and "convert" in end["error"]["message"]
 
 
