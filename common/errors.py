@@ -92,6 +92,13 @@ class ExportExists(FeatureStoreError):
     status, code = 409, "export_exists"
 
 
+class TrainServeMismatch(FeatureStoreError):
+    """Replayed through the serving path, training entities got other features than in training (409);
+    details carry the consistency report (per-column mismatch rates and examples)."""
+
+    status, code = 409, "train_serve_mismatch"
+
+
 class EtlFailed(FeatureStoreError):
     """The ETL code raised or returned something that is not a DataFrame (422)."""
 
