@@ -1,0 +1,109 @@
+"""The change feed's contract and the tailer that applies it to a realtime store.
+
+Every backend must:
+- give each appended entry a position greater than every earlier one (positions only grow);
+- return entries after a position in position order, each exactly once per read;
+- keep an entry's rows byte-exact (Arrow IPC), so a process applies the same rows the writer had.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One ingest's hot rows for one source, at `position` in the feed."""
+    position: int
+    source: str
+    rows: pa.Table
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """`table` as an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def bytes_table(data: bytes) -> pa.Table:
+    """The table an Arrow IPC stream holds."""
+    return pa.ipc.open_stream(data).read_all()
+
+
+class ChangeFeed(ABC):
+    """An ordered log of ingested rows that several processes append to and tail."""
+
+    @abstractmethod
+    def append(self, frames: dict[str, pa.Table]) -> int:
+        """Append one entry per source, atomically; the position of the last one."""
+
+    @abstractmethod
+    def read_after(self, position: int, limit: int = 1000) -> list[FeedEntry]:
+        """Up to `limit` entries after `position`, in position order."""
+
+    @abstractmethod
+    def last_position(self) -> int:
+        """The newest position (0 for an empty feed)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class FeedTailer:
+    """Applies a feed's entries after `start` to `apply`, polling every `interval` seconds on a thread;
+    `wait_for` lets a request wait until its process has applied a position (read-your-writes)."""
+
+    def __init__(self, feed: ChangeFeed, apply: Callable[[dict[str, pa.Table]], object], *, start: int = 0,
+                 interval: float = 0.005):
+        self.feed, self.apply, self.interval = feed, apply, interval
+        self.applied = start
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> int:
+        """Apply what is new (one batch per source per read); the number of entries applied."""
+        entries = self.feed.read_after(self.applied)
+        if not entries:
+            return 0
+        frames: dict[str, list[pa.Table]] = {}
+        for entry in entries:
+            frames.setdefault(entry.source, []).append(entry.rows)
+        self.apply({source: pa.concat_tables(tables) for source, tables in frames.items()})
+        with self._changed:
+            self.applied = entries[-1].position
+            self._changed.notify_all()
+        return len(entries)
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        """Whether this process has applied `position` within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.applied < position:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def start(self) -> None:
+        """Tail on a daemon thread until `stop`."""
+        def run() -> None:
+            while not self._stop.is_set():
+                if not self.poll():
+                    self._stop.wait(self.interval)
+        self._thread = threading.Thread(target=run, name="feed-tailer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop tailing and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
