@@ -107,15 +107,15 @@ class PreparedQuery:
         """The query filtered to one entity: ``SELECT * FROM (query) WHERE "key" = ?``.
 
         For SQLite, with the tables' column types, timestamp literals become the UTC text SQLite keeps
-        timestamps as (see `timestamps_as_text`), so comparisons mean what they mean in the warehouse."""
-        tree = self.tree.copy() if dialect != "sqlite" or tables is None else timestamps_as_text(self, tables)
+        timestamps as (see `as_sqlite_semantics`), so comparisons mean what they mean in the warehouse."""
+        tree = self.tree.copy() if dialect != "sqlite" or tables is None else as_sqlite_semantics(self, tables)
         column = exp.column(index_key, table=LOOKUP_ALIAS, quoted=True)
         lookup = exp.select("*").from_(tree.subquery(LOOKUP_ALIAS)).where(column.eq(exp.Placeholder()))
         return lookup.sql(dialect=dialect, comments=False)
 
     def sqlite_sql(self, tables: dict[str, list[tuple[str, str]]]) -> str:
         """The query as the SQLite realtime store runs it (timestamp literals as its stored text)."""
-        return timestamps_as_text(self, tables).sql(dialect="sqlite", comments=False)
+        return as_sqlite_semantics(self, tables).sql(dialect="sqlite", comments=False)
 
 
 @dataclass(frozen=True)
@@ -226,11 +226,12 @@ def _refused_name(node: exp.Expression) -> str | None:
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
 
-def timestamps_as_text(prepared: PreparedQuery, tables: dict[str, list[tuple[str, str]]]) -> exp.Expression:
-    """A copy of the tree in which every timestamp literal — ``TIMESTAMPTZ '…'``, a cast of a string to a
+def as_sqlite_semantics(prepared: PreparedQuery, tables: dict[str, list[tuple[str, str]]]) -> exp.Expression:
+    """A copy of the tree that means on SQLite what it means in the warehouse: every timestamp literal — ``TIMESTAMPTZ '…'``, a cast of a string to a
     timestamp, or a string compared with a timestamp column — is the ISO text SQLite stores timestamps as
     (UTC, microseconds), so that SQLite's text comparison orders them as the warehouse does. Literals
-    without an offset are UTC (the warehouse session's zone). A tree that cannot be typed stays as it is."""
+    without an offset are UTC (the warehouse session's zone); casts of floats to integers round as the warehouse
+    does (`_round_float_to_integer_casts`). A tree that cannot be typed stays as it is."""
     tree = prepared.tree.copy()
     schema = {table: {column: SQLGLOT_TYPES[kind] for column, kind in columns} for table, columns in tables.items()}
     try:
@@ -251,10 +252,9 @@ def timestamps_as_text(prepared: PreparedQuery, tables: dict[str, list[tuple[str
 
 
 def _round_float_to_integer_casts(typed: exp.Expression) -> bool:
-    """Make ``CAST(float AS INTEGER)`` round half to even, as DuckDB and PostgreSQL do; SQLite truncates.
-    A DECIMAL rounds half away from zero, as
-    SQLite's ROUND does. Halves (``x - CAST(x AS INTEGER)`` is ±0.5) become ``2 * ROUND(x / 2)``, the rest ``ROUND(x)``.
-    True if any cast was rewritten."""
+    """Make ``CAST(float AS INTEGER)`` round half to even, as DuckDB and PostgreSQL do (SQLite truncates);
+    a DECIMAL rounds half away from zero, as SQLite's ROUND does. Halves (``|x - CAST(x AS BIGINT)|`` is 0.5)
+    become ``2 * ROUND(x / 2)``, the rest ``ROUND(x)``. True if any cast was rewritten."""
     changed = False
     for node in list(typed.find_all(exp.Cast)):
         source = node.this.type

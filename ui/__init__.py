@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, session, url_for
 
@@ -120,6 +121,7 @@ def detail(kind: str, name: str) -> str:
     paths = {"queries": "/queries/", "etls": "/etls/", "feature-sets": "/feature-sets/", "sources": "/sources/"}
     if kind not in paths:
         abort(404)
+    name = quote(name, safe="")  # a name is one path segment of the API call, never a query string
     status, answer = api("GET", paths[kind] + name)
     skew = api("GET", f"/etls/{name}/skew") if kind == "etls" else None
     return page("detail.html", title=f"{kind}: {name}", status=status, answer=answer, items=None, kind=kind,
@@ -131,7 +133,7 @@ def keys() -> str:
     """Admins list, create (shown once) and revoke keys; others see the API's refusal."""
     created = None
     if request.method == "POST" and request.form.get("revoke"):
-        api("DELETE", "/keys/" + request.form["revoke"])
+        api("DELETE", "/keys/" + quote(request.form["revoke"], safe=""))
     elif request.method == "POST":
         created = api("POST", "/keys", {"name": request.form.get("name", ""), "role": request.form.get("role")})
     status, answer = api("GET", "/keys")
