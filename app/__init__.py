@@ -28,6 +28,7 @@ class OrjsonProvider(JSONProvider):
 
 def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService, imported lazily
     """Open every backend named by the settings (failing fast) and hydrate the realtime store."""
+    from app.replay import ReplayOptions
     from app.service import FeatureService, ServiceOptions
     from app.serving_stats import ServingStats
     from app.sources import SourceService
@@ -64,7 +65,9 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
         stats.start()
         uploads = SpineUploads(Path(settings["DATA_DIR"]) / "spines", settings["SPINE_TTL_SECONDS"])
         service = FeatureService(catalog, warehouse, realtime, sources, fetcher, runner, stats,
-                                 ServiceOptions.from_settings(settings), uploads)
+                                 ServiceOptions.from_settings(settings), uploads,
+                                 ReplayOptions(entities=settings["CONSISTENCY_REPLAY_ENTITIES"],
+                                               repeat_gap_seconds=settings["CONSISTENCY_REPEAT_GAP_SECONDS"]))
         service.index_saved_queries()
         sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"])
         opened.pop_all()

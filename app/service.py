@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -18,18 +19,20 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import pandas as pd
 
 from catalog.base import Catalog, EtlRecord, Page, QueryRecord, utc_now
+from app.replay import RegistrationReplay, ReplayOptions, TrainingRun
 from app.serving_stats import ServingStats
 from app.sources import SourceService
 from app.spine import SpineSpec, SpineUploads
 from app.training import PointInTime
 from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
-                           ResultTooLarge, SchemaMismatch)
+                           ResultTooLarge, SchemaMismatch, TrainServeMismatch)
 from etl.runner import EtlRunner
 from etl.source import EtlFetcher
+from checks.consistency import plain_value, rows_digest, shadow_mismatches
 from checks.expectations import check_expectations, validate_expectations
 from checks.schema import compare_schemas, frame_schema, served_schema
 from checks.skew import skew_report
-from checks.stats import frame_stats
+from checks.stats import ServingWindow, frame_stats
 from sql.prepared import PreparedQuery, prepare_query
 from realtime.base import RealtimeStore
 from warehouse import Warehouse
@@ -112,6 +115,16 @@ def _not_saved(error: NotFound, save: str) -> NotFound:
                     "nothing, and the id a plan shows exists only after a save", error.details)
 
 
+def _mismatch_summary(report: dict[str, Any]) -> str:
+    """Which columns a replay found different, stage by stage, in one line."""
+    parts = [f"{label} {report[field]}" for label, field in (
+        ("features", "mismatched_columns"), ("query columns (warehouse vs realtime engine)", "query_mismatched_columns"),
+        ("nondeterministic features", "nondeterministic_columns")) if report[field]]
+    if report["column_order_mismatches"]:
+        parts.append("the column order")
+    return "; ".join(parts)
+
+
 def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
     """Turn `index_value` into the type of the key column, or raise InvalidInput."""
     try:
@@ -142,7 +155,7 @@ class FeatureService:
 
     def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore, sources: SourceService,
                  fetcher: EtlFetcher, runner: EtlRunner, stats: ServingStats, options: ServiceOptions,
-                 spine_uploads: SpineUploads | None = None):
+                 spine_uploads: SpineUploads | None = None, replay: ReplayOptions | None = None):
         self.catalog = catalog
         self.sources = sources
         self.warehouse = warehouse
@@ -153,8 +166,10 @@ class FeatureService:
         self.options = options
         self._queries: _BoundedCache[str, QueryRecord] = _BoundedCache(1024)
         self._etls: _BoundedCache[str, EtlRecord] = _BoundedCache(1024)
+        self._shadows: _BoundedCache[str, dict[str, dict[str, Any]]] = _BoundedCache(1024)
         self.spine_uploads = spine_uploads
         self.point_in_time = PointInTime(self, spine_uploads, options.max_spine_rows)
+        self.replay = RegistrationReplay(self, replay or ReplayOptions())
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -267,11 +282,13 @@ class FeatureService:
 
     def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
                   include_data: bool = True, created_by: str = "anonymous", row_limit: bool = True,
-                  hot_window: bool = False, spine: SpineSpec | None = None
+                  hot_window: bool = False, spine: SpineSpec | None = None, allow_mismatch: bool = False
                   ) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
         """Fetch the ETL, fit and run it on the query's full warehouse result (or, with a `spine`, on the
         query as of each spine row), check its expectations, and keep it with its state, schema and
-        statistics."""
+        statistics. A save first replays training entities through serving (app/replay.py): a mismatch
+        is 409 `train_serve_mismatch` with the report, unless `allow_mismatch` (then recorded)."""
+        started, as_of = time.monotonic(), pd.Timestamp.now(tz="UTC")
         query = self.get_query(query_id)
         fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
         etl_id = etl_id_of(query_id, fetched.code_sha256)
@@ -289,8 +306,9 @@ class FeatureService:
                 registered.state if registered else None, expectations)
         else:
             raw = self.warehouse.query(self._training_sql(prepared, hot_window))
-            state = registered.state if registered else self.runner.fit(etl_id, fetched.code, fetched.code_sha256, raw)
-            answer = features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw, state)
+            state = registered.state if registered else self.runner.fit(etl_id, fetched.code, fetched.code_sha256,
+                                                                        raw, as_of)
+            answer = features = self._run_etl(etl_id, fetched.code, fetched.code_sha256, raw, state, as_of)
             violations = check_expectations(features, expectations)
             if violations:
                 raise ExpectationsFailed(f"the training output breaks {len(violations)} expectation(s) of the ETL",
@@ -302,15 +320,35 @@ class FeatureService:
                                                                   "max_rows": self.options.max_response_rows})
         record = None
         schema = frame_schema(features)
+        extra = self._training_extra(hot_window, spine)
+        if save and registered is None and spine is None:
+            extra["consistency"] = self._replayed(TrainingRun(
+                etl_id, fetched.code, fetched.code_sha256, query, prepared, raw, features, state, as_of, started),
+                allow_mismatch)
         if save:
             record = self.catalog.save_etl(EtlRecord(
                 etl_id=etl_id, name=name or PurePosixPath(fetched.source.path or fetched.source.url).stem,
                 query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
                 schema=schema, created_by=created_by, created_at=utc_now(), state=state,
                 expectations=expectations, serving_policy=policy, training_stats=frame_stats(features),
-                extra=self._training_extra(hot_window, spine)))
+                extra=extra))
         return record, frame_schema(answer) if spine else record.schema if record else schema, \
             answer if include_data else None
+
+    def _replayed(self, training: TrainingRun, allow_mismatch: bool) -> dict[str, Any]:
+        """The registration replay's report; 409 on a mismatch unless the caller accepts it (recorded)."""
+        if self.replay.options.entities <= 0:
+            return {"replayed": False, "reason": "CONSISTENCY_REPLAY_ENTITIES is 0"}
+        report = self.replay.run(training)
+        if report["replayed"] and not report["consistent"]:
+            if not allow_mismatch:
+                shown = {k: v for k, v in report.items() if k != "shadow"}
+                raise TrainServeMismatch(
+                    "replayed through the serving path, training entities get other values than in training: "
+                    f"{_mismatch_summary(report)}; fix the ETL or query, or pass allow_mismatch=true to register "
+                    "it anyway", {"etl_id": training.etl_id, "consistency": shown})
+            report["accepted_mismatch"] = True
+        return report
 
     @staticmethod
     def _training_extra(hot_window: bool, spine: SpineSpec | None) -> dict[str, Any]:
@@ -377,8 +415,26 @@ class FeatureService:
                 raise ExpectationsFailed(f"the served features break {len(violations)} expectation(s) of the ETL",
                                          {"stage": "serve", "etl_id": etl_id, "violations": violations})
         window.record(features, key=index_key)
+        self._shadow_compare(etl, index_key, raw, features, window)
         self._log_request(request, request_rows)
         return features, violations
+
+    def _shadow_compare(self, etl: EtlRecord, index_key: str, raw: pd.DataFrame, features: pd.DataFrame,
+                        window: ServingWindow) -> None:
+        """For a training entity of the ETL's shadow sample, count whether its served features equal its
+        training rows (when its raw input is unchanged since registration)."""
+        shadow = etl.extra.get("consistency", {}).get("shadow") if etl.extra else None
+        if not shadow or shadow.get("index_key") != index_key or index_key not in raw.columns or raw.empty:
+            return
+        entries = self._shadows.get_or_make(etl.etl_id, lambda: {
+            str(entry["value"]): entry for entry in shadow.get("entities", [])})
+        entry = entries.get(str(plain_value(raw[index_key].iloc[0])))
+        if entry is None:
+            return
+        if rows_digest(raw) != entry["input_sha256"]:
+            window.record_shadow(None)
+        else:
+            window.record_shadow(shadow_mismatches(entry["features"], features))
 
     def skew(self, etl_id: str) -> dict[str, Any]:
         """Training statistics against the rolling window of what serving returned, per feature."""
@@ -516,8 +572,9 @@ class FeatureService:
         return self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows, rows or None), rows
 
     def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame,
-                 state: dict[str, Any]) -> pd.DataFrame:
-        features = self.runner.run(etl_id, code, code_sha256, raw, state)
+                 state: dict[str, Any], as_of: Any = None) -> pd.DataFrame:
+        features = self.runner.run(etl_id, code, code_sha256, raw, state,
+                                   pd.Timestamp.now(tz="UTC") if as_of is None else as_of)
         names = [str(column) for column in features.columns]
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:

@@ -98,6 +98,10 @@ SETTINGS: tuple[Setting, ...] = (
             int),
     Setting("STATS_FLUSH_SECONDS", 60.0, "How often serving statistics are saved to the catalog (and on "
             "shutdown).", float),
+    Setting("CONSISTENCY_REPLAY_ENTITIES", 200, "Training entities a registration (extract/train?save=true) "
+            "replays through the serving path and compares with their training rows; 0 turns the replay off.", int),
+    Setting("CONSISTENCY_REPEAT_GAP_SECONDS", 1.0, "The replay serves some entities a second time at least this "
+            "long after the training run began, to catch features from the wall clock or randomness.", float),
     Setting("SKEW_MIN_SAMPLES", 50, "Served rows needed before a feature can be flagged as skewed.", int),
     Setting("SKEW_PSI_THRESHOLD", 0.2, "Population stability index above which a feature is flagged (plus 3x "
             "the PSI a stable sample of that size shows, see checks/skew.py).", float),

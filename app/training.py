@@ -17,7 +17,7 @@ import pyarrow as pa
 from app.spine import Spine, SpineSpec, SpineUploads, build_spine, rows_table
 from common.errors import EtlFailed, ExpectationsFailed, InvalidInput, ResultTooLarge
 from checks.expectations import check_expectations
-from sql.point_in_time import SID, SPINE, SourceCut, output_names, point_in_time_sql
+from sql.point_in_time import AS_OF, SID, SPINE, SourceCut, output_names, point_in_time_sql
 from realtime.base import newest_only
 from sql.duckdb_engine import quote_qualified
 from sql.prepared import ROW_ALIAS, PreparedQuery, prepare_query
@@ -141,10 +141,11 @@ class PointInTime:
         sql, names = self._sql(prepared, spine, keep_unmatched=False)
         raw = self.service.warehouse.query(sql, uploads={SPINE: spine.keyed})
         sids = raw.pop(SID).to_numpy()
+        as_of = spine_times(spine, sids, raw.index)  # `self.as_of`: each row's own spine time
         runner = self.service.runner
         if state is None:
-            state = runner.fit(etl_id, code, code_sha256, raw)
-        features = self.service._run_etl(etl_id, code, code_sha256, raw, state)
+            state = runner.fit(etl_id, code, code_sha256, raw, as_of)
+        features = self.service._run_etl(etl_id, code, code_sha256, raw, state, as_of)
         if not features.index.isin(raw.index).all():
             raise EtlFailed("point-in-time training needs an ETL that keeps its input's row index (one output row "
                             "per input row, as a row-wise transform does), so each row maps back to its spine row",
@@ -219,3 +220,8 @@ def _with_spine(spine: Spine, sids: np.ndarray, rows: pd.DataFrame, fill_unmatch
     answer.attrs["spine_columns"] = spine.table.column_names
     return answer
 
+
+def spine_times(spine: Spine, sids: np.ndarray, index: pd.Index) -> pd.Series:
+    """The as-of time (UTC) of the spine row each query row answers, aligned with the rows' `index`."""
+    times = spine.keyed.column(AS_OF).to_pandas().to_numpy()[sids]
+    return pd.Series(pd.to_datetime(times, utc=True), index=index)

@@ -7,13 +7,16 @@ a few examples with both values.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pandas as pd
 
 from checks.schema import logical_type
+from common.jsonsafe import json_safe
 
 MAX_EXAMPLES = 5
 
@@ -25,7 +28,7 @@ def _is_null(value: Any) -> bool:
         return False
 
 
-def values_equal(trained: Any, served: Any, rel_tol: float = 1e-9, abs_tol: float = 1e-12) -> bool:
+def values_equal(trained: Any, served: Any, rel_tol: float = 1e-12, abs_tol: float = 1e-12) -> bool:
     """Equal as features: null equals null, floats within a tolerance, anything else by ``==``."""
     if _is_null(trained) or _is_null(served):
         return _is_null(trained) and _is_null(served)
@@ -69,36 +72,119 @@ def compare_entity(trained: pd.DataFrame, served: pd.DataFrame) -> dict[str, Any
     return {"columns": columns, "values": values}
 
 
+def plain_value(value: Any) -> Any:
+    """A JSON value for a cell: nulls as None, numpy/pandas scalars as plain ones, anything else as text."""
+    if _is_null(value):
+        return None
+    try:
+        return json_safe(value)
+    except TypeError:
+        return repr(value)
+
+
+def canonical_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its rows in an order that does not depend on the engine (a query without ORDER BY
+    returns an entity's rows in any order): sorted by the text of their values."""
+    if len(frame) < 2:
+        return frame.reset_index(drop=True)
+    order = sorted(range(len(frame)), key=lambda i: [repr(v) for v in frame.iloc[i].tolist()])
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def rows_digest(frame: pd.DataFrame) -> str:
+    """A sha256 of a frame's column names and canonically ordered values (equal rows, equal digest)."""
+    rows = canonical_rows(frame)
+    values = [[plain_value(v) for v in row] for row in rows.itertuples(index=False, name=None)]
+    payload = orjson.dumps({"columns": [str(c) for c in rows.columns], "rows": values})
+    return hashlib.sha256(payload).hexdigest()
+
+
+def same_rows(trained: pd.DataFrame, served: pd.DataFrame) -> bool:
+    """True when two frames have the same columns and, in canonical row order, equal values and types."""
+    diff = compare_entity(canonical_rows(trained), canonical_rows(served))
+    return not diff["values"] and diff["columns"] is None
+
+
+def shadow_mismatches(trained: dict[str, Any], served: pd.DataFrame) -> list[str]:
+    """The columns whose served values differ from an entity's stored training rows
+    (``{"columns", "rows"}`` of plain values), rows compared in canonical order."""
+    names = [str(c) for c in served.columns]
+    if names != trained["columns"] or len(served) != len(trained["rows"]):
+        return list(trained["columns"])
+    served_rows = sorted(([plain_value(v) for v in row] for row in served.itertuples(index=False, name=None)),
+                         key=repr)
+    trained_rows = sorted(trained["rows"], key=repr)
+    return [name for i, name in enumerate(names)
+            if any(not values_equal(a[i], b[i]) for a, b in zip(trained_rows, served_rows))]
+
+
+STAGES = ("features", "query", "repeat")
+
+
 @dataclass
 class ReplayReport:
-    """The consistency report of a replay: mismatch counts per column over the entities checked."""
+    """The consistency report of a replay, stage by stage: mismatch counts per column.
+
+    ``features``: an entity's served features against its training rows; ``query``: the realtime
+    engine's rows for the entity against the warehouse's (counted only when both stores hold the same
+    source rows); ``repeat``: the served features of a second replay, some time later, against the first
+    (the wall clock or randomness). ``skipped`` counts entities that could not be compared, by reason.
+    """
 
     columns: list[str]
+    query_columns: list[str] = field(default_factory=list)
     entities_checked: int = 0
+    entities_repeated: int = 0
     column_order_mismatches: int = 0
-    mismatched: dict[str, int] = field(default_factory=dict)
+    mismatched: dict[str, dict[str, int]] = field(default_factory=lambda: {stage: {} for stage in STAGES})
+    skipped: dict[str, int] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, entity: Any, trained: pd.DataFrame, served: pd.DataFrame) -> None:
-        """Compare one entity and count what differs."""
-        diff = compare_entity(trained, served)
-        self.entities_checked += 1
-        if diff["columns"] is not None:
-            self.column_order_mismatches += 1
+    def add(self, entity: Any, trained: pd.DataFrame, served: pd.DataFrame, stage: str = "features") -> bool:
+        """Compare one entity at `stage` and count what differs; True when nothing did."""
+        diff = compare_entity(canonical_rows(trained), canonical_rows(served))
+        if stage == "features":
+            self.entities_checked += 1
+            if diff["columns"] is not None:
+                self.column_order_mismatches += 1
+        elif stage == "repeat":
+            self.entities_repeated += 1
         for name, examples in diff["values"].items():
-            self.mismatched[name] = self.mismatched.get(name, 0) + 1
+            counts = self.mismatched[stage]
+            counts[name] = counts.get(name, 0) + 1
             if len(self.examples) < MAX_EXAMPLES:
-                self.examples.append({"entity": entity, "column": name, **examples[0]})
+                self.examples.append({"stage": stage, "entity": entity, "column": name, **examples[0]})
+        return not diff["values"] and diff["columns"] is None
+
+    def fail(self, entity: Any, error: str) -> None:
+        """Count an entity whose serving run failed: every feature column differs from training."""
+        self.entities_checked += 1
+        counts = self.mismatched["features"]
+        for name in self.columns:
+            counts[name] = counts.get(name, 0) + 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append({"stage": "features", "entity": entity, "column": None, "row": None,
+                                  "trained": "<row>", "served": f"<error> {error}"})
+
+    def skip(self, reason: str) -> None:
+        """Count an entity that was not compared, and why."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     @property
     def consistent(self) -> bool:
-        """True when no entity differed in any column or in the column order."""
-        return not self.mismatched and not self.column_order_mismatches
+        """True when no entity differed at any stage, in any column or in the column order."""
+        return not any(self.mismatched.values()) and not self.column_order_mismatches
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready report (per-column mismatch rate over the entities checked)."""
-        checked = max(self.entities_checked, 1)
-        return {"entities_checked": self.entities_checked, "consistent": self.consistent,
-                "column_order_mismatches": self.column_order_mismatches,
-                "mismatch_rate": {name: self.mismatched.get(name, 0) / checked for name in self.columns},
-                "mismatched_columns": sorted(self.mismatched), "examples": self.examples}
+        """The JSON-ready report: per-column mismatch rates of each stage over the entities it compared."""
+        checked, repeated = max(self.entities_checked, 1), max(self.entities_repeated, 1)
+        mismatched = self.mismatched
+        return {"entities_checked": self.entities_checked, "entities_repeated": self.entities_repeated,
+                "consistent": self.consistent, "column_order_mismatches": self.column_order_mismatches,
+                "mismatch_rate": {name: mismatched["features"].get(name, 0) / checked for name in self.columns},
+                "mismatched_columns": sorted(mismatched["features"]),
+                "query_mismatched_columns": sorted(mismatched["query"]),
+                "query_mismatch_rate": {name: count / checked for name, count in mismatched["query"].items()},
+                "nondeterministic_columns": sorted(mismatched["repeat"]),
+                "skipped": dict(self.skipped),
+                "examples": [{k: plain_value(v) for k, v in example.items()} for example in self.examples]}

@@ -22,6 +22,11 @@ Key columns (the index key requests looked entities up by) are not scored: a sam
 never looks like the training population of identifiers. "Served, but no row" (the ETL returned
 nothing for a found entity) is an outcome of its own, compared with training, where every entity
 has its row.
+
+Value mismatches come from the shadow comparison: when serving answers one of the training entities
+the registration replay kept (app/replay.py) and its raw input rows are unchanged, its served
+features are compared with its training rows; a feature that differs is flagged at once (a changed
+input is data drift and counted apart, as ``input_changed``).
 """
 from __future__ import annotations
 
@@ -47,12 +52,28 @@ def skew_report(training: dict[str, dict[str, Any]], window: ServingWindow, thre
         if column in key_columns:
             features[column] = _key_column(len(values))
         else:
-            features[column] = _feature_skew(train, values, thresholds, min_samples)
+            features[column] = _with_value_mismatches(_feature_skew(train, values, thresholds, min_samples),
+                                                      window.shadow["mismatches"].get(column, 0),
+                                                      window.shadow["compared"])
     flagged = sorted(c for c, f in features.items() if f["flags"])
     return {"outcomes": dict(window.outcomes), "window_size": window.size, "min_samples": min_samples,
             "thresholds": thresholds, "noise_multiple": NOISE_MULTIPLE, "key_columns": sorted(key_columns),
             "no_row": _no_row(window.outcomes, thresholds["null_rate_change"], min_samples),
+            "value_mismatches": {"compared": window.shadow["compared"], "input_changed": window.shadow["input_changed"],
+                                 "by_feature": dict(window.shadow["mismatches"])},
             "flagged": flagged, "features": features}
+
+
+def _with_value_mismatches(report: dict[str, Any], mismatches: int, compared: int) -> dict[str, Any]:
+    """Add the shadow comparison: served training entities, raw input unchanged, whose value of this
+    feature differed from training. One is skew for certain (no noise to allow for), so it flags."""
+    report["value_mismatches"] = mismatches
+    if mismatches:
+        report["flags"] = [*report["flags"], "value_mismatch"]
+        check = f"value_mismatch in {mismatches} of {compared} served training entities with unchanged input"
+        report["reason"] = (report["reason"] + "; " + check if report["reason"].startswith("flagged")
+                            else "flagged: " + check)
+    return report
 
 
 def _key_column(samples: int) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class ServingWindow:
         self.outcomes: dict[str, int] = {"served": 0, "no_row": 0, "schema_mismatch": 0,
                                          "expectation_violations": 0}
         self.keys: set[str] = set()
+        self.shadow: dict[str, Any] = {"compared": 0, "input_changed": 0, "mismatches": {}}
         self.dirty = False
 
     def record(self, frame: pd.DataFrame | None, outcome: str = "served", key: str | None = None) -> None:
@@ -103,6 +104,18 @@ class ServingWindow:
                 buffer = self._values.setdefault(str(column), deque(maxlen=self.size))
                 buffer.extend(None if pd.isna(v) else v for v in frame[column].tolist())
 
+    def record_shadow(self, mismatched: list[str] | None) -> None:
+        """Count a served training entity of the shadow sample: None when its raw input changed since
+        registration (data drift, not skew), else the features whose values differed from training."""
+        with self._lock:
+            self.dirty = True
+            if mismatched is None:
+                self.shadow["input_changed"] += 1
+                return
+            self.shadow["compared"] += 1
+            for name in mismatched:
+                self.shadow["mismatches"][name] = self.shadow["mismatches"].get(name, 0) + 1
+
     def series(self) -> dict[str, pd.Series]:
         with self._lock:
             return {column: pd.Series(list(values), dtype=object) for column, values in self._values.items()}
@@ -111,6 +124,7 @@ class ServingWindow:
         """A JSON-safe snapshot, for the catalog."""
         with self._lock:
             return {"size": self.size, "outcomes": dict(self.outcomes), "keys": sorted(self.keys),
+                    "shadow": {**self.shadow, "mismatches": dict(self.shadow["mismatches"])},
                     "values": {c: json_safe(list(values)) for c, values in self._values.items()}}
 
     @classmethod
@@ -118,6 +132,9 @@ class ServingWindow:
         window = cls(size)
         window.outcomes.update(data.get("outcomes", {}))
         window.keys.update(data.get("keys", []))
+        shadow = data.get("shadow") or {}
+        window.shadow.update(compared=int(shadow.get("compared", 0)), input_changed=int(shadow.get("input_changed", 0)),
+                             mismatches=dict(shadow.get("mismatches", {})))
         for column, values in data.get("values", {}).items():
             window._values[column] = deque(values, maxlen=size)
         return window

@@ -15,6 +15,16 @@ JSON-serializable mapping. The service stores it with the ETL and sets
 ``fit``, in serving from the catalog — so the same code computes the same
 columns online and offline, and never asks whether it is online.
 
+As-of time. ``self.as_of`` (a UTC ``pandas.Timestamp``) is the time the features are computed as
+of: the request's time when serving, the training run's time in ``extract/train`` (and when the
+registration replays training entities through serving, the same training time). A feature that
+depends on time must use it, never the wall clock: ``now()`` gives training and serving different
+values for the same entity, and the registration replay refuses the ETL for it::
+
+    def transform(self, df):
+        age = (self.as_of - pd.to_datetime(df["signup_time"], utc=True)).dt.days
+        return pd.DataFrame({"user_id": df["user_id"], "account_age_days": age})
+
 Expectations. ``expectations`` maps output columns to rules checked by the
 service on both paths: ``type`` (a logical type), ``nullable`` (False forbids
 nulls), ``min``/``max``, ``allowed`` (a list of values), ``unique`` (True: no
@@ -50,6 +60,7 @@ class BaseEtl:
     def __init__(self, df: pd.DataFrame):
         self.df = df
         self.state: dict[str, Any] = {}
+        self.as_of: pd.Timestamp | None = None
 
     def fit(self, df: pd.DataFrame) -> dict[str, Any]:
         """Learn what needs the whole training set; return it as a JSON-serializable mapping."""

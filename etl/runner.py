@@ -91,20 +91,24 @@ class EtlRunner:
             return self.isolation.call("load", etl_key, code, code_sha256, timeout=self.timeout)
         return self._limited(etl_key, lambda: self._load(etl_key, code, code_sha256))
 
-    def fit(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame) -> dict[str, Any]:
-        """``Etl(frame).fit(frame)`` on a copy of `frame`: the fitted state, made JSON-safe ({} without fit)."""
+    def fit(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame,
+            as_of: pd.Timestamp | None = None) -> dict[str, Any]:
+        """``Etl(frame).fit(frame)`` on a copy of `frame` with ``self.as_of`` set: the fitted state, made
+        JSON-safe ({} without fit)."""
         verify_sha256(etl_key, code, code_sha256)
         if self.isolation is not None:
-            return self.isolation.call("fit", etl_key, code, code_sha256, frame, timeout=self.timeout)
-        return self._limited(etl_key, lambda: self._fit(etl_key, code, code_sha256, frame))
+            return self.isolation.call("fit", etl_key, code, code_sha256, frame, as_of, timeout=self.timeout)
+        return self._limited(etl_key, lambda: self._fit(etl_key, code, code_sha256, frame, as_of))
 
     def run(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame,
-            state: dict[str, Any] | None = None) -> pd.DataFrame:
-        """``Etl(frame).extract()`` on a copy of `frame`, with ``self.state`` set; the result must be a DataFrame."""
+            state: dict[str, Any] | None = None, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+        """``Etl(frame).extract()`` on a copy of `frame`, with ``self.state`` and ``self.as_of`` set (the time
+        the features are computed as of: the training run's time, or the request's); the result must be a
+        DataFrame."""
         verify_sha256(etl_key, code, code_sha256)
         if self.isolation is not None:
-            return self.isolation.call("run", etl_key, code, code_sha256, frame, state, timeout=self.timeout)
-        return self._limited(etl_key, lambda: self._run(etl_key, code, code_sha256, frame, state))
+            return self.isolation.call("run", etl_key, code, code_sha256, frame, state, as_of, timeout=self.timeout)
+        return self._limited(etl_key, lambda: self._run(etl_key, code, code_sha256, frame, state, as_of))
 
     def declarations(self, etl_key: str, code: str, code_sha256: str) -> tuple[dict[str, Any], str]:
         """The ETL class's `expectations` and `serving_violations` policy, validated."""
@@ -181,9 +185,11 @@ class EtlRunner:
                         linecache.cache.pop(_filename(evicted_key), None)
         return cls
 
-    def _fit(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame) -> dict[str, Any]:
+    def _fit(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame,
+             as_of: pd.Timestamp | None = None) -> dict[str, Any]:
         cls = self._load(etl_key, code, code_sha256)
         etl = cls(frame.copy(deep=False))
+        etl.as_of = as_of
         fit = getattr(etl, "fit", None)
         if not callable(fit):
             return {}
@@ -200,13 +206,14 @@ class EtlRunner:
                             {"etl_key": etl_key}) from None
 
     def _run(self, etl_key: str, code: str, code_sha256: str, frame: pd.DataFrame,
-             state: dict[str, Any] | None) -> pd.DataFrame:
+             state: dict[str, Any] | None, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
         cls = self._load(etl_key, code, code_sha256)
         # Under pandas' copy-on-write a shallow copy is a separate object whose data is
         # copied only if written to, so the ETL cannot touch the caller's frame (and
         # copying costs microseconds instead of a full deep copy).
         etl = cls(frame.copy(deep=False))
         etl.state = dict(state or {})
+        etl.as_of = as_of
         result = _guarded(etl_key, etl.extract)
         if not isinstance(result, pd.DataFrame):
             returned = type(result).__module__ + "." + type(result).__qualname__

@@ -26,6 +26,7 @@ def app_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
             "REALTIME_URL": "sqlite:///:memory:", "MAX_RESPONSE_ROWS": 5000, "MAX_PUBLISH_FLOWS": 5000,
             "MAX_BODY_BYTES": 64 * 1024, "ETL_ALLOWED_REMOTES": (), "REMOTE_TIMEOUT_SECONDS": 10.0,
             "AUTH": "off", "STATS_FLUSH_SECONDS": 0.0, "DEMO_SOURCES": True,
+            "CONSISTENCY_REPEAT_GAP_SECONDS": 0.0,  # tests/test_registration_replay.py sets a gap where it matters
             **overrides}
 
 

@@ -80,30 +80,36 @@ def _summary(record: EtlRecord) -> dict[str, Any]:
 @with_errors(extract_ns)
 class ExtractTrain(Resource):
     @extract_ns.expect(train_request)
-    @extract_ns.doc(params=FLAGS)
+    @extract_ns.doc(params={**FLAGS, "allow_mismatch": {
+        "description": "with save=true: register even when the replay finds serving values that differ from "
+                       "training (recorded in the ETL's consistency report)", "type": "boolean", "default": False}})
     @extract_ns.produces(JSON_OR_ARROW)
     @extract_ns.response(200, "the training set, and the ETL id when saved", train_response)
     @extract_ns.response(202, "export: the job writing the training set (see `GET /jobs/<job_id>`)")
     @extract_ns.response(400, "the ETL cannot be fetched or loaded")
     @extract_ns.response(404, "unknown query_id")
+    @extract_ns.response(409, "save=true: replayed through serving, training entities got other values "
+                              "(details: the consistency report); allow_mismatch=true registers it anyway")
     @extract_ns.response(422, "the ETL raised or returned something else than a DataFrame")
     @extract_ns.response(502, "the git or HTTP remote could not be reached")
     @allow(*SCIENTIST)
     def post(self):
-        """Fetch an ETL from git, run it on the saved query's warehouse result; save=true registers it."""
+        """Fetch an ETL from git, run it on the saved query's warehouse result; save=true registers it after
+        replaying training entities through the serving path (the consistency report is kept with it)."""
         body = json_body(train_request)
         query_id, location, spine = checked_id("query", body["query_id"]), _location(body), spine_spec(body)
         save, hot_window, who = query_flag("save", False), query_flag("hot_window", False), caller()
+        allow_mismatch = query_flag("allow_mismatch", False)
         svc = service()  # the job runs outside this request
         exported = export_answer(body, lambda: frame_batches(svc.train_etl(
             query_id, location, body.get("name"), save, True, who, row_limit=False, hot_window=hot_window,
-            spine=spine)[2]))
+            spine=spine, allow_mismatch=allow_mismatch)[2]))
         if exported:
             return exported
         arrow = wants_arrow()
         record, schema, frame = service().train_etl(
             query_id, location, body.get("name"), save, arrow or query_flag("include_data", True), who,
-            row_limit=not arrow, hot_window=hot_window, spine=spine)
+            row_limit=not arrow, hot_window=hot_window, spine=spine, allow_mismatch=allow_mismatch)
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Etl-Id": record.etl_id} if record else {})
         return {"etl_id": record.etl_id if record else None, "schema": schema,

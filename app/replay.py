@@ -1,0 +1,238 @@
+"""Replay at registration: serve a sample of training entities in-process and compare with training.
+
+After ``extract/train`` has computed the training set, `RegistrationReplay` takes up to K training
+entities — chosen for coverage (an entity with a null in each column that has nulls, the extremes of
+each numeric column, the entity with the most rows) and then at random — and runs each through the
+serving path: the point lookup on the realtime store, the ETL on that one entity's frame with the
+stored state, at the training run's as-of time. Its features must equal its training rows (checks/
+consistency.py). A second pass over some of them, at least `repeat_gap_seconds` after the training
+run, catches features that depend on the wall clock or on randomness.
+
+The realtime rows of an entity are compared with its warehouse rows first. When both stores hold the
+same source rows (no hot window, equal row counts), a difference there is the engines disagreeing on
+the query and is reported under ``query``; otherwise the entity's data simply differs (not hydrated,
+evicted, newer) and it is skipped as ``input_differs``.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from catalog.base import QueryRecord
+from checks.consistency import ReplayReport, plain_value, rows_digest, same_rows
+from common.errors import FeatureStoreError
+from sql.prepared import PreparedQuery
+
+if TYPE_CHECKING:
+    from app.service import FeatureService
+
+SHADOW_ENTITIES = 50  # replayed, consistent entities kept for the shadow comparison in serving
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How many entities a registration replays, and how far apart its two passes are."""
+
+    entities: int = 200
+    repeat_entities: int = 20
+    repeat_gap_seconds: float = 1.0
+
+
+@dataclass
+class TrainingRun:
+    """What a training run produced, as the replay needs it."""
+
+    etl_id: str
+    code: str
+    code_sha256: str
+    query: QueryRecord
+    prepared: PreparedQuery
+    raw: pd.DataFrame
+    features: pd.DataFrame
+    state: dict[str, Any]
+    as_of: pd.Timestamp
+    started: float  # time.monotonic() when the training run began
+
+
+class RegistrationReplay:
+    """Replays training entities of a `TrainingRun` through a service's serving path."""
+
+    def __init__(self, service: FeatureService, options: ReplayOptions):
+        self.service = service
+        self.options = options
+
+    def run(self, training: TrainingRun) -> dict[str, Any]:
+        """The consistency report (``replayed`` False with a ``reason`` when the query cannot be replayed),
+        with ``shadow``: digests and features of replayed entities for the shadow comparison."""
+        began = time.monotonic()
+        key, reason = self._replay_key(training)
+        if key is None:
+            return {"replayed": False, "reason": reason}
+        entity_keys = self._feature_keys(training, key)
+        if entity_keys is None:
+            return {"replayed": False, "index_key": key, "reason": "the ETL's output has neither the key column "
+                    f"{key!r} nor its input rows' index, so its rows cannot be matched to entities"}
+        chosen = choose_entities(training.features, entity_keys, self.options.entities, training.etl_id)
+        report = ReplayReport(columns=[str(c) for c in training.features.columns],
+                              query_columns=[str(c) for c in training.raw.columns])
+        in_sync = self._stores_in_sync(training.prepared)
+        raw_rows = _rows_by(training.raw, training.raw[key], chosen)
+        feature_rows = _rows_by(training.features, entity_keys, chosen)
+        served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # consistent: (lookup rows, features)
+        unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # same input: (lookup rows, training rows)
+        for entity in chosen:
+            outcome = self._serve(training, key, entity)
+            if isinstance(outcome, str):
+                report.skip(outcome)
+                continue
+            lookup, features = outcome
+            trained_raw = raw_rows.get(entity, training.raw.iloc[:0])
+            if not same_rows(trained_raw, lookup):
+                if in_sync:
+                    report.add(entity, trained_raw, lookup, stage="query")
+                else:
+                    report.skip("input_differs")
+                continue
+            trained = feature_rows.get(entity, training.features.iloc[:0])
+            unchanged[entity] = (lookup, trained)
+            if isinstance(features, str):
+                report.fail(entity, features)
+            elif report.add(entity, trained, features):
+                served[entity] = (lookup, features)
+        self._repeat(training, key, served, report)
+        return {"replayed": True, "index_key": key, "stores_in_sync": in_sync, "entities_sampled": len(chosen),
+                **report.to_dict(), "seconds": round(time.monotonic() - began, 4),
+                "shadow": shadow_sample(key, unchanged)}
+
+    def _replay_key(self, training: TrainingRun) -> tuple[str | None, str]:
+        """The column entities are looked up by (an entity key of a source, else the first column)."""
+        sources = self.service.sources
+        request_sources = [name for name in training.prepared.table_names() if sources.get(name).kind != "table"]
+        if request_sources:
+            return None, f"the query reads request source(s) {request_sources}, whose rows come with each request"
+        keys = [k for k in self.service.realtime.serving_keys(training.prepared) if k in training.raw.columns]
+        if not keys:
+            return None, "the query's output has no column to look an entity up by"
+        return keys[0], ""
+
+    @staticmethod
+    def _feature_keys(training: TrainingRun, key: str) -> pd.Series | None:
+        """Each training feature row's entity: its key column, or the input row's when rows map one to one."""
+        features, raw = training.features, training.raw
+        if key in features.columns:
+            return features[key]
+        if features.index.is_unique and raw.index.is_unique and features.index.isin(raw.index).all():
+            return raw[key].reindex(features.index)  # rows kept their input's index (maybe fewer, reordered)
+        return None
+
+    def _stores_in_sync(self, prepared: PreparedQuery) -> bool:
+        """True when every source the query reads keeps all its rows in the realtime store (no hot window)
+        and holds as many rows there as in the warehouse."""
+        service = self.service
+        try:
+            for name in prepared.table_names():
+                source = service.sources.get(name)
+                if source.hot_window_seconds is not None:
+                    return False
+                if service.realtime.stats(name)["rows"] != service.warehouse.table_stats(
+                        source.table, source.event_time)["rows"]:
+                    return False
+        except FeatureStoreError:
+            return False
+        return True
+
+    def _serve(self, training: TrainingRun, key: str, entity: Any
+               ) -> str | tuple[pd.DataFrame, pd.DataFrame | str]:
+        """The entity through the serving path: (its lookup rows, its features or the ETL's error on
+        them), or why it could not be looked up."""
+        service = self.service
+        try:
+            lookup = service._lookup(training.query, key, entity)[0]
+        except FeatureStoreError:
+            return "lookup_failed"
+        if lookup.empty:
+            return "not_in_realtime"
+        try:
+            service._check_schema(training.query.schema, lookup, stage="query", ids={})
+            features = service._run_etl(training.etl_id, training.code, training.code_sha256, lookup,
+                                        training.state, training.as_of)
+        except FeatureStoreError as error:  # serving would fail for this training entity
+            return lookup, f"{error.code}: {error.message}"
+        names = [str(c) for c in training.features.columns]
+        if set(features.columns) == set(names) and list(features.columns) != names:
+            features = features[names]  # serving answers in training column order
+        return lookup, features
+
+    def _repeat(self, training: TrainingRun, key: str, served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]],
+                report: ReplayReport) -> None:
+        """Serve some consistent entities again, at least the gap after training, and compare."""
+        entities = list(served)[: self.options.repeat_entities]
+        if not entities:
+            return
+        wait = training.started + self.options.repeat_gap_seconds - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        for entity in entities:
+            outcome = self._serve(training, key, entity)
+            first_lookup, first_features = served[entity]
+            if isinstance(outcome, str) or isinstance(outcome[1], str) or not same_rows(first_lookup, outcome[0]):
+                continue  # its data moved meanwhile (or it failed): nothing to say about determinism
+            report.add(entity, first_features, outcome[1], stage="repeat")
+
+
+def choose_entities(features: pd.DataFrame, entity_keys: pd.Series, k: int, seed: str) -> list[Any]:
+    """Up to `k` distinct entities: coverage first (a null of each column with nulls, each numeric
+    column's minimum and maximum, the entity with most rows), then a random sample seeded by `seed`."""
+    keys = pd.Series(entity_keys.to_numpy(), index=features.index).dropna()
+    if keys.empty or k <= 0:
+        return []
+    chosen: dict[Any, None] = {}
+    for column in features.columns:
+        values = features[column]
+        nulls = values.index[values.isna()]
+        if len(nulls):
+            _take(chosen, keys, nulls[0])
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) and values.notna().any():
+            _take(chosen, keys, values.idxmin())
+            _take(chosen, keys, values.idxmax())
+    counts = keys.value_counts()
+    if len(counts):
+        chosen.setdefault(counts.index[0], None)
+    picked = list(chosen)[:k]
+    rest = [value for value in counts.index.tolist() if value not in chosen]
+    picked += random.Random(seed).sample(rest, min(k - len(picked), len(rest)))
+    return [v.item() if hasattr(v, "item") else v for v in picked]
+
+
+def _take(chosen: dict[Any, None], keys: pd.Series, label: Any) -> None:
+    if label in keys.index:
+        value = keys.loc[label]
+        if isinstance(value, pd.Series):
+            value = value.iloc[0]
+        chosen.setdefault(value, None)
+
+
+def _rows_by(frame: pd.DataFrame, keys: pd.Series, chosen: list[Any]) -> dict[Any, pd.DataFrame]:
+    """The rows of each chosen entity (one pass over the frame, not one per entity)."""
+    aligned = pd.Series(keys.to_numpy(), index=frame.index)
+    mask = aligned.isin(chosen)
+    subset = frame[mask.to_numpy()]
+    return {(value.item() if hasattr(value, "item") else value): rows
+            for value, rows in subset.groupby(aligned[mask].to_numpy(), sort=False)}
+
+
+def shadow_sample(key: str, unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, Any]:
+    """What serving needs to compare a training entity's served features with its training rows: the
+    key, and per entity (one whose realtime rows equalled its warehouse rows) the digest of its lookup
+    rows and its training features (JSON rows)."""
+    entities = []
+    for entity, (lookup, features) in list(unchanged.items())[:SHADOW_ENTITIES]:
+        entities.append({"value": entity, "input_sha256": rows_digest(lookup),
+                         "features": {"columns": [str(c) for c in features.columns],
+                                      "rows": [[plain_value(v) for v in row]
+                                               for row in features.itertuples(index=False, name=None)]}})
+    return {"index_key": key, "entities": entities}
