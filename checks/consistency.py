@@ -48,28 +48,47 @@ def compare_entity(trained: pd.DataFrame, served: pd.DataFrame) -> dict[str, Any
 
     ``columns`` is None when names and order match; ``values`` maps each column whose logical type,
     row count or any value differs to up to `MAX_EXAMPLES` ``{"row", "trained", "served"}`` examples.
+    Rows are compared by position.
     """
     trained_names, served_names = [str(c) for c in trained.columns], [str(c) for c in served.columns]
     columns = None if trained_names == served_names else {"trained": trained_names, "served": served_names}
+    served_columns = {str(name): column for name, column in served.items()}
     values: dict[str, list[dict[str, Any]]] = {}
-    for name in trained_names:
-        if name not in served_names:
+    for name, left in trained.items():
+        name = str(name)
+        right = served_columns.get(name)
+        if right is None:
             values[name] = [{"row": None, "trained": "<column>", "served": "<missing>"}]
             continue
-        left, right = trained[name].reset_index(drop=True), served[name].reset_index(drop=True)
-        examples: list[dict[str, Any]] = []
-        if len(left) != len(right):
-            examples.append({"row": None, "trained": f"{len(left)} rows", "served": f"{len(right)} rows"})
-        elif logical_type(left) != logical_type(right) and not (left.isna().all() or right.isna().all()):
-            examples.append({"row": None, "trained": logical_type(left), "served": logical_type(right)})
-        for row, (a, b) in enumerate(zip(left.tolist(), right.tolist())):
-            if len(examples) >= MAX_EXAMPLES:
-                break
-            if not values_equal(a, b):
-                examples.append({"row": row, "trained": a, "served": b})
+        examples = _column_differences(left, right)
         if examples:
             values[name] = examples
     return {"columns": columns, "values": values}
+
+
+def _column_differences(left: pd.Series, right: pd.Series) -> list[dict[str, Any]]:
+    """Up to `MAX_EXAMPLES` differences of one column: its row count, its logical type, its values."""
+    examples: list[dict[str, Any]] = []
+    if len(left) != len(right):
+        examples.append({"row": None, "trained": f"{len(left)} rows", "served": f"{len(right)} rows"})
+    elif _types_differ(left, right):
+        examples.append({"row": None, "trained": logical_type(left), "served": logical_type(right)})
+    for row, (a, b) in enumerate(zip(left.tolist(), right.tolist())):
+        if len(examples) >= MAX_EXAMPLES:
+            break
+        if not values_equal(a, b):
+            examples.append({"row": row, "trained": a, "served": b})
+    return examples
+
+
+def _types_differ(left: pd.Series, right: pd.Series) -> bool:
+    """Other logical types (a column of nulls only has no type to differ by); equal non-object dtypes
+    are the same type without looking at values."""
+    if left.dtype == right.dtype and left.dtype != object:
+        return False
+    if logical_type(left) == logical_type(right):
+        return False
+    return not (left.isna().all() or right.isna().all())
 
 
 def plain_value(value: Any) -> Any:
@@ -86,8 +105,9 @@ def canonical_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with its rows in an order that does not depend on the engine (a query without ORDER BY
     returns an entity's rows in any order): sorted by the text of their values."""
     if len(frame) < 2:
-        return frame.reset_index(drop=True)
-    order = sorted(range(len(frame)), key=lambda i: [repr(v) for v in frame.iloc[i].tolist()])
+        return frame
+    rows = list(frame.itertuples(index=False, name=None))
+    order = sorted(range(len(rows)), key=lambda i: [repr(v) for v in rows[i]])
     return frame.iloc[order].reset_index(drop=True)
 
 

@@ -73,7 +73,7 @@ def check_json_lines(block: str, out: str) -> None:
 @pytest.mark.slow
 def test_the_readme_runs_as_written_on_a_fresh_machine(tmp_path):
     walkthrough = blocks(section("Walkthrough (curl)"), "bash")
-    assert len(walkthrough) == 5
+    assert len(walkthrough) == 6
     with running_server(tmp_path / "data", DEMO_SOURCES="off") as base:
         env = fresh_machine(tmp_path / "home", base)
         for rerun in (False, True):

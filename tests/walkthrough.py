@@ -18,11 +18,13 @@ def example_repo(path: Path, extra: dict[str, str] | None = None) -> EtlRepo:
     return make_etl_repo(path, {**EXAMPLE_ETLS, **(extra or {})})
 
 
-def train_walkthrough(api, repo: EtlRepo, etl: str = "etls/quote_features.py", n_flows: int = 100) -> dict:
-    """publish → save the join → register the ETL; the ids and training rows by user."""
+def train_walkthrough(api, repo: EtlRepo, etl: str = "etls/quote_features.py", n_flows: int = 100,
+                      allow_mismatch: bool = False) -> dict:
+    """publish → save the join → register the ETL; the ids and training rows by user. `allow_mismatch`
+    registers an ETL the registration replay refuses (to test what serving does with it)."""
     api.put(f"/v1.0/publish?n_flows={n_flows}&seed=7")
     query = api.post("/v1.0/query/train?save=true", {"query": FOUR_TABLE_QUERY, "query_name": "quote_join"})
-    extract = api.post("/v1.0/extract/train?save=true",
+    extract = api.post("/v1.0/extract/train?save=true" + ("&allow_mismatch=true" if allow_mismatch else ""),
                        {"query_id": query["query_id"], "etl_path": str(repo.file(etl))})
     return {"query_id": query["query_id"], "etl_id": extract["etl_id"], "query": query, "extract": extract,
             "features_by_user": {row["user_id"]: row for row in extract["data"]},
