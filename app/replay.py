@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from catalog.base import QueryRecord
-from checks.consistency import ReplayReport, plain_value, rows_digest, same_rows
+from checks.consistency import ReplayReport, dtype_names, plain_value, rows_digest, same_rows, with_training_dtypes
 from common.errors import FeatureStoreError
 from sql.prepared import PreparedQuery
 
@@ -56,6 +56,10 @@ class TrainingRun:
     state: dict[str, Any]
     as_of: pd.Timestamp
     started: float  # time.monotonic() when the training run began
+
+    @property
+    def input_dtypes(self) -> dict[str, str]:
+        return dtype_names(self.raw)
 
 
 class RegistrationReplay:
@@ -158,8 +162,9 @@ class RegistrationReplay:
             return "not_in_realtime"
         try:
             service._check_schema(training.query.schema, lookup, stage="query", ids={})
-            features = service._run_etl(training.etl_id, training.code, training.code_sha256, lookup,
-                                        training.state, training.as_of)
+            features = service._run_etl(training.etl_id, training.code, training.code_sha256,
+                                        with_training_dtypes(lookup, training.input_dtypes), training.state,
+                                        training.as_of)
         except FeatureStoreError as error:  # serving would fail for this training entity
             return lookup, f"{error.code}: {error.message}"
         names = [str(c) for c in training.features.columns]

@@ -28,7 +28,7 @@ from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, Fe
                            ResultTooLarge, SchemaMismatch, TrainServeMismatch)
 from etl.runner import EtlRunner
 from etl.source import EtlFetcher
-from checks.consistency import plain_value, rows_digest, shadow_mismatches
+from checks.consistency import dtype_names, plain_value, rows_digest, shadow_mismatches, with_training_dtypes
 from checks.expectations import check_expectations, validate_expectations
 from checks.schema import compare_schemas, frame_schema, served_schema
 from checks.skew import skew_report
@@ -298,6 +298,8 @@ class FeatureService:
         # A registered ETL keeps the state it was first fitted with (that is what serving uses), so
         # registering it again returns training rows computed with that state, never a refit.
         registered = self._registered_etl(etl_id)
+        if save and registered is not None and not allow_mismatch:
+            self._refuse_accepted_mismatch(registered)
         if spine is not None:
             limit = self.options.max_response_rows if include_data and row_limit else None
             keyed = self.point_in_time.spine(spine, query.schema, limit)
@@ -321,6 +323,8 @@ class FeatureService:
         record = None
         schema = frame_schema(features)
         extra = self._training_extra(hot_window, spine)
+        if spine is None:
+            extra["input_dtypes"] = dtype_names(raw)  # serving hands the ETL these (checks/consistency.py)
         if save and registered is None and spine is None:
             extra["consistency"] = self._replayed(TrainingRun(
                 etl_id, fetched.code, fetched.code_sha256, query, prepared, raw, features, state, as_of, started),
@@ -349,6 +353,18 @@ class FeatureService:
                     "it anyway", {"etl_id": training.etl_id, "consistency": shown})
             report["accepted_mismatch"] = True
         return report
+
+    @staticmethod
+    def _refuse_accepted_mismatch(registered: EtlRecord) -> None:
+        """Saving again an ETL registered despite a mismatch answers as its first save did, unless the
+        request accepts the mismatch too."""
+        report = (registered.extra or {}).get("consistency") or {}
+        if report.get("accepted_mismatch"):
+            shown = {k: v for k, v in report.items() if k != "shadow"}
+            raise TrainServeMismatch(
+                f"ETL {registered.etl_id} is registered with allow_mismatch=true: replayed through the serving "
+                f"path, training entities got other values ({_mismatch_summary(report)}); pass allow_mismatch=true "
+                "to use it", {"etl_id": registered.etl_id, "consistency": shown})
 
     @staticmethod
     def _training_extra(hot_window: bool, spine: SpineSpec | None) -> dict[str, Any]:
@@ -394,6 +410,7 @@ class FeatureService:
             raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
                                {"etl_id": etl_id, "trained_query_id": etl.query_id})
         raw, request_rows = self._served_query(query_id, index_key, index_value, request)
+        raw = with_training_dtypes(raw, etl.extra.get("input_dtypes") if etl.extra else None)
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         if len(features) > self.options.max_response_rows:  # the lookup was bounded, the ETL's output too
             raise ResultTooLarge(f"the ETL returned {len(features)} rows for one entity, more than the "

@@ -101,6 +101,36 @@ def plain_value(value: Any) -> Any:
         return repr(value)
 
 
+def dtype_names(frame: pd.DataFrame) -> dict[str, str]:
+    """The pandas dtype of each column, by name: what an ETL's input is handed in training."""
+    return {str(name): str(dtype) for name, dtype in frame.dtypes.items()}
+
+
+def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> pd.DataFrame:
+    """`frame` with each column cast to the dtype the ETL's training input had, where that loses nothing.
+
+    A query's result gets its dtypes from its values: a column with a null anywhere in the training
+    set is nullable ``boolean``/``Int64`` there (or ``object`` from PostgreSQL), while one entity's row
+    without a null is numpy ``bool``/``int64``; an ETL comparing with missing values then computes other
+    results online than offline. A cast that would change a value (a null into ``int64``) is not made.
+    """
+    if not dtypes:
+        return frame
+    casts = {}
+    for name, dtype in frame.dtypes.items():
+        wanted = dtypes.get(str(name))
+        if wanted is not None and str(dtype) != wanted:
+            try:
+                cast = frame[name].astype(wanted)
+            except (TypeError, ValueError):
+                continue
+            if wanted == "object":  # PostgreSQL's missing values are None, not pd.NA
+                cast = cast.where(cast.notna(), None)
+            if all(values_equal(a, b) for a, b in zip(frame[name].tolist(), cast.tolist())):
+                casts[name] = cast
+    return frame.assign(**casts) if casts else frame
+
+
 def canonical_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with its rows in an order that does not depend on the engine (a query without ORDER BY
     returns an entity's rows in any order): sorted by the text of their values."""

@@ -39,15 +39,19 @@ def event_rows(users: int = 40) -> list[dict[str, Any]]:
     return rows
 
 
-@pytest.fixture
-def domain(make_app, tmp_path):
+def make_domain(make_app, tmp_path, **settings: Any) -> "Domain":
     """An app with the events source filled, the query saved, and a git repo to write ETLs into."""
-    app = make_app(DEMO_SOURCES=False, CONSISTENCY_REPLAY_ENTITIES=60)
+    app = make_app(DEMO_SOURCES=False, CONSISTENCY_REPLAY_ENTITIES=60, **settings)
     api = JsonClient(app.test_client())
     api.post("/v1.0/sources", EVENTS, 201)
     api.post("/v1.0/sources/events/rows", {"rows": event_rows()})
     query_id = api.post("/v1.0/query/train?save=true", {"query": QUERY})["query_id"]
     return Domain(api, query_id, make_etl_repo(tmp_path / "etls", {"README": "ETLs\n"}))
+
+
+@pytest.fixture
+def domain(make_app, tmp_path):
+    return make_domain(make_app, tmp_path)
 
 
 class Domain:
@@ -196,3 +200,34 @@ def test_serving_counts_value_mismatches_of_training_entities(domain):
     domain.api.post("/v1.0/sources/events/rows", {"rows": [row]})
     serve(consistent_id, 1)
     assert domain.api.get(f"/v1.0/etls/{consistent_id}/skew")["value_mismatches"]["input_changed"] == 1
+
+
+def test_saving_again_an_accepted_mismatch_needs_the_flag_again(domain):
+    body = transform('df["amount"].rank()')
+    etl_id = domain.register(body, flags="&allow_mismatch=true")["etl_id"]
+    again = refused_columns(domain, body)
+    assert again["accepted_mismatch"] is True and again["mismatched_columns"] == ["f"]
+    assert domain.register(body, flags="&allow_mismatch=true")["etl_id"] == etl_id
+
+
+# Comparisons with missing values depend on the input dtype: nullable (pd.NA propagates), numpy, or
+# object (PostgreSQL: None == True is False). Serving hands the ETL its training input dtypes.
+MISSING_AWARE = ['(df["n"] % (df["user_id"] * 0)).fillna(-1)',  # Int64: 0, int64: nan
+                 '(df["n"] // (df["user_id"] * 0)).astype("float")',  # Int64: 0, int64: inf
+                 '(df["ok"] == True).astype("float")', 'df["ok"].map({True: "yes", False: "no"}).fillna("unknown")']
+
+
+@pytest.mark.parametrize("expression", MISSING_AWARE)
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgresql"])
+def test_missing_value_comparisons_agree_on_every_warehouse(make_app, tmp_path, pg_database_url, warehouse,
+                                                            expression):
+    settings = {"WAREHOUSE_URL": pg_database_url} if warehouse == "postgresql" else {}
+    domain = make_domain(make_app, tmp_path, **settings)
+    registered = domain.register(transform(expression))
+    report = domain.api.get(f"/v1.0/etls/{registered['etl_id']}")["extra"]["consistency"]
+    assert report["consistent"] and report["entities_checked"] == 40
+    for user in (7, 11, 22):  # null n; null ok; both present
+        served = domain.api.post("/v1.0/extract/realtime", {"query_id": domain.query_id, "etl_id": registered["etl_id"],
+                                                            "index_key": "user_id", "index_value": user})["data"]
+        trained = [row for row in registered["data"] if row["user_id"] == user]
+        assert sorted(map(str, served)) == sorted(map(str, trained))
