@@ -61,7 +61,8 @@ def test_every_page_renders_for_an_admin_and_no_page_carries_the_key(catalog, ad
     app, demo, shop = catalog
     assert app.test_client().get("/ui/").status_code == 302  # not logged in: to the login page
     pages = ["/ui/", "/ui/sources", "/ui/sources/users", "/ui/sources/page_views", "/ui/queries", "/ui/etls",
-             "/ui/feature-sets", "/ui/feature-sets/conversion", "/ui/feature-sets/shop_activity",              "/ui/keys", f"/ui/queries/{demo['query_id']}", f"/ui/queries/{shop['query_id']}",
+             "/ui/feature-sets", "/ui/feature-sets/conversion", "/ui/feature-sets/shop_activity", "/ui/lineage",
+             "/ui/keys", f"/ui/queries/{demo['query_id']}", f"/ui/queries/{shop['query_id']}",
              f"/ui/etls/{shop['etl_id']}", *[f"/ui/etls/{etl_id}" for etl_id in demo["etl_ids"].values()]]
     for path in pages:
         assert ADMIN_KEY not in _text(admin, path), path
@@ -153,6 +154,17 @@ def test_feature_set_page_marks_production_and_diffs_two_versions(catalog, admin
     reverse = _text(admin, "/ui/feature-sets/conversion?a=2&b=1")
     assert '<code class="added">+minutes_to_bind</code>' in reverse
     assert "Compare two versions" not in _text(admin, "/ui/feature-sets/shop_activity")  # one version only
+
+
+def test_lineage_draws_every_dependency_and_every_node_links_to_its_page(catalog, admin):
+    page = _text(admin, "/ui/lineage")
+    svg = re.search(r'<svg class="lineage".*?</svg>', page, re.S).group(0)
+    links = re.findall(r'<a href="([^"]+)" class="node', svg)
+    assert len(links) == 6 + 2 + 3 + 2  # sources, queries, ETLs, feature sets
+    for link in links:
+        assert admin.get(link).status_code == 200, link
+    # 4 demo sources -> quote_join, 2 shop sources -> activity; 3 ETLs on their queries; 3 ETLs in feature sets
+    assert svg.count('class="edge"') == 6 + 3 + 3
 
 
 def test_home_shows_health_counts_recent_registrations_and_searches_columns_and_tags(catalog, admin):

@@ -3,7 +3,7 @@
 Every page calls the API through Flask's test client with the logged-in key, so the API's role checks apply
 unchanged: nothing the API refuses is possible here. The key lives in the session cookie (HttpOnly,
 SameSite=Strict), never in a URL; every form carries a CSRF token. The pages are in `ui.views` and
-`ui.etl_views`, the SVG plots in `ui.plots`.
+`ui.etl_views`, the SVG plots in `ui.plots`, the lineage graph in `ui.lineage`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ LIST_LIMIT = 500  # the API's largest page
 
 def install_ui(app: Flask) -> None:
     """Register the UI and make its session cookie safe (a per-process secret unless one is set)."""
-    from ui import etl_views, views  # noqa: F401 - registers the routes on `bp`
+    from ui import etl_views, lineage, views  # noqa: F401 - registers the routes on `bp`
 
     app.secret_key = app.config.get("UI_SECRET_KEY") or secrets.token_hex(32)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")

@@ -1,0 +1,105 @@
+"""The lineage page: a server-rendered SVG graph source → query → ETL → feature set, every node a link.
+
+The graph is read from the API: a source's `dependent_queries`, an ETL's `query_id` and every
+version of a feature set (its `etl_id`). Columns are ordered by the mean position of each node's
+parents, which keeps most edges from crossing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from flask import url_for
+from markupsafe import Markup, escape
+
+from ui import api, api_items, bp, page, segment
+
+COLUMNS = ("sources", "queries", "etls", "feature-sets")
+HEADINGS = ("Sources", "Queries", "ETLs", "Feature sets")
+NODE_W, NODE_H, GAP, COLUMN_W, TOP = 190, 34, 14, 250, 34
+LABEL_CHARS = 24
+PAGES = {"sources": ("ui.source", "name"), "queries": ("ui.query", "query_id"), "etls": ("ui.etl", "etl_id"),
+         "feature-sets": ("ui.feature_set", "name")}  # kind -> (page endpoint, its argument)
+
+
+@dataclass
+class Graph:
+    """Nodes per column (kind -> id -> label) and edges between (kind, id) pairs."""
+
+    nodes: dict[str, dict[str, str]] = field(default_factory=lambda: {kind: {} for kind in COLUMNS})
+    edges: set[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=set)
+    refused: list[str] = field(default_factory=list)
+
+    def edge(self, parent: tuple[str, str], child: tuple[str, str]) -> None:
+        if parent[1] in self.nodes[parent[0]] and child[1] in self.nodes[child[0]]:
+            self.edges.add((parent, child))
+
+
+def read_graph() -> Graph:
+    """Every source, query, ETL and feature set the key may list, and how they depend on each other."""
+    graph = Graph()
+    listed = {}
+    for kind in COLUMNS:
+        status, items, _ = api_items("/" + kind)
+        if status != 200:
+            graph.refused.append(kind)
+        listed[kind] = items
+        key = {"queries": "query_id", "etls": "etl_id"}.get(kind, "name")
+        graph.nodes[kind] = {item[key]: item.get("name") or item[key] for item in items}
+    for name in graph.nodes["sources"]:
+        _, described = api("GET", "/sources/" + segment(name))
+        for query_id in (described or {}).get("dependent_queries", []):
+            graph.edge(("sources", name), ("queries", query_id))
+    for etl in listed["etls"]:
+        graph.edge(("queries", etl["query_id"]), ("etls", etl["etl_id"]))
+    for name in graph.nodes["feature-sets"]:
+        _, described = api("GET", "/feature-sets/" + segment(name))
+        for version in (described or {}).get("versions", []):
+            graph.edge(("etls", version["etl_id"]), ("feature-sets", name))
+    return graph
+
+
+def layout(graph: Graph) -> dict[tuple[str, str], tuple[float, float]]:
+    """The top-left corner of every node: one column per kind, ordered by the parents' mean row."""
+    rows: dict[tuple[str, str], float] = {}
+    for kind in COLUMNS:
+        def parents_row(node_id: str) -> float:
+            seen = [rows[p] for p, c in graph.edges if c == (kind, node_id) and p in rows]
+            return sum(seen) / len(seen) if seen else float("inf")
+        ordered = sorted(graph.nodes[kind], key=lambda node_id: (parents_row(node_id), graph.nodes[kind][node_id]))
+        rows.update({(kind, node_id): row for row, node_id in enumerate(ordered)})
+    return {node: (10 + COLUMNS.index(node[0]) * COLUMN_W, TOP + row * (NODE_H + GAP)) for node, row in rows.items()}
+
+
+def lineage_svg(graph: Graph) -> Markup:
+    """The graph as an inline <svg>: nodes are links to their pages, edges are curves left to right."""
+    where = layout(graph)
+    rows = max([len(nodes) for nodes in graph.nodes.values()] + [1])
+    width, height = 10 + len(COLUMNS) * COLUMN_W, TOP + rows * (NODE_H + GAP)
+    parts = [f'<svg class="lineage" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+             f'aria-label="Lineage: sources, queries, ETLs and feature sets" xmlns="http://www.w3.org/2000/svg">'
+             f'<title>Lineage</title>']
+    parts += [f'<text class="heading" x="{10 + i * COLUMN_W}" y="20">{heading}</text>'
+              for i, heading in enumerate(HEADINGS)]
+    for parent, child in sorted(graph.edges):
+        (x1, y1), (x2, y2) = where[parent], where[child]
+        x1, y1, y2, middle = x1 + NODE_W, y1 + NODE_H / 2, y2 + NODE_H / 2, (x1 + NODE_W + x2) / 2
+        parts.append(f'<path class="edge" d="M{x1},{y1} C{middle},{y1} {middle},{y2} {x2},{y2}"/>')
+    for (kind, node_id), (x, y) in sorted(where.items()):
+        parts.append(_node(kind, node_id, graph.nodes[kind][node_id], x, y))
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _node(kind: str, node_id: str, label: str, x: float, y: float) -> str:
+    endpoint, argument = PAGES[kind]
+    href = url_for(endpoint, **{argument: node_id})
+    text = label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "…"
+    return (f'<a href="{escape(href)}" class="node {kind}" aria-label="{escape(kind[:-1])} {escape(label)}">'
+            f'<rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="6"/>'
+            f'<text x="{x + 10}" y="{y + NODE_H / 2 + 5}">{escape(text)}</text><title>{escape(node_id)}</title></a>')
+
+
+@bp.get("/lineage")
+def lineage() -> str:
+    graph = read_graph()
+    return page("lineage.html", title="Lineage", svg=lineage_svg(graph), refused=graph.refused,
+                empty=not any(graph.nodes.values()))
