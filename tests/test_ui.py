@@ -204,3 +204,6 @@ def test_plot_folds_long_category_lists_and_escapes_labels():
     assert trained[-1] == pytest.approx(0.05 * 9) and served[-1] == pytest.approx(0.05 * 9)
     svg = str(distribution_svg("x", training, None))
     assert "<b>" not in svg and "&lt;b&gt;0&lt;/b&gt;" in svg and 'class="serve"' not in svg
+    boolean = {"kind": "categorical", "top": [{"value": "True", "share": 0.7}, {"value": "False", "share": 0.3}],
+               "other_share": 0.0}
+    assert buckets(boolean, {"serving_shares": [1.0, 0.0, 0.0]}) == (["True", "False"], [0.7, 0.3], [1.0, 0.0])

@@ -26,7 +26,10 @@ def buckets(training: dict[str, Any], skew: dict[str, Any] | None) -> tuple[list
     top = training.get("top") or []
     labels = [str(t["value"]) for t in top] + ["(other)"]
     trained = [t["share"] for t in top] + [training.get("other_share", 0.0)]
-    return _fold(labels, trained, skew.get("serving_shares"))
+    served = skew.get("serving_shares")
+    if not trained[-1] and not (served and served[-1]):  # nothing outside the top categories: no "(other)"
+        labels, trained, served = labels[:-1], trained[:-1], served[:-1] if served else None
+    return _fold(labels, trained, served)
 
 
 def _fold(labels: list[str], trained: list[float],
@@ -83,7 +86,7 @@ def _legend(served: bool) -> str:
 
 def _bar(x: float, width: float, share: float, top: float, plot_h: float, kind: str, tip: str) -> str:
     height = plot_h * share / top
-    return (f'<rect class="{kind}" x="{x:.1f}" y="{TOP + plot_h - height:.1f}" width="{width:.1f}" '
+    return (f'<rect class="bar {kind}" x="{x:.1f}" y="{TOP + plot_h - height:.1f}" width="{width:.1f}" '
             f'height="{height:.1f}"><title>{escape(tip)}</title></rect>')
 
 
