@@ -2,16 +2,19 @@
 API's answers, that roles apply (a serving key is refused and sees no ETL code), CSRF, no key in URLs."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import close_app, create_app
 from app.auth import create_key
+from checks.consistency import ReplayReport
 from tests.conftest import app_config
 from tests.ui_demo import client_call, populate_demo, populate_shop
 from ui.plots import MAX_BARS, buckets, distribution_svg
@@ -126,6 +129,26 @@ def test_etl_page_shows_code_at_its_commit_state_expectations_and_skew_plots(cat
     assert '<code>minutes_to_bind_z</code></td><td><code>{"type":"float","min":-10,"max":10}</code>' in fitted
 
 
+def test_etl_page_shows_the_consistency_report_its_record_carries(make_app, tmp_path):
+    app = make_app(AUTH="on", ADMIN_KEY=ADMIN_KEY)  # its own catalog: the record added here stays out of the others
+    demo = populate_demo(client_call(app.test_client(), ADMIN), tmp_path / "repo")
+    admin = app.test_client()
+    _login(admin, ADMIN_KEY)
+    store = app.extensions["feature_service"].catalog
+    report = ReplayReport(columns=["user_id", "is_mobile"])
+    report.add("u1", pd.DataFrame({"user_id": ["u1"], "is_mobile": [True]}),
+               pd.DataFrame({"user_id": ["u1"], "is_mobile": [False]}))
+    report.add("u2", pd.DataFrame({"user_id": ["u2"], "is_mobile": [True]}),
+               pd.DataFrame({"user_id": ["u2"], "is_mobile": [True]}))
+    replayed = dataclasses.replace(store.get_etl(demo["etl_ids"]["quote_features"]), etl_id="e_00000000000000c0",
+                                   extra={"consistency": report.to_dict()})  # as a registration replay records it
+    store.save_etl(replayed)
+    page = _text(admin, f"/ui/etls/{replayed.etl_id}")
+    assert "2 entities replayed: served rows differ from training rows." in page
+    assert "<td><code>is_mobile</code></td><td>50.0%</td>" in page and "<td><code>user_id</code></td><td>0.0%</td>" in page
+    assert "Consistency report" not in _text(admin, f"/ui/etls/{demo['etl_ids']['quote_features']}")
+
+
 def test_serving_key_is_refused_and_sees_no_etl_code_but_a_scientist_does(catalog):
     app, demo, _ = catalog
     etl_id = demo["etl_ids"]["quote_features"]
@@ -149,7 +172,8 @@ def test_feature_set_page_marks_production_and_diffs_two_versions(catalog, admin
     assert re.search(r'<tr class="production"><td>1</td>', page)
     assert '<code class="added">+minutes_to_bind_z</code>' in page and '<code class="removed">−minutes_to_bind</code>' in page
     old, new = demo["etl_ids"]["quote_features"], demo["etl_ids"]["fitted_features"]
-    assert re.search(rf'etl_id changed: <a href="/ui/etls/{old}">[^<]+</a> → <a href="/ui/etls/{new}">', page)
+    assert f'etl_id changed: <a href="/ui/etls/{old}">quote_features</a> → <a href="/ui/etls/{new}">fitted_features</a>' \
+        in page
     assert "query_id changed" not in page
     reverse = _text(admin, "/ui/feature-sets/conversion?a=2&b=1")
     assert '<code class="added">+minutes_to_bind</code>' in reverse

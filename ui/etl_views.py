@@ -56,7 +56,13 @@ def feature_set(name: str) -> str:
     newer = by_number.get(request.args.get("b", ""), versions[-1] if versions else None)
     return page("feature_set.html", title=f"Feature set {name}", status=status, answer=answer, versions=versions,
                 older=older, newer=newer, diff=version_diff(older, newer) if older and newer else None,
-                production=next((v["version"] for v in versions if v.get("stage") == "production"), None))
+                production=next((v["version"] for v in versions if v.get("stage") == "production"), None),
+                names={**query_names(), **etl_names()} if versions else {})
+
+
+def etl_names() -> dict[str, str]:
+    """ETL id -> name, for links."""
+    return {e["etl_id"]: e["name"] for e in api_items("/etls")[1]}
 
 
 def version_diff(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
