@@ -191,6 +191,20 @@ def test_lineage_draws_every_dependency_and_every_node_links_to_its_page(catalog
     assert svg.count('class="edge"') == 6 + 3 + 3
 
 
+def test_lineage_from_a_page_lights_what_the_node_is_built_from_and_what_is_built_on_it(catalog, admin):
+    _, _, shop = catalog
+    page = _text(admin, f"/ui/queries/{shop['query_id']}")
+    link = re.search(r'<a href="([^"]+)">Lineage of this query</a>', page).group(1).replace("&amp;", "&")
+    svg = _text(admin, link)
+    lit = set(re.findall(r'class="node [a-z-]+(?: focus)?" aria-label="([^"]+)"', svg))
+    assert lit == {"source page_views", "source orders", "query activity", "ETL customer_features",
+                   "feature set shop_activity"}
+    assert 'class="node queries focus" aria-label="query activity"' in svg
+    assert svg.count('class="edge"') == 2 + 1 + 1 and svg.count('class="edge dim"') == 4 + 2 + 2
+    assert 'class="node' in _text(admin, "/ui/lineage?focus=etls/no_such_etl") and "Lit:" not in \
+        _text(admin, "/ui/lineage?focus=etls/no_such_etl")  # an unknown focus: the whole graph, nothing dimmed
+
+
 def test_home_shows_health_counts_recent_registrations_and_searches_columns_and_tags(catalog, admin):
     page = _text(admin, "/ui/")
     assert "All backends answer." in page and page.count('<span class="dot ok"') == 3

@@ -132,13 +132,18 @@ def test_lineage_nodes_link_to_their_pages(server, browser):
     shot(browser, "lineage")
     nodes = browser.find_elements(By.CSS_SELECTOR, "svg.lineage a.node")
     assert len(nodes) == 13 and len(browser.find_elements(By.CSS_SELECTOR, "svg.lineage path.edge")) == 12
-    etl = next(n for n in nodes if n.get_attribute("aria-label") == "etl customer_features")
+    etl = next(n for n in nodes if n.get_attribute("aria-label") == "ETL customer_features")
     etl.click()  # a click on the drawn box, as a person would
     assert heading(browser) == "ETL customer_features"
     browser.back()
     for node in links_in(browser, "svg.lineage a.node"):
         browser.get(node)
         assert browser.find_element(By.TAG_NAME, "h1").is_displayed() and not refusals(browser), node
+    browser.get(f"{server['base']}/ui/queries/{server['shop']['query_id']}")
+    browser.find_element(By.LINK_TEXT, "Lineage of this query").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.lineage a.node:not(.dim)")) == 5
+    assert "dim" in browser.find_element(By.CSS_SELECTOR, "a.node[aria-label='query quote_join']").get_attribute("class")
+    shot(browser, "lineage-of-a-query")
 
 
 def test_the_skew_plot_of_a_flagged_feature_is_drawn(server, browser):
