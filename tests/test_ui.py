@@ -154,15 +154,17 @@ def test_serving_key_is_refused_and_sees_no_etl_code_but_a_scientist_does(catalo
     etl_id = demo["etl_ids"]["quote_features"]
     serving = app.test_client()
     assert _login(serving, _key_of_role(app, "serving")).status_code == 302
-    page = _text(serving, f"/ui/etls/{etl_id}")
+    page = _text(serving, f"/ui/etls/{etl_id}", 403)
     assert "The API refused: 403 forbidden" in page and "MOBILE_DEVICES" not in page and "sha256" not in page
     for path in ("/ui/queries", "/ui/etls", "/ui/sources", "/ui/feature-sets", "/ui/keys"):
-        assert "The API refused: 403" in _text(serving, path), path
+        assert "The API refused: 403" in _text(serving, path, 403), path
     assert "not readable with this key" in _text(serving, "/ui/")
     scientist = app.test_client()
     _login(scientist, _key_of_role(app, "scientist"))
     assert "MOBILE_DEVICES" in _text(scientist, f"/ui/etls/{etl_id}")
-    assert "The API refused: 403" in _text(scientist, "/ui/keys")
+    assert "The API refused: 403" in _text(scientist, "/ui/keys", 403)
+    assert "The API refused: 404 source_not_found" in _text(scientist, "/ui/sources/no_such_source", 404)
+    assert "The API refused: 400" in _text(scientist, "/ui/etls/not-an-id", 400)
 
 
 def test_feature_set_page_marks_production_and_diffs_two_versions(catalog, admin):

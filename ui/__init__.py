@@ -18,6 +18,7 @@ from app.api import API_PREFIX
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
 OPEN_ENDPOINTS = ("ui.login", "ui.static")
 LIST_LIMIT = 500  # the API's largest page
+Page = tuple[str, int]  # a rendered page and its HTTP status
 
 
 def install_ui(app: Flask) -> None:
@@ -73,9 +74,11 @@ def template_helpers() -> dict[str, Any]:
     return {"csrf_token": csrf_token}
 
 
-def page(template: str, **context: Any) -> str:
-    """Render a page with the logged-in role (templates hide what a role may not see)."""
-    return render_template(template, role=session.get("role"), **context)
+def page(template: str, **context: Any) -> Page:
+    """Render a page with the logged-in role (templates hide what a role may not see); a page whose API
+    call was refused answers with the API's status (403, 404, …) as well as saying so."""
+    status = context.get("status", 200)
+    return render_template(template, role=session.get("role"), **context), status if status >= 400 else 200
 
 
 def may_read_code() -> bool:
@@ -114,7 +117,7 @@ def logout() -> Any:
 
 
 @bp.route("/keys", methods=["GET", "POST"])
-def keys() -> str:
+def keys() -> Page:
     """Admins list, create (shown once) and revoke keys; others see the API's refusal."""
     created = None
     if request.method == "POST" and request.form.get("revoke"):

@@ -5,7 +5,7 @@ from typing import Any
 
 from flask import request
 
-from ui import api, api_items, bp, may_read_code, page, segment
+from ui import Page, api, api_items, bp, may_read_code, page, segment
 from ui.plots import distribution_svg
 from ui.views import highlighted, query_names
 
@@ -13,13 +13,13 @@ DIFFED_FIELDS = ("query_id", "etl_id", "index_key", "description", "tags")
 
 
 @bp.get("/etls")
-def etls() -> str:
+def etls() -> Page:
     status, items, answer = api_items("/etls")
     return page("etls.html", title="ETLs", status=status, answer=answer, items=items, query_names=query_names())
 
 
 @bp.get("/etls/<etl_id>")
-def etl(etl_id: str) -> str:
+def etl(etl_id: str) -> Page:
     """An ETL: code at its commit (scientist/admin), fitted state, expectations, statistics, skew plots."""
     status, answer = api("GET", "/etls/" + segment(etl_id))
     if status != 200:
@@ -41,13 +41,13 @@ def _plots(training_stats: dict[str, Any], skew: dict[str, Any] | None) -> dict[
 
 
 @bp.get("/feature-sets")
-def feature_sets() -> str:
+def feature_sets() -> Page:
     status, items, answer = api_items("/feature-sets")
     return page("feature_sets.html", title="Feature sets", status=status, answer=answer, items=items)
 
 
 @bp.get("/feature-sets/<name>")
-def feature_set(name: str) -> str:
+def feature_set(name: str) -> Page:
     """Every version with its stage, the production one marked, and a diff of two chosen versions."""
     status, answer = api("GET", "/feature-sets/" + segment(name))
     versions = answer.get("versions", []) if status == 200 else []

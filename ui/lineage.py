@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from flask import request, url_for
 from markupsafe import Markup, escape
 
-from ui import api, api_items, bp, page, segment
+from ui import Page, api, api_items, bp, page, segment
 
 COLUMNS = ("sources", "queries", "etls", "feature-sets")
 HEADINGS = ("Sources", "Queries", "ETLs", "Feature sets")
@@ -119,7 +119,7 @@ def _node(node: Node, label: str, x: float, y: float, state: str) -> str:
 
 
 @bp.get("/lineage")
-def lineage() -> str:
+def lineage() -> Page:
     """The whole graph; `?focus=<kind>/<id>` (as the detail pages link) lights what is connected to one node."""
     graph = read_graph()
     kind, _, node_id = request.args.get("focus", "").partition("/")

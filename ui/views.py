@@ -10,7 +10,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer, SqlLexer
 
-from ui import api, api_items, bp, page, segment
+from ui import Page, api, api_items, bp, page, segment
 
 KINDS = {"sources": "/sources", "queries": "/queries", "etls": "/etls", "feature-sets": "/feature-sets"}
 TITLES = {"sources": "Sources", "queries": "Queries", "etls": "ETLs", "feature-sets": "Feature sets"}
@@ -21,11 +21,6 @@ RECENT = 10
 def item_id(kind: str, item: dict[str, Any]) -> str:
     """The id a page of `kind` is found by: a name, or a query's / ETL's id."""
     return item.get({"queries": "query_id", "etls": "etl_id"}.get(kind, "name")) or ""
-
-
-def label(kind: str, item: dict[str, Any]) -> str:
-    """What a person calls an item: its name, else its id."""
-    return item.get("name") or item_id(kind, item)
 
 
 def highlighted(code: str, language: str) -> Markup:
@@ -64,7 +59,7 @@ def recent(lists: dict[str, list[dict[str, Any]]]) -> list[tuple[str, dict[str, 
 
 
 @bp.get("/")
-def home() -> str:
+def home() -> Page:
     """Health of every backend, counts, recent registrations and a search over what the key may read."""
     status, health = api("GET", "/health")
     health = health if isinstance(health, dict) else {}
@@ -78,13 +73,13 @@ def home() -> str:
 
 
 @bp.get("/sources")
-def sources() -> str:
+def sources() -> Page:
     status, items, answer = api_items("/sources")
     return page("sources.html", title="Sources", status=status, answer=answer, items=items)
 
 
 @bp.get("/sources/<name>")
-def source(name: str) -> str:
+def source(name: str) -> Page:
     """A source: columns, keys, event time, hot window, rows in each store and the queries using it."""
     status, answer = api("GET", "/sources/" + segment(name))
     names = query_names() if status == 200 else {}
@@ -97,13 +92,13 @@ def query_names() -> dict[str, str]:
 
 
 @bp.get("/queries")
-def queries() -> str:
+def queries() -> Page:
     status, items, answer = api_items("/queries")
     return page("queries.html", title="Queries", status=status, answer=answer, items=items)
 
 
 @bp.route("/queries/<query_id>", methods=["GET", "POST"])
-def query(query_id: str) -> str:
+def query(query_id: str) -> Page:
     """A saved query: highlighted SQL, schema, who saved it, its ETLs and a realtime "try it" form."""
     status, answer = api("GET", "/queries/" + segment(query_id))
     if status != 200:
