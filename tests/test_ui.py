@@ -16,6 +16,7 @@ from app import close_app, create_app
 from app.auth import create_key
 from checks.consistency import ReplayReport
 from tests.conftest import app_config
+from tests.server_process import free_port
 from tests.ui_demo import client_call, populate_demo, populate_shop
 from ui.plots import MAX_BARS, buckets, distribution_svg
 
@@ -218,6 +219,14 @@ def test_home_shows_health_counts_recent_registrations_and_searches_columns_and_
     by_tag = _text(admin, "/ui/?q=shop").split("Results for")[1].split("</section>")[0]
     assert 'href="/ui/sources/orders"' in by_tag and 'href="/ui/feature-sets/shop_activity"' in by_tag
     assert "Nothing found." in _text(admin, "/ui/?q=no+such+thing+anywhere")
+
+
+def test_home_names_a_backend_that_is_down(make_app):
+    app = make_app(AUTH="on", ADMIN_KEY=ADMIN_KEY, WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/fs")
+    client = app.test_client()
+    _login(client, ADMIN_KEY)
+    page = _text(client, "/ui/")
+    assert "A backend is down." in page and "warehouse: down" in page and "catalog: ok" in page
 
 
 def test_form_without_csrf_is_refused(catalog):
