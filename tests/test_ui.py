@@ -113,7 +113,8 @@ def test_etl_page_shows_code_at_its_commit_state_expectations_and_skew_plots(cat
     call = client_call(app.test_client(), ADMIN)
     record = call("GET", f"/v1.0/etls/{demo['etl_ids']['quote_features']}")
     page = _text(admin, f"/ui/etls/{record['etl_id']}")
-    for shown in (record["source"]["commit"], record["code_sha256"], record["source"]["repo"], "etls/quote_features.py"):
+    source = record["source"]
+    for shown in (source["commit"], record["code_sha256"], source["repo"], "etls/quote_features.py"):
         assert shown in page
     assert '<span class="k">def</span><span class="w"> </span><span class="nf">is_mobile</span>' in page
     skew = call("GET", f"/v1.0/etls/{record['etl_id']}/skew")
@@ -146,7 +147,8 @@ def test_etl_page_shows_the_consistency_report_its_record_carries(make_app, tmp_
     store.save_etl(replayed)
     page = _text(admin, f"/ui/etls/{replayed.etl_id}")
     assert "2 entities replayed: served rows differ from training rows." in page
-    assert "<td><code>is_mobile</code></td><td>50.0%</td>" in page and "<td><code>user_id</code></td><td>0.0%</td>" in page
+    assert "<td><code>is_mobile</code></td><td>50.0%</td>" in page
+    assert "<td><code>user_id</code></td><td>0.0%</td>" in page
     assert "Consistency report" not in _text(admin, f"/ui/etls/{demo['etl_ids']['quote_features']}")
 
 
@@ -173,10 +175,11 @@ def test_feature_set_page_marks_production_and_diffs_two_versions(catalog, admin
     page = _text(admin, "/ui/feature-sets/conversion")
     assert "In production: <strong>version 1</strong>" in page
     assert re.search(r'<tr class="production"><td>1</td>', page)
-    assert '<code class="added">+minutes_to_bind_z</code>' in page and '<code class="removed">−minutes_to_bind</code>' in page
+    assert '<code class="added">+minutes_to_bind_z</code>' in page
+    assert '<code class="removed">−minutes_to_bind</code>' in page
     old, new = demo["etl_ids"]["quote_features"], demo["etl_ids"]["fitted_features"]
-    assert f'etl_id changed: <a href="/ui/etls/{old}">quote_features</a> → <a href="/ui/etls/{new}">fitted_features</a>' \
-        in page
+    assert (f'etl_id changed: <a href="/ui/etls/{old}">quote_features</a> → '
+            f'<a href="/ui/etls/{new}">fitted_features</a>') in page
     assert "query_id changed" not in page
     reverse = _text(admin, "/ui/feature-sets/conversion?a=2&b=1")
     assert '<code class="added">+minutes_to_bind</code>' in reverse

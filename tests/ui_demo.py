@@ -64,8 +64,9 @@ def populate_shop(call: Call, repo_dir: Path, customers: int = 60) -> dict[str, 
              content_type="application/vnd.apache.arrow.stream")
     query = call("POST", "/v1.0/query/train?save=true&include_data=false",
                  {"query": (SHOP / "customer_activity.sql").read_text(), "query_name": "activity"})
+    etl_path = str(example_repo(repo_dir).file("etls/customer_features.py"))
     etl = call("POST", "/v1.0/extract/train?save=true&hot_window=true",
-               {"query_id": query["query_id"], "etl_path": str(example_repo(repo_dir).file("etls/customer_features.py"))})
+               {"query_id": query["query_id"], "etl_path": etl_path})
     call("POST", "/v1.0/feature-sets", {"name": "shop_activity", "query_id": query["query_id"],
                                         "etl_id": etl["etl_id"], "description": "shop customers", "tags": ["shop"]})
     served = [row["customer_id"] for row in etl["data"]][:20]

@@ -62,7 +62,8 @@ def csrf_token() -> str:
 def check_csrf_and_login() -> Any:
     """Forms need the session's CSRF token; pages other than login (and the stylesheet) need a key."""
     expected = session.get("csrf")
-    if request.method == "POST" and (not expected or not secrets.compare_digest(request.form.get("csrf", ""), expected)):
+    sent = request.form.get("csrf", "")
+    if request.method == "POST" and (not expected or not secrets.compare_digest(sent, expected)):
         abort(400, "missing or wrong CSRF token")
     if request.endpoint not in OPEN_ENDPOINTS and "key" not in session:
         return redirect(url_for("ui.login"))

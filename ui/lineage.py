@@ -7,17 +7,16 @@ parents, which keeps most edges from crossing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from flask import request, url_for
+
+from flask import request
 from markupsafe import Markup, escape
 
 from ui import Page, api, api_items, bp, page, segment
+from ui.views import KINDS, TITLES, item_id, page_url
 
-COLUMNS = ("sources", "queries", "etls", "feature-sets")
-HEADINGS = ("Sources", "Queries", "ETLs", "Feature sets")
+COLUMNS = tuple(KINDS)  # left to right
 NODE_W, NODE_H, GAP, COLUMN_W, TOP = 190, 34, 14, 250, 34
 LABEL_CHARS = 24
-PAGES = {"sources": ("ui.source", "name"), "queries": ("ui.query", "query_id"), "etls": ("ui.etl", "etl_id"),
-         "feature-sets": ("ui.feature_set", "name")}  # kind -> (page endpoint, its argument)
 NOUNS = {"sources": "source", "queries": "query", "etls": "ETL", "feature-sets": "feature set"}
 Node = tuple[str, str]  # (kind, id)
 
@@ -57,8 +56,7 @@ def read_graph() -> Graph:
         if status != 200:
             graph.refused.append(kind)
         listed[kind] = items
-        key = {"queries": "query_id", "etls": "etl_id"}.get(kind, "name")
-        graph.nodes[kind] = {item[key]: item.get("name") or item[key] for item in items}
+        graph.nodes[kind] = {item_id(kind, item): item.get("name") or item_id(kind, item) for item in items}
     for name in graph.nodes["sources"]:
         _, described = api("GET", "/sources/" + segment(name))
         for query_id in (described or {}).get("dependent_queries", []):
@@ -94,8 +92,8 @@ def lineage_svg(graph: Graph, focus: Node | None = None) -> Markup:
     parts = [f'<svg class="lineage" viewBox="0 0 {width} {height}" width="{width}" role="img" '
              f'aria-label="Lineage: sources, queries, ETLs and feature sets" xmlns="http://www.w3.org/2000/svg">'
              f'<title>Lineage</title>']
-    parts += [f'<text class="heading" x="{10 + i * COLUMN_W}" y="20">{heading}</text>'
-              for i, heading in enumerate(HEADINGS)]
+    parts += [f'<text class="heading" x="{10 + i * COLUMN_W}" y="20">{TITLES[kind]}</text>'
+              for i, kind in enumerate(COLUMNS)]
     for parent, child in sorted(graph.edges):
         (x1, y1), (x2, y2) = where[parent], where[child]
         x1, y1, y2, middle = x1 + NODE_W, y1 + NODE_H / 2, y2 + NODE_H / 2, (x1 + NODE_W + x2) / 2
@@ -110,8 +108,7 @@ def lineage_svg(graph: Graph, focus: Node | None = None) -> Markup:
 
 def _node(node: Node, label: str, x: float, y: float, state: str) -> str:
     kind, node_id = node
-    endpoint, argument = PAGES[kind]
-    href = url_for(endpoint, **{argument: node_id})
+    href = page_url(kind, node_id)
     text = label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "…"
     return (f'<a href="{escape(href)}" class="node {kind}{state}" aria-label="{NOUNS[kind]} {escape(label)}">'
             f'<rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="6"/>'

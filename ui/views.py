@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Iterable
 
-from flask import abort, request
+from flask import abort, request, url_for
 from markupsafe import Markup
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -14,13 +14,22 @@ from ui import Page, api, api_items, bp, page, segment
 
 KINDS = {"sources": "/sources", "queries": "/queries", "etls": "/etls", "feature-sets": "/feature-sets"}
 TITLES = {"sources": "Sources", "queries": "Queries", "etls": "ETLs", "feature-sets": "Feature sets"}
+PAGES = {"sources": ("ui.source", "name"), "queries": ("ui.query", "query_id"), "etls": ("ui.etl", "etl_id"),
+         "feature-sets": ("ui.feature_set", "name")}  # kind -> (its page's endpoint, the argument naming one)
 RECENT = 10
 
 
 @bp.app_template_global()
 def item_id(kind: str, item: dict[str, Any]) -> str:
     """The id a page of `kind` is found by: a name, or a query's / ETL's id."""
-    return item.get({"queries": "query_id", "etls": "etl_id"}.get(kind, "name")) or ""
+    return item.get(PAGES[kind][1]) or ""
+
+
+@bp.app_template_global()
+def page_url(kind: str, id: str) -> str:  # noqa: A002 - the templates' word for it
+    """The URL of an item's page."""
+    endpoint, argument = PAGES[kind]
+    return url_for(endpoint, **{argument: id})
 
 
 def highlighted(code: str, language: str) -> Markup:
