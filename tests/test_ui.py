@@ -232,6 +232,13 @@ def test_home_names_a_backend_that_is_down(make_app):
     assert "A backend is down." in page and "warehouse: down" in page and "catalog: ok" in page
 
 
+def test_with_authentication_off_any_text_logs_in_as_admin(make_app):
+    """As `scripts/serve.sh` runs by default: the API is open, so the UI is too (the README says so)."""
+    client = make_app(AUTH="off").test_client()
+    assert _login(client, "anything").status_code == 302
+    assert "Log out <span class=\"role\">admin</span>" in _text(client, "/ui/") and _text(client, "/ui/keys")
+
+
 def test_form_without_csrf_is_refused(catalog):
     client = catalog[0].test_client()
     assert client.post("/ui/login", data={"key": ADMIN_KEY}).status_code == 400
