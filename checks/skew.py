@@ -135,7 +135,9 @@ def _numeric_checks(train: dict[str, Any], present: pd.Series, thresholds: dict[
         checks.append(_limit("mean_shift_std", report["mean_shift_std"], thresholds["mean_shift_std"],
                              math.sqrt(1 / n + 1 / m), enough))
     shares = np.asarray(train["bin_shares"])
-    report["psi"] = psi(shares, bin_shares(numbers, np.asarray(train["bin_edges"])))
+    served_shares = bin_shares(numbers, np.asarray(train["bin_edges"]))
+    report["serving_bin_shares"] = served_shares.tolist()  # over the training bins, for plots
+    report["psi"] = psi(shares, served_shares)
     report["psi_buckets"] = int(np.count_nonzero(shares))
     checks.append(_limit("psi", report["psi"], thresholds["psi"], _psi_noise(report["psi_buckets"], n, m), enough))
     return checks
@@ -148,7 +150,8 @@ def _categorical_checks(train: dict[str, Any], present: pd.Series, thresholds: d
     text = present.astype(str)
     actual = [float((text == t["value"]).mean()) for t in train["top"]]
     expected = np.array([t["share"] for t in train["top"]] + [train["other_share"]])
-    report["psi"] = psi(expected, np.array(actual + [max(0.0, 1 - sum(actual))]))
+    report["serving_shares"] = actual + [max(0.0, 1 - sum(actual))]  # training's categories, then the rest
+    report["psi"] = psi(expected, np.array(report["serving_shares"]))
     report["psi_buckets"] = int(np.count_nonzero(expected > 1e-12))
     return [_limit("psi", report["psi"], thresholds["psi"], _psi_noise(report["psi_buckets"], len(text), m),
                    enough)]

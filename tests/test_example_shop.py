@@ -10,11 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import JsonClient
+from tests.ui_demo import arrow_body
 from tests.walkthrough import example_repo
 
 SHOP = Path(__file__).resolve().parent.parent / "examples" / "shop"
@@ -22,13 +22,6 @@ sys.path.insert(0, str(SHOP))
 from generate import generate  # noqa: E402 - the example's own generator
 
 WAREHOUSES = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def arrow_body(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 @pytest.fixture(params=WAREHOUSES)

@@ -131,3 +131,15 @@ def test_a_real_type_change_is_still_one():
     mixed = frame_schema(pd.DataFrame({"answer": pd.Series([True, "unsure"], dtype=object)}))
     as_time = served_schema(pd.DataFrame({"answer": [pd.Timestamp("2024-01-01")]}))
     assert not compare_schemas(mixed, as_time).ok
+
+
+def test_the_report_carries_the_serving_shares_over_the_training_buckets(training):
+    """What the UI plots: served shares per training bin (numbers) or category (the rest last)."""
+    stats = frame_stats(training)
+    mobile = training[training["is_mobile"]].head(60)
+    features = skew_report(stats, served_window(mobile), THRESHOLDS, MIN_SAMPLES)["features"]
+    numeric = features["minutes_to_bind"]["serving_bin_shares"]
+    assert len(numeric) == len(stats["minutes_to_bind"]["bin_shares"]) and sum(numeric) == pytest.approx(1.0)
+    categories = [t["value"] for t in stats["is_mobile"]["top"]]
+    assert dict(zip(categories + ["(other)"], features["is_mobile"]["serving_shares"])) == \
+        {"True": 1.0, "False": 0.0, "(other)": 0.0}

@@ -2,7 +2,8 @@
 
 Every page calls the API through Flask's test client with the logged-in key, so the API's role checks apply
 unchanged: nothing the API refuses is possible here. The key lives in the session cookie (HttpOnly,
-SameSite=Strict), never in a URL; every form carries a CSRF token.
+SameSite=Strict), never in a URL; every form carries a CSRF token. The pages are in `ui.views` and
+`ui.etl_views`, the SVG plots in `ui.plots`, the lineage graph in `ui.lineage`.
 """
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ from flask import Blueprint, Flask, abort, current_app, redirect, render_templat
 
 from app.api import API_PREFIX
 
-bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
+bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
+OPEN_ENDPOINTS = ("ui.login", "ui.static")
+LIST_LIMIT = 500  # the API's largest page
+Page = tuple[str, int]  # a rendered page and its HTTP status
 
 
 def install_ui(app: Flask) -> None:
     """Register the UI and make its session cookie safe (a per-process secret unless one is set)."""
+    from ui import etl_views, lineage, views  # noqa: F401 - registers the routes on `bp`
+
     app.secret_key = app.config.get("UI_SECRET_KEY") or secrets.token_hex(32)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
     app.register_blueprint(bp)
@@ -32,6 +38,19 @@ def api(method: str, path: str, body: Any = None) -> tuple[int, Any]:
     return answer.status_code, answer.get_json(silent=True)
 
 
+def segment(name: str) -> str:
+    """`name` as one path segment of an API call, never a query string or a second segment."""
+    return quote(str(name), safe="")
+
+
+def api_items(path: str, **params: str) -> tuple[int, list[dict[str, Any]], Any]:
+    """A listing's items (up to LIST_LIMIT): (status, items, the whole answer); no items when refused."""
+    query = "&".join(f"{key}={quote(value, safe='')}" for key, value in {"limit": str(LIST_LIMIT), **params}.items())
+    status, answer = api("GET", f"{path}?{query}")
+    items = answer.get("items", []) if status == 200 and isinstance(answer, dict) else []
+    return status, items, answer
+
+
 def csrf_token() -> str:
     """This session's CSRF token (made on first use)."""
     if "csrf" not in session:
@@ -41,11 +60,12 @@ def csrf_token() -> str:
 
 @bp.before_request
 def check_csrf_and_login() -> Any:
-    """Forms need the session's CSRF token; pages other than login need a key."""
+    """Forms need the session's CSRF token; pages other than login (and the stylesheet) need a key."""
     expected = session.get("csrf")
-    if request.method == "POST" and (not expected or not secrets.compare_digest(request.form.get("csrf", ""), expected)):
+    sent = request.form.get("csrf", "")
+    if request.method == "POST" and (not expected or not secrets.compare_digest(sent, expected)):
         abort(400, "missing or wrong CSRF token")
-    if request.endpoint != "ui.login" and "key" not in session:
+    if request.endpoint not in OPEN_ENDPOINTS and "key" not in session:
         return redirect(url_for("ui.login"))
     return None
 
@@ -55,8 +75,16 @@ def template_helpers() -> dict[str, Any]:
     return {"csrf_token": csrf_token}
 
 
-def page(template: str, **context: Any) -> str:
-    return render_template(template, role=session.get("role"), **context)
+def page(template: str, **context: Any) -> Page:
+    """Render a page with the logged-in role (templates hide what a role may not see); a page whose API
+    call was refused answers with the API's status (403, 404, …) as well as saying so."""
+    status = context.get("status", 200)
+    return render_template(template, role=session.get("role"), **context), status if status >= 400 else 200
+
+
+def may_read_code() -> bool:
+    """ETL code, its repository and commit are for scientists and admins only."""
+    return session.get("role") in ("admin", "scientist")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -72,14 +100,14 @@ def login() -> Any:
         else:
             session["role"] = role
             return redirect(url_for("ui.home"))
-    return page("login.html", error=error)
+    return page("login.html", error=error, title="Log in")
 
 
 def _role_of_key() -> str | None:
     """The key's role, found by what the API lets it read (admin: keys; scientist: queries; serving: neither)."""
     if api("GET", "/keys")[0] == 200:
         return "admin"
-    status = api("GET", "/queries")[0]
+    status = api("GET", "/queries?limit=1")[0]
     return "scientist" if status == 200 else ("serving" if status == 403 else None)
 
 
@@ -89,52 +117,13 @@ def logout() -> Any:
     return redirect(url_for("ui.login"))
 
 
-@bp.get("/")
-def home() -> str:
-    """Health, counts and a search over what the key may read."""
-    status, health = api("GET", "/health")
-    lists = {name: _list(path) for name, path in
-             (("queries", "/queries"), ("etls", "/etls"), ("feature sets", "/feature-sets"), ("sources", "/sources"))}
-    term = request.args.get("q", "").lower()
-    hits = [(kind, item) for kind, items in lists.items() for item in items if term and term in str(item).lower()]
-    return page("home.html", health=health, lists=lists, term=term, hits=hits)
-
-
-def _list(path: str) -> list[Any]:
-    status, answer = api("GET", path)
-    if status != 200:
-        return []
-    return answer if isinstance(answer, list) else next((v for v in answer.values() if isinstance(v, list)), [])
-
-
-@bp.get("/<kind>")
-def listing(kind: str) -> str:
-    paths = {"queries": "/queries", "etls": "/etls", "feature-sets": "/feature-sets", "sources": "/sources"}
-    if kind not in paths:
-        abort(404)
-    status, answer = api("GET", paths[kind])
-    return page("detail.html", title=kind, status=status, answer=answer, items=_list(paths[kind]), kind=kind)
-
-
-@bp.get("/<kind>/<name>")
-def detail(kind: str, name: str) -> str:
-    paths = {"queries": "/queries/", "etls": "/etls/", "feature-sets": "/feature-sets/", "sources": "/sources/"}
-    if kind not in paths:
-        abort(404)
-    name = quote(name, safe="")  # a name is one path segment of the API call, never a query string
-    status, answer = api("GET", paths[kind] + name)
-    skew = api("GET", f"/etls/{name}/skew") if kind == "etls" else None
-    return page("detail.html", title=f"{kind}: {name}", status=status, answer=answer, items=None, kind=kind,
-                skew=skew)
-
-
 @bp.route("/keys", methods=["GET", "POST"])
-def keys() -> str:
+def keys() -> Page:
     """Admins list, create (shown once) and revoke keys; others see the API's refusal."""
     created = None
     if request.method == "POST" and request.form.get("revoke"):
-        api("DELETE", "/keys/" + quote(request.form["revoke"], safe=""))
+        api("DELETE", "/keys/" + segment(request.form["revoke"]))
     elif request.method == "POST":
         created = api("POST", "/keys", {"name": request.form.get("name", ""), "role": request.form.get("role")})
     status, answer = api("GET", "/keys")
-    return page("keys.html", status=status, answer=answer, created=created)
+    return page("keys.html", status=status, answer=answer, created=created, title="API keys")
