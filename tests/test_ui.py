@@ -149,7 +149,9 @@ def test_etl_page_shows_the_consistency_report_its_record_carries(make_app, tmp_
     assert "2 entities replayed: served rows differ from training rows." in page
     assert "<td><code>is_mobile</code></td><td>50.0%</td>" in page
     assert "<td><code>user_id</code></td><td>0.0%</td>" in page
-    assert "Consistency report" not in _text(admin, f"/ui/etls/{demo['etl_ids']['quote_features']}")
+    registered = _text(admin, f"/ui/etls/{demo['etl_ids']['quote_features']}")  # its own registration's report
+    assert "entities replayed by <code>user_id</code>: training rows equal served rows." in registered
+    assert "nondeterministic (clock, randomness): none." in registered
 
 
 def test_serving_key_is_refused_and_sees_no_etl_code_but_a_scientist_does(catalog):
