@@ -84,7 +84,7 @@ class SqliteRealtimeStore(RealtimeStore):
         self._closed = False
         self._writing = False
         self._indexes: dict[str, list[str]] = {}  # source -> indexed columns
-        self._plans: dict[tuple[int, str], tuple[PointLookup, dict[str, str | None], PreparedQuery]] = {}
+        self._plans: dict[tuple[int, str, bool], tuple[PointLookup, dict[str, str | None], PreparedQuery]] = {}
         self._plans_lock = threading.Lock()
         self._path = database_path()
         try:
@@ -309,7 +309,7 @@ class SqliteRealtimeStore(RealtimeStore):
     def _lookup_plan(self, prepared: PreparedQuery, index_key: str) -> tuple[PointLookup, dict[str, str | None]]:
         """The point lookup (the key pushed into its sources) and the output types to decode with, once per
         query and key."""
-        key = (id(prepared), index_key)
+        key = (id(prepared), index_key, self.key_pushdown)
         plan = self._plans.get(key)
         if plan is None or plan[2] is not prepared:
             types = dict(prepared.output_types(self.tables()) or [])
