@@ -27,8 +27,8 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from common.errors import PointInTimeUnsupported
-from sql.point_in_time import (conjuncts, crossing_keys, cutting_modifier, equal_columns, has_aggregates,
-                               inline_ctes, output_selects, reads_subquery)
+from sql.point_in_time import (crossing_keys, cutting_modifier, equal_columns, has_aggregates, inline_ctes,
+                               output_selects, reads_subquery)
 from sql.prepared import ROW_ALIAS, PreparedQuery, as_sqlite_semantics, lookup_around
 from sql.types import SQLGLOT as SQLGLOT_TYPES
 
@@ -131,51 +131,27 @@ class _Pusher:
         problem = self._cross_key_problem(select, same, columns)
         if problem is not None:
             return self.refuse(select, problem)
-        keyed: dict[str, tuple[exp.Table, str]] = {}
         for item in self._items(select):
             reached = sorted(name for table, name in same if table == item.alias_or_name)
             if isinstance(item, exp.Table) and reached and item.name in self.sources:
-                keyed[item.alias_or_name] = (item.copy(), reached[0])
-                self._filter(item, reached[0], exp.Placeholder())
+                self._filter(item, reached[0])
             elif isinstance(item, exp.Subquery) and reached:
                 self.query(item.this, reached[0])
             elif isinstance(item, exp.Subquery):
                 self.refuse(item, f"the key reaches no column of subquery {item.alias_or_name!r}: join it on the key")
-        self._follow_joins(select, keyed)
         for part in ("expressions", "where", "having", "qualify"):
             if reads_subquery(select.args.get(part)):
                 for node in _expression_subqueries(select.args[part]):
                     self.refuse(node, "a subquery inside an expression (IN, EXISTS, scalar) is not filtered by the "
                                       "key: join it on the key instead")
 
-    def _filter(self, table: exp.Table, column: str, value: exp.Expression) -> None:
-        """Read `table` as ``(SELECT * FROM table AS _fs_row WHERE _fs_row.column = value)``, keeping its alias
-        (``IN`` when `value` is a query)."""
+    def _filter(self, table: exp.Table, column: str) -> None:
+        """Read `table` as ``(SELECT * FROM table AS _fs_row WHERE _fs_row.column = ?)``, keeping its alias."""
         self.filtered.add((table.name, column))
         rows = exp.table_(table.name, db=table.db or None, quoted=True, alias=exp.to_identifier(ROW_ALIAS))
-        row_column = exp.column(column, table=ROW_ALIAS, quoted=True)
-        condition = row_column.isin(query=value) if isinstance(value, exp.Select) else row_column.eq(value)
+        condition = exp.column(column, table=ROW_ALIAS, quoted=True).eq(exp.Placeholder())
         table.replace(exp.select("*").from_(rows).where(condition).subquery(
             exp.to_identifier(table.alias_or_name, quoted=True)))
-
-    def _follow_joins(self, select: exp.Select, keyed: dict[str, tuple[exp.Table, str]]) -> None:
-        """Filter each source the key does not reach, but an equality ties to a source it filters, to the rows
-        that can match it: ``t.ref_id IN (SELECT quote_id FROM quotes WHERE user_id = ?)``. Sound where the
-        equality must hold in every output row the source's rows appear in: in WHERE, or in the ON of the
-        source's own inner or LEFT join (a row of it that matches nothing is never returned)."""
-        where = conjuncts(select.args["where"].this) if select.args.get("where") else []
-        joins = [(select.args["from_"].this, None), *[(j.this, j) for j in select.args.get("joins") or []]]
-        for item, join in joins:
-            if not isinstance(item, exp.Table) or item.name not in self.sources:
-                continue
-            own = conjuncts(join.args.get("on")) if join is not None and join.side not in ("RIGHT", "FULL") else []
-            for column, other in _equalities(item.alias_or_name, [*where, *own]):
-                if other.table in keyed:
-                    source, key = keyed[other.table]
-                    rows = exp.table_(source.name, db=source.db or None, quoted=True, alias="_fs_in")
-                    self._filter(item, column, exp.select(exp.column(other.name, table="_fs_in", quoted=True))
-                                 .from_(rows).where(exp.column(key, table="_fs_in", quoted=True).eq(exp.Placeholder())))
-                    break
 
     @staticmethod
     def _cross_key_problem(select: exp.Select, same: set[tuple[str, str]], key: list[exp.Column]) -> str | None:
@@ -196,17 +172,6 @@ class _Pusher:
     def _items(select: exp.Select) -> list[exp.Expression]:
         from_ = select.args.get("from_")
         return [] if from_ is None else [from_.this, *[join.this for join in select.args.get("joins") or []]]
-
-
-def _equalities(alias: str, conditions: list[exp.Expression]) -> list[tuple[str, exp.Column]]:
-    """(column of `alias`, the column of another table it equals) for each column equality in `conditions`."""
-    found = []
-    for eq in conditions:
-        if isinstance(eq, exp.EQ) and isinstance(eq.left, exp.Column) and isinstance(eq.right, exp.Column):
-            for mine, other in ((eq.left, eq.right), (eq.right, eq.left)):
-                if mine.table == alias and other.table != alias:
-                    found.append((mine.name, other))
-    return found
 
 
 def _expression_subqueries(part: exp.Expression | list[exp.Expression]) -> list[exp.Expression]:

@@ -313,7 +313,7 @@ def equal_columns(select: exp.Select, key: exp.Column, where: bool = False) -> l
     if where and select.args.get("where") is not None:
         conditions.append(select.args["where"].this)
     for condition in conditions:
-        for eq in conjuncts(condition):
+        for eq in _conjuncts(condition):
             if isinstance(eq, exp.EQ) and isinstance(eq.left, exp.Column) and isinstance(eq.right, exp.Column):
                 pairs.append((eq.left, eq.right))
     found = {(key.table, key.name): key}
@@ -328,13 +328,13 @@ def equal_columns(select: exp.Select, key: exp.Column, where: bool = False) -> l
     return [column for ident, column in found.items() if ident != (key.table, key.name)]
 
 
-def conjuncts(condition: exp.Expression | None) -> list[exp.Expression]:
+def _conjuncts(condition: exp.Expression | None) -> list[exp.Expression]:
     if condition is None:
         return []
     if isinstance(condition, exp.And):
-        return [*conjuncts(condition.left), *conjuncts(condition.right)]
+        return [*_conjuncts(condition.left), *_conjuncts(condition.right)]
     if isinstance(condition, exp.Paren):
-        return conjuncts(condition.this)
+        return _conjuncts(condition.this)
     return [condition]
 
 

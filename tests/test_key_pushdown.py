@@ -39,14 +39,8 @@ JOIN (SELECT q.user_id, count(DISTINCT q.quote_id) AS n_quotes, sum(CASE WHEN t.
 # query -> the (source, column) pairs the lookup by user_id filters
 PUSHED = {
     "base table": ("SELECT user_id, quote_id FROM quotes", {("quotes", "user_id")}),
-    "walkthrough join": (FOUR_TABLE_QUERY, {("users", "user_id"), ("quotes", "user_id"),  # and the rows that
-                                            ("transactions", "ref_id"), ("policies", "quote_id")}),  # can match
-    "aggregate subquery": (AGGREGATE_SUBQUERY, {("users", "user_id"), ("quotes", "user_id"),
-                                                ("transactions", "ref_id")}),
-    "rows a filtered source can match": (
-        "SELECT q.user_id, t.transaction_id, p.policy_id FROM quotes q LEFT JOIN transactions t ON t.ref_id = "
-        "q.quote_id AND t.successful RIGHT JOIN policies p ON p.quote_id = q.quote_id",
-        {("quotes", "user_id"), ("transactions", "ref_id")}),  # not p: its unmatched rows are returned
+    "walkthrough join": (FOUR_TABLE_QUERY, {("users", "user_id"), ("quotes", "user_id")}),
+    "aggregate subquery": (AGGREGATE_SUBQUERY, {("users", "user_id"), ("quotes", "user_id")}),
     "CTEs": (USER_HISTORY, {(t, "user_id") for t in ("users", "quotes", "transactions", "policies")}),
     "USING": ("SELECT user_id, q.quote_id, t.transaction_id FROM quotes q FULL JOIN transactions t USING (user_id)",
               {("quotes", "user_id"), ("transactions", "user_id")}),
