@@ -220,6 +220,11 @@ RANDOM_QUERIES = [
     "SELECT k, x FROM a EXCEPT SELECT k, y FROM b",
     "SELECT a.k, a.x FROM a WHERE a.x > (SELECT avg(y) FROM b)",
     "SELECT DISTINCT a.k, b.y FROM a, b WHERE a.k = b.k",
+    "SELECT b.k, a.x, b.y FROM a LEFT JOIN b ON b.k = a.k",  # the key from the side that may be null
+    "SELECT a.k, s.n FROM a FULL JOIN (SELECT k, count(*) AS n FROM b GROUP BY k) s ON s.k = a.k",
+    "WITH s AS (SELECT k, sum(x) AS total FROM a GROUP BY k) SELECT s.k, s.total, o.total AS again "
+    "FROM s LEFT JOIN s AS o ON o.k = s.k AND o.total > 0",
+    "SELECT a.k, l.y FROM a JOIN (SELECT k, y FROM b ORDER BY y, k LIMIT 3) l ON l.k = a.k",
 ]
 ROWS = st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 4)), st.integers(-3, 3), st.integers(0, 9)),
                 max_size=12)
