@@ -503,7 +503,7 @@ class FeatureService:
             backend.close()
 
     def index_saved_queries(self) -> None:
-        """Index the realtime store on the columns every saved query joins on (on start)."""
+        """Index the realtime store on the columns every saved query joins on or is filtered by (on start)."""
         declared, offset = self.sources.tables(), 0
         while True:
             try:
@@ -512,7 +512,8 @@ class FeatureService:
                 return  # the catalog is down at start: queries saved later index their own columns
             for query in page.items:
                 try:
-                    joined = prepare_query(query.sql, self.warehouse.dialect).join_columns(declared)
+                    prepared = prepare_query(query.sql, self.warehouse.dialect)
+                    joined = prepared.join_columns(declared) | self.realtime.lookup_columns(prepared)
                 except InvalidInput:
                     continue
                 for table, column in joined:
@@ -549,11 +550,25 @@ class FeatureService:
                     "message": f"serving reads only the last {source.hot_window_seconds} s of {name!r}; training "
                                "reads all of it unless the training request sets hot_window=true. Aggregates "
                                "over a longer history will differ."})
+        return warnings + self._unbounded_lookup_warnings(prepared)
+
+    def _unbounded_lookup_warnings(self, prepared: PreparedQuery) -> list[dict[str, Any]]:
+        """A `lookup_not_key_bounded` warning for each source a lookup by a likely key reads in full: one the
+        key could not be pushed into (with the reason), or one the store's plan scans."""
+        warnings, seen = [], set()
+        for key, refusals in self.realtime.lookup_refusals(prepared).items():
+            for refusal in refusals:
+                seen.add((key, refusal.source))
+                warnings.append({"code": "lookup_not_key_bounded", "source": refusal.source, "index_key": key,
+                                 "reason": refusal.reason,
+                                 "message": f"a lookup by {key!r} reads every hot row of {refusal.source!r}: "
+                                            f"{refusal.reason}. Its cost grows with the data, and it is stopped at "
+                                            "LOOKUP_TIMEOUT_SECONDS"})
         for key, tables in self.realtime.lookup_scans(prepared).items():
             warnings += [{"code": "lookup_not_key_bounded", "source": name, "index_key": key,
                           "message": f"a lookup by {key!r} reads every hot row of {name!r} (a cartesian product, an "
                                      "aggregate or join no index on the key reaches): slow, and stopped at "
-                                     "LOOKUP_TIMEOUT_SECONDS"} for name in tables]
+                                     "LOOKUP_TIMEOUT_SECONDS"} for name in tables if (key, name) not in seen]
         return warnings
 
     def _query_schema(self, prepared: PreparedQuery, frame: pd.DataFrame) -> list[dict[str, str]]:
@@ -627,7 +642,7 @@ class FeatureService:
         except InvalidInput as error:
             raise InvalidQuery("the query runs on the warehouse but not on the realtime store, so it could "
                                f"not be served: {error.message}") from None
-        for table, column in sorted(prepared.join_columns(declared)):
+        for table, column in sorted(prepared.join_columns(declared) | self.realtime.lookup_columns(prepared)):
             if table not in request_sources:
                 self.realtime.index(table, column)
         served = [{"name": name, "type": kind} for name, kind in served_types or [] if kind is not None]

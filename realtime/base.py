@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from catalog.base import SourceRecord
 from sources.rows import stored_rows
 from sql.duckdb_engine import quote_identifier
+from sql.key_pushdown import PointLookup, Refusal, point_lookup
 from sql.prepared import PreparedQuery
 from warehouse import Warehouse
 
@@ -62,9 +63,13 @@ class RealtimeStore(ABC):
 
     dialect: str  # the sqlglot dialect saved queries are transpiled to
 
-    def __init__(self) -> None:
+    dialect: str
+
+    def __init__(self, key_pushdown: bool = True) -> None:
+        """`key_pushdown`: filter every source of a lookup by the key (`sql.key_pushdown`); off only to compare."""
         self.clock: Callable[[], float] = time.time
         self.sources: dict[str, SourceRecord] = {}
+        self.key_pushdown = key_pushdown
 
     def tables(self) -> dict[str, list[tuple[str, str]]]:
         """(column, logical type) of every registered source: what queries are typed with here."""
@@ -106,6 +111,23 @@ class RealtimeStore(ABC):
         lookup by it reads in full: not bounded by the key (a cartesian product, or a join no index on
         the key reaches). Keys whose lookups are key-bounded are left out; {} when the store cannot tell."""
         return {}
+
+    def point_lookup(self, prepared: PreparedQuery, index_key: str) -> PointLookup:
+        """The statement a lookup of `prepared` by `index_key` runs here."""
+        return point_lookup(prepared, index_key, self.dialect, self.tables(), self.key_pushdown)
+
+    def lookup_columns(self, prepared: PreparedQuery) -> set[tuple[str, str]]:
+        """(source, column) pairs the lookups by likely serving keys filter by the key: the columns to index."""
+        if not self.key_pushdown:
+            return set()
+        return {pair for key in self.serving_keys(prepared) for pair in self.point_lookup(prepared, key).filtered}
+
+    def lookup_refusals(self, prepared: PreparedQuery) -> dict[str, tuple[Refusal, ...]]:
+        """For each likely serving key (`serving_keys`), the sources the key could not be pushed into, and why."""
+        if not self.key_pushdown:
+            return {}
+        found = {key: self.point_lookup(prepared, key).refusals for key in self.serving_keys(prepared)}
+        return {key: refusals for key, refusals in found.items() if refusals}
 
     def serving_keys(self, prepared: PreparedQuery) -> list[str]:
         """The query's output columns that are entity keys of a source it reads (all of them if none is)."""

@@ -30,9 +30,10 @@ class DuckDBRealtimeStore(RealtimeStore):
 
     dialect = "duckdb"
 
-    def __init__(self, url: str = "duckdb:///:memory:", *, statement_timeout: float | None = None):
+    def __init__(self, url: str = "duckdb:///:memory:", *, statement_timeout: float | None = None,
+                 key_pushdown: bool = True):
         """`statement_timeout`: seconds a lookup, check or query may run (None: no limit); appends have none."""
-        super().__init__()
+        super().__init__(key_pushdown)
         if duckdb_path(url) != ":memory:":
             raise InvalidInput(f"REALTIME_URL must be an in-memory database (duckdb:///:memory:), not {url!r}")
         self.engine = DuckDBEngine(":memory:", ROLE, statement_timeout=statement_timeout)
@@ -86,8 +87,8 @@ class DuckDBRealtimeStore(RealtimeStore):
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
                request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
         staged = {rows_table(name): rows for name, rows in (request_rows or {}).items()}
-        return self.engine.query(prepared.point_lookup_sql(index_key, self.dialect), [value], max_rows=max_rows,
-                                 staged=staged)
+        lookup = self.point_lookup(prepared, index_key)
+        return self.engine.query(lookup.sql, list(lookup.bind(value)), max_rows=max_rows, staged=staged)
 
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
         self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")

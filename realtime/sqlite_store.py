@@ -52,6 +52,7 @@ from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, I
 from common.urls import url_scheme
 from sql import types as logical_types
 from sql.duckdb_engine import checked_timeout, python_columns, query_timeout, quote_identifier
+from sql.key_pushdown import PointLookup
 from sql.prepared import PreparedQuery
 from realtime.base import ROLE, RealtimeStore, index_name, newest_only, rows_table
 from realtime.sqlite_pool import READ_ONLY_ACTIONS, Reader, ReaderPool, connect, database_path, remove_database
@@ -73,8 +74,9 @@ class SqliteRealtimeStore(RealtimeStore):
 
     dialect = "sqlite"
 
-    def __init__(self, url: str = "sqlite:///:memory:", *, statement_timeout: float | None = None):
-        super().__init__()
+    def __init__(self, url: str = "sqlite:///:memory:", *, statement_timeout: float | None = None,
+                 key_pushdown: bool = True):
+        super().__init__(key_pushdown)
         if url_scheme(url) != "sqlite" or url.split("://", 1)[1] not in ("", "/", "/:memory:"):
             raise InvalidInput(f"REALTIME_URL must be an in-memory database (sqlite:///:memory:), not {url!r}")
         self.statement_timeout = checked_timeout(statement_timeout)
@@ -82,7 +84,7 @@ class SqliteRealtimeStore(RealtimeStore):
         self._closed = False
         self._writing = False
         self._indexes: dict[str, list[str]] = {}  # source -> indexed columns
-        self._plans: dict[tuple[int, str], tuple[str, dict[str, str | None], PreparedQuery]] = {}
+        self._plans: dict[tuple[int, str, bool], tuple[PointLookup, dict[str, str | None], PreparedQuery]] = {}
         self._plans_lock = threading.Lock()
         self._path = database_path()
         try:
@@ -298,19 +300,20 @@ class SqliteRealtimeStore(RealtimeStore):
 
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
                request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
-        sql, types = self._lookup_plan(prepared, index_key)
+        lookup, types = self._lookup_plan(prepared, index_key)
         if isinstance(value, dt.datetime):
             value = _timestamp_text(value.timestamp())
-        names, rows = self._run(sql, (value,), max_rows, request_rows)
+        names, rows = self._run(lookup.sql, lookup.bind(value), max_rows, request_rows)
         return typed_frame(names, rows, types)
 
-    def _lookup_plan(self, prepared: PreparedQuery, index_key: str) -> tuple[str, dict[str, str | None]]:
-        """The transpiled point lookup and the output types to decode with, once per query and key."""
-        key = (id(prepared), index_key)
+    def _lookup_plan(self, prepared: PreparedQuery, index_key: str) -> tuple[PointLookup, dict[str, str | None]]:
+        """The point lookup (the key pushed into its sources) and the output types to decode with, once per
+        query and key."""
+        key = (id(prepared), index_key, self.key_pushdown)
         plan = self._plans.get(key)
         if plan is None or plan[2] is not prepared:
             types = dict(prepared.output_types(self.tables()) or [])
-            plan = (prepared.point_lookup_sql(index_key, self.dialect, self.tables()), types, prepared)
+            plan = (self.point_lookup(prepared, index_key), types, prepared)
             with self._plans_lock:
                 self._plans[key] = plan
                 while len(self._plans) > 4096:
@@ -329,8 +332,8 @@ class SqliteRealtimeStore(RealtimeStore):
                 # EXPLAIN plans on the schema the connection has loaded: a read first loads the writer's changes
                 reader.connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
                 for key in self.serving_keys(prepared):
-                    plan = reader.connection.execute("EXPLAIN QUERY PLAN " + self._lookup_plan(prepared, key)[0],
-                                                     (None,)).fetchall()
+                    lookup = self._lookup_plan(prepared, key)[0]
+                    plan = reader.connection.execute("EXPLAIN QUERY PLAN " + lookup.sql, lookup.bind(None)).fetchall()
                     tables = [name for name in self._table_sources(prepared)
                               if any(f"{row[3]} ".startswith(f"SCAN {rows_table(name)} ") for row in plan)]
                     if tables:

@@ -70,11 +70,11 @@ def _rewritten(prepared: PreparedQuery, index_key: str, sources: tuple, dialect:
                keep_unmatched: bool) -> str:
     sources = dict(sources)
     tree = _qualified(prepared, sources)
-    names = [select.alias_or_name for select in _selects(tree)]
+    names = [select.alias_or_name for select in output_selects(tree)]
     if index_key not in names:
         raise PointInTimeUnsupported(f"index_key {index_key!r} is not an output column of the query",
                                      {"index_key": index_key, "columns": names})
-    body = _Rewriter(sources, as_of_now).query(_inline_ctes(tree), index_key)
+    body = _Rewriter(sources, as_of_now).query(inline_ctes(tree), index_key)
     select = exp.select(_col(SPINE, SID), *[_col(RESULT, name) for name in names])
     on = exp.and_(_col(RESULT, SID).eq(_col(SPINE, SID)), _col(RESULT, index_key).eq(_col(SPINE, KEY)))
     select = select.from_(exp.table_(SPINE, quoted=True)).join(
@@ -89,14 +89,14 @@ def output_names(prepared: PreparedQuery, sources: dict[str, SourceCut]) -> list
 
 @lru_cache(maxsize=256)
 def _output_names(prepared: PreparedQuery, sources: tuple) -> tuple[str, ...]:
-    return tuple(select.alias_or_name for select in _selects(_qualified(prepared, dict(sources))))
+    return tuple(select.alias_or_name for select in output_selects(_qualified(prepared, dict(sources))))
 
 
 def _col(table: str, name: str) -> exp.Column:
     return exp.column(name, table=table, quoted=True)
 
 
-def _selects(node: exp.Expression) -> list[exp.Expression]:
+def output_selects(node: exp.Expression) -> list[exp.Expression]:
     while isinstance(node, exp.SetOperation):
         node = node.this
     return node.selects
@@ -111,7 +111,7 @@ def _qualified(prepared: PreparedQuery, sources: dict[str, SourceCut]) -> exp.Ex
         raise PointInTimeUnsupported(f"the query could not be resolved against the sources: {error}") from None
 
 
-def _inline_ctes(tree: exp.Expression) -> exp.Expression:
+def inline_ctes(tree: exp.Expression) -> exp.Expression:
     """The tree with each top-level CTE replaced by its body at every reference (one rewrite per use)."""
     with_ = tree.args.get("with_")
     if with_ is None:
@@ -152,9 +152,9 @@ class _Rewriter:
             return self.query(node.this, key, times)
         if isinstance(node, exp.SetOperation):
             _refuse_modifiers(node)
-            position = [s.alias_or_name for s in _selects(node.this)].index(key)
+            position = [s.alias_or_name for s in output_selects(node.this)].index(key)
             node.set("this", self.query(node.this, key, times))
-            node.set("expression", self.query(node.expression, _selects(node.expression)[position].alias_or_name,
+            node.set("expression", self.query(node.expression, output_selects(node.expression)[position].alias_or_name,
                                               times))
             return node
         if not isinstance(node, exp.Select):
@@ -166,7 +166,7 @@ class _Rewriter:
         items = self._items(select)
         anchor = items[0].alias_or_name
         key_column = self._key_column(select, key)
-        equal_to_key = _equal_columns(select, key_column)
+        equal_to_key = equal_columns(select, key_column)
         if key_column.table != anchor:
             anchors = [c for c in equal_to_key if c.table == anchor]
             if not anchors:
@@ -182,10 +182,10 @@ class _Rewriter:
         carried = [_col(anchor, name) for name in (CARRIED if times else CARRIED[:1])]
         if select.args.get("group"):
             select.args["group"].set("expressions", [*select.args["group"].expressions, *carried])
-        elif _aggregates(select):
+        elif has_aggregates(select):
             raise PointInTimeUnsupported("an aggregate without GROUP BY over a source is not supported: "
                                          "group by the key")
-        for window in _scope_windows(select):
+        for window in scope_windows(select):
             window.set("partition_by", [*(window.args.get("partition_by") or []), _col(anchor, SID)])
         select.set("expressions", [*select.expressions, *[column.copy() for column in carried]])
         return select
@@ -201,7 +201,7 @@ class _Rewriter:
                 raise PointInTimeUnsupported(f"{item.sql()[:80]!r} is not a source or a subquery",
                                              {"construct": item.key})
         for part in ("expressions", "where", "having", "qualify", "order"):
-            if _reads_subquery(select.args.get(part)):
+            if reads_subquery(select.args.get(part)):
                 raise PointInTimeUnsupported("subqueries inside expressions (IN, EXISTS, scalar) are not supported "
                                              "in point-in-time training: join them instead")
         return items
@@ -218,14 +218,12 @@ class _Rewriter:
 
     def _check_partitioned(self, select: exp.Select, key: exp.Column, equal: list[exp.Column]) -> None:
         """Refuse a scope whose rows for one key would depend on other keys' rows."""
-        same = {(c.table, c.name) for c in [key, *equal]}
-        group = select.args.get("group")
-        if group and not any(_is_one_of(g, same) for g in group.expressions):
+        crossing = crossing_keys(select, {(c.table, c.name) for c in [key, *equal]})
+        if isinstance(crossing, exp.Group):
             raise PointInTimeUnsupported("a GROUP BY must include the key so each key's rows stay its own")
-        for window in _scope_windows(select):
-            if not any(_is_one_of(p, same) for p in window.args.get("partition_by") or []):
-                raise PointInTimeUnsupported("a window function must be PARTITION BY the key in point-in-time "
-                                             "training (otherwise one key's features depend on other keys' rows)")
+        if crossing is not None:
+            raise PointInTimeUnsupported("a window function must be PARTITION BY the key in point-in-time "
+                                         "training (otherwise one key's features depend on other keys' rows)")
 
     def _anchor(self, item: exp.Expression, key: str, times: bool) -> None:
         """Join the scope's first item to the spine on the key and the time cut (a source), or rewrite it;
@@ -288,20 +286,33 @@ def _warehouse_table(cut: SourceCut, alias: str) -> exp.Expression:
 
 
 def _refuse_modifiers(node: exp.Expression) -> None:
+    modifier = cutting_modifier(node)
+    if modifier == "distinct on":
+        raise PointInTimeUnsupported("DISTINCT ON is not supported in point-in-time training")
+    if modifier is not None:
+        raise PointInTimeUnsupported(f"{modifier.upper()} is not supported in point-in-time training "
+                                     "(it would cut across entities)", {"construct": modifier})
+
+
+def cutting_modifier(node: exp.Expression) -> str | None:
+    """The modifier of `node` that picks rows across entities ("limit", "offset", "fetch", "distinct on"), if any."""
     for modifier in ("limit", "offset", "fetch"):
         if node.args.get(modifier) is not None:
-            raise PointInTimeUnsupported(f"{modifier.upper()} is not supported in point-in-time training "
-                                         "(it would cut across entities)", {"construct": modifier})
+            return modifier
     if isinstance(node, exp.Select) and isinstance(node.args.get("distinct"), exp.Distinct) \
             and node.args["distinct"].args.get("on") is not None:
-        raise PointInTimeUnsupported("DISTINCT ON is not supported in point-in-time training")
+        return "distinct on"
+    return None
 
 
-def _equal_columns(select: exp.Select, key: exp.Column) -> list[exp.Column]:
-    """Columns of the scope that inner and LEFT join conditions equate with `key`, transitively."""
+def equal_columns(select: exp.Select, key: exp.Column, where: bool = False) -> list[exp.Column]:
+    """Columns of the scope that join conditions (and, with `where`, the WHERE clause) equate with `key`,
+    transitively."""
     pairs = []
-    for join in select.args.get("joins") or []:
-        condition = join.args.get("on")
+    conditions = [join.args.get("on") for join in select.args.get("joins") or []]
+    if where and select.args.get("where") is not None:
+        conditions.append(select.args["where"].this)
+    for condition in conditions:
         for eq in _conjuncts(condition):
             if isinstance(eq, exp.EQ) and isinstance(eq.left, exp.Column) and isinstance(eq.right, exp.Column):
                 pairs.append((eq.left, eq.right))
@@ -327,6 +338,18 @@ def _conjuncts(condition: exp.Expression | None) -> list[exp.Expression]:
     return [condition]
 
 
+def crossing_keys(select: exp.Select, key: set[tuple[str, str]]) -> exp.Group | exp.Window | None:
+    """The GROUP BY or window of the scope that mixes rows of several keys (`key`: the (table, column) pairs
+    equal to the key), if any: a GROUP BY without the key, a window not PARTITION BY it."""
+    group = select.args.get("group")
+    if group and not any(_is_one_of(g, key) for g in group.expressions):
+        return group
+    for window in scope_windows(select):
+        if not any(_is_one_of(p, key) for p in window.args.get("partition_by") or []):
+            return window
+    return None
+
+
 def _is_one_of(node: exp.Expression, columns: set[tuple[str, str]]) -> bool:
     return isinstance(node, exp.Column) and (node.table, node.name) in columns
 
@@ -341,11 +364,11 @@ def _in_scope(node: exp.Expression, select: exp.Select) -> bool:
     return parent is select
 
 
-def _scope_windows(select: exp.Select) -> list[exp.Window]:
+def scope_windows(select: exp.Select) -> list[exp.Window]:
     return [w for w in select.find_all(exp.Window) if _in_scope(w, select)]
 
 
-def _aggregates(select: exp.Select) -> bool:
+def has_aggregates(select: exp.Select) -> bool:
     for projection in select.expressions:
         for node in projection.find_all(exp.AggFunc):
             if _in_scope(node, select) and not any(isinstance(p, exp.Window) for p in _ancestors(node, projection)):
@@ -361,6 +384,6 @@ def _ancestors(node: exp.Expression, top: exp.Expression) -> list[exp.Expression
     return found
 
 
-def _reads_subquery(part: exp.Expression | list[exp.Expression] | None) -> bool:
+def reads_subquery(part: exp.Expression | list[exp.Expression] | None) -> bool:
     nodes = part if isinstance(part, list) else [part] if part is not None else []
     return any(True for node in nodes for _ in node.find_all(exp.Select, exp.SetOperation))

@@ -109,13 +109,17 @@ class PreparedQuery:
         For SQLite, with the tables' column types, timestamp literals become the UTC text SQLite keeps
         timestamps as (see `as_sqlite_semantics`), so comparisons mean what they mean in the warehouse."""
         tree = self.tree.copy() if dialect != "sqlite" or tables is None else as_sqlite_semantics(self, tables)
-        column = exp.column(index_key, table=LOOKUP_ALIAS, quoted=True)
-        lookup = exp.select("*").from_(tree.subquery(LOOKUP_ALIAS)).where(column.eq(exp.Placeholder()))
-        return lookup.sql(dialect=dialect, comments=False)
+        return lookup_around(tree, index_key).sql(dialect=dialect, comments=False)
 
     def sqlite_sql(self, tables: dict[str, list[tuple[str, str]]]) -> str:
         """The query as the SQLite realtime store runs it (timestamp literals as its stored text)."""
         return as_sqlite_semantics(self, tables).sql(dialect="sqlite", comments=False)
+
+
+def lookup_around(tree: exp.Expression, index_key: str) -> exp.Select:
+    """``SELECT * FROM (tree) WHERE "key" = ?``: the rows of `tree` for one entity."""
+    column = exp.column(index_key, table=LOOKUP_ALIAS, quoted=True)
+    return exp.select("*").from_(tree.subquery(LOOKUP_ALIAS)).where(column.eq(exp.Placeholder()))
 
 
 @dataclass(frozen=True)
