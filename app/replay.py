@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from catalog.base import QueryRecord
-from checks.consistency import ReplayReport, dtype_names, plain_value, rows_digest, same_rows, with_training_dtypes
+from checks.consistency import ReplayReport, dtype_names, frame_rows, plain_value, rows_digest, same_rows, with_training_dtypes
 from common.errors import FeatureStoreError
 from sql.prepared import PreparedQuery
 
@@ -238,6 +238,5 @@ def shadow_sample(key: str, unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFram
     for entity, (lookup, features) in list(unchanged.items())[:SHADOW_ENTITIES]:
         entities.append({"value": entity, "input_sha256": rows_digest(lookup),
                          "features": {"columns": [str(c) for c in features.columns],
-                                      "rows": [[plain_value(v) for v in row]
-                                               for row in features.itertuples(index=False, name=None)]}})
+                                      "rows": [[plain_value(v) for v in row] for row in frame_rows(features)]}})
     return {"index_key": key, "entities": entities}

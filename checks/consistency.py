@@ -119,16 +119,26 @@ def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> 
     casts = {}
     for name, dtype in frame.dtypes.items():
         wanted = dtypes.get(str(name))
-        if wanted is not None and str(dtype) != wanted:
-            try:
-                cast = frame[name].astype(wanted)
-            except (TypeError, ValueError):
-                continue
-            if wanted == "object":  # PostgreSQL's missing values are None, not pd.NA
-                cast = cast.where(cast.notna(), None)
-            if all(values_equal(a, b) for a, b in zip(frame[name].tolist(), cast.tolist())):
-                casts[name] = cast
+        if wanted is None or str(dtype) == wanted:
+            continue
+        column = frame[name]
+        try:
+            cast = column.astype(wanted)
+        except (TypeError, ValueError):
+            continue
+        if wanted == "object":  # PostgreSQL's missing values are None, not pd.NA
+            cast = cast.where(cast.notna(), None)
+        if (str(dtype), wanted) in LOSSLESS or all(values_equal(a, b) for a, b in zip(column.tolist(), cast.tolist())):
+            casts[name] = cast
     return frame.assign(**casts) if casts else frame
+
+
+LOSSLESS = {("bool", "boolean"), ("int64", "Int64"), ("float64", "Float64")}  # the numpy dtype into its nullable one
+
+
+def frame_rows(frame: pd.DataFrame) -> list[tuple]:
+    """A frame's rows as tuples of Python values (faster than `itertuples` on small frames)."""
+    return list(zip(*(column.tolist() for _, column in frame.items()))) if len(frame.columns) else [()] * len(frame)
 
 
 def canonical_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -136,21 +146,24 @@ def canonical_rows(frame: pd.DataFrame) -> pd.DataFrame:
     returns an entity's rows in any order): sorted by the text of their values."""
     if len(frame) < 2:
         return frame
-    rows = list(frame.itertuples(index=False, name=None))
+    rows = frame_rows(frame)
     order = sorted(range(len(rows)), key=lambda i: [repr(v) for v in rows[i]])
+    if order == list(range(len(rows))):
+        return frame
     return frame.iloc[order].reset_index(drop=True)
 
 
 def rows_digest(frame: pd.DataFrame) -> str:
     """A sha256 of a frame's column names and canonically ordered values (equal rows, equal digest)."""
-    rows = canonical_rows(frame)
-    values = [[plain_value(v) for v in row] for row in rows.itertuples(index=False, name=None)]
-    payload = orjson.dumps({"columns": [str(c) for c in rows.columns], "rows": values})
+    values = sorted(([plain_value(v) for v in row] for row in frame_rows(frame)), key=repr)
+    payload = orjson.dumps({"columns": [str(c) for c in frame.columns], "rows": values})
     return hashlib.sha256(payload).hexdigest()
 
 
 def same_rows(trained: pd.DataFrame, served: pd.DataFrame) -> bool:
     """True when two frames have the same columns and, in canonical row order, equal values and types."""
+    if len(trained) != len(served) or list(trained.columns) != list(served.columns):
+        return False
     diff = compare_entity(canonical_rows(trained), canonical_rows(served))
     return not diff["values"] and diff["columns"] is None
 
@@ -161,8 +174,7 @@ def shadow_mismatches(trained: dict[str, Any], served: pd.DataFrame) -> list[str
     names = [str(c) for c in served.columns]
     if names != trained["columns"] or len(served) != len(trained["rows"]):
         return list(trained["columns"])
-    served_rows = sorted(([plain_value(v) for v in row] for row in served.itertuples(index=False, name=None)),
-                         key=repr)
+    served_rows = sorted(([plain_value(v) for v in row] for row in frame_rows(served)), key=repr)
     trained_rows = sorted(trained["rows"], key=repr)
     return [name for i, name in enumerate(names)
             if any(not values_equal(a[i], b[i]) for a, b in zip(trained_rows, served_rows))]
