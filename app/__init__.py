@@ -35,6 +35,7 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     from catalog import open_catalog
     from etl.isolation import open_etl_runner
     from etl.source import EtlFetcher
+    from feed import open_feed
     from realtime import open_realtime_store
     from warehouse import open_warehouse
 
@@ -50,7 +51,9 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
         opened.callback(warehouse.close)
         realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=lookup_timeout(settings))
         opened.callback(realtime.close)
-        sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
+        feed = open_feed(settings["FEED_URL"])
+        opened.callback(feed.close)
+        sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]), feed=feed)
         # Load and hydrate every source once; if the catalog or the warehouse is down, that happens on first use
         # instead (the service starts, /health says what is down).
         if settings["DEMO_SOURCES"]:

@@ -6,7 +6,9 @@ import sys
 import threading
 
 import pyarrow as pa
+import pytest
 
+from common.errors import InvalidInput
 from feed import FeedTailer, open_feed
 
 
@@ -37,3 +39,40 @@ def test_a_tailer_applies_another_process_s_appends_and_waits_for_a_position(tmp
         assert not tailer.wait_for(position + 1, timeout=0.05)
     finally:
         tailer.stop()
+
+
+def test_an_unknown_or_in_memory_feed_url_is_the_service_s_error(tmp_path):
+    for url in ("redis://127.0.0.1:6379/0", "sqlite:///:memory:"):
+        with pytest.raises(InvalidInput) as refused:
+            open_feed(url)
+        assert refused.value.status == 400 and "FEED_URL" in refused.value.message
+
+
+def _feed_rows(app) -> dict[str, list[int]]:
+    """Source -> the first column's values the app's feed holds for it, in feed order."""
+    feed = app.extensions["feature_service"].sources.feed
+    held: dict[str, list] = {}
+    for entry in feed.read_after(0, limit=100_000):
+        held.setdefault(entry.source, []).extend(entry.rows.column(0).to_pylist())
+    return held
+
+
+def test_every_acknowledged_ingest_and_publish_is_in_the_feed_at_its_position(app, api):
+    published = api.put("/v1.0/publish?n_flows=30&seed=5")
+    feed = app.extensions["feature_service"].sources.feed
+    assert published["position"] == feed.last_position() > 0
+    users = app.extensions["feature_service"].warehouse.query("SELECT user_id FROM users")["user_id"].tolist()
+    assert sorted(_feed_rows(app)["users"]) == sorted(users)  # the feed holds what the warehouse holds
+    row = {"user_id": "u-new", "name": "Ada", "address": "Oslo", "creation_date": 1_700_000_000}
+    ingested = api.post("/v1.0/sources/users/rows", {"rows": [row], "batch_id": "b1"})
+    assert ingested["position"] == feed.last_position() > published["position"]
+    assert _feed_rows(app)["users"][-1] == "u-new"
+    again = api.post("/v1.0/sources/users/rows", {"rows": [row], "batch_id": "b1"})
+    assert again["duplicate"] and again["position"] == ingested["position"] == feed.last_position()
+
+
+def test_a_refused_ingest_reaches_neither_the_warehouse_nor_the_feed(app, api):
+    feed = app.extensions["feature_service"].sources.feed
+    before = feed.last_position()
+    api.post("/v1.0/sources/users/rows", {"rows": [{"user_id": "not a number"}]}, status=400)
+    assert feed.last_position() == before
