@@ -27,7 +27,13 @@ def serve(args: argparse.Namespace) -> int:
     from app import close_app, create_app
     from app.server import serve_forever
 
+    from app import workers
+
     settings = load_settings()
+    if workers.serving_role() == "serving":
+        return workers.serve_worker(settings)
+    if settings["WORKERS"] > 1:
+        return workers.serve_primary(settings)
     app = create_app()
     log = logging.getLogger("featurestore")
     log.info("catalog %s | warehouse %s | realtime %s", _redacted(settings["CATALOG_URL"]),

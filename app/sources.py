@@ -355,6 +355,21 @@ class SourceService:
             self.realtime.backup(path)
             return self.applied.position
 
+    def progress(self) -> AppliedPosition:
+        """The feed position this process's realtime store holds (its own appends, or its tailer's)."""
+        return self.tailer.progress if self.tailer is not None else self.applied
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        """Whether this process's realtime store holds feed `position` within `timeout` seconds; a position
+        the feed has not reached (no write answered it) is InvalidInput."""
+        feed = self.tailer.feed if self.tailer is not None else self.feed
+        newest = feed.last_position() if feed is not None else self.applied.position
+        if position > newest:
+            raise InvalidInput(f"min_position {position} is past the change feed's newest position {newest}: "
+                               "pass a position an ingest or publish answered", {"min_position": position,
+                                                                                 "newest": newest})
+        return self.progress().wait_for(position, timeout)
+
     def apply_feed(self, frames: dict[str, pa.Table]) -> None:
         """Apply other processes' feed entries (a serving process): adopt a source version first met here
         from the catalog, then append the rows."""
@@ -491,6 +506,7 @@ class SourceService:
             self._evictor.join(timeout=5)
         if self.tailer is not None:
             self.tailer.stop()
+            self.tailer.feed.close()
         if self.feed is not None:
             self.feed.close()
 

@@ -10,6 +10,7 @@ import pytest
 
 from common.errors import InvalidInput
 from feed import FeedTailer, open_feed
+from tests.conftest import JsonClient
 
 
 def test_entries_come_back_in_order_and_exact(tmp_path):
@@ -76,3 +77,22 @@ def test_a_refused_ingest_reaches_neither_the_warehouse_nor_the_feed(app, api):
     before = feed.last_position()
     api.post("/v1.0/sources/users/rows", {"rows": [{"user_id": "not a number"}]}, status=400)
     assert feed.last_position() == before
+
+
+def test_a_realtime_request_waits_for_its_min_position_else_503(make_app):
+    app = make_app(MIN_POSITION_WAIT_SECONDS=0.1)
+    api = JsonClient(app.test_client())
+    saved = api.post("/v1.0/query/train?save=true", {"query": "SELECT user_id, name FROM users"})
+    position = api.put("/v1.0/publish?n_flows=5&seed=1")["position"]
+    sources = app.extensions["feature_service"].sources
+    user = sources.realtime.query("SELECT user_id FROM users LIMIT 1")["user_id"][0]
+    body = {"query_id": saved["query_id"], "index_key": "user_id", "index_value": user}
+    sources.tailer = FeedTailer(sources.feed, lambda frames: None, start=position - 1)  # one entry behind
+    try:
+        refused = api.post(f"/v1.0/query/realtime?min_position={position}", body, status=503)
+        assert refused["code"] == "position_not_applied" and refused["details"]["applied"] == position - 1
+        api.post("/v1.0/query/realtime", body, headers={"X-Min-Position": str(position - 1)})
+        assert sources.tailer.poll() == 1
+        api.post(f"/v1.0/query/realtime?min_position={position}", body)
+    finally:
+        sources.tailer = None
