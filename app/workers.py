@@ -39,6 +39,7 @@ log = logging.getLogger("featurestore")
 ROLE_ENV, PRIMARY_ENV, DIALECT_ENV = "FEATURESTORE_ROLE", "FEATURESTORE_PRIMARY_PORT", "FEATURESTORE_DIALECT"
 SNAPSHOT_FILE = "realtime-snapshot.db"
 SUPERVISE_SECONDS = 0.5
+QUICK_EXIT_SECONDS = 5.0  # a serving process that exits sooner is restarted after this pause
 FORWARD_TIMEOUT_SECONDS = 3600.0  # a forwarded training set may take long; the primary has its own limits
 CHUNK_BYTES = 1 << 16
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
@@ -92,6 +93,7 @@ class Supervisor:
         self.sources, self.env, self.count = sources, env, count
         self.snapshot_path = Path(data_dir) / SNAPSHOT_FILE
         self.children: list[subprocess.Popen] = []
+        self._started: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
@@ -102,6 +104,7 @@ class Supervisor:
     def _spawn(self) -> subprocess.Popen:
         self.write_snapshot()
         child = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=self.env)
+        self._started[child.pid] = time.monotonic()
         log.info("serving process %s started", child.pid)
         return child
 
@@ -120,7 +123,11 @@ class Supervisor:
         while not self._stop.wait(SUPERVISE_SECONDS):
             for index, child in enumerate(self.children):
                 if child.poll() is not None and not self._stop.is_set():
-                    log.warning("serving process %s exited (%s); starting another", child.pid, child.returncode)
+                    lived = time.monotonic() - self._started[child.pid]
+                    log.warning("serving process %s exited (%s) after %.1f s; starting another", child.pid,
+                                child.returncode, lived)
+                    if lived < QUICK_EXIT_SECONDS and self._stop.wait(QUICK_EXIT_SECONDS):
+                        return  # failing at start: paused, not spinning; stopped meanwhile
                     self.children[index] = self._spawn()
 
     def stop(self) -> None:
