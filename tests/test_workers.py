@@ -127,3 +127,18 @@ def test_a_position_past_the_feed_or_malformed_is_400(tmp_path):
         for bad in ("-1", "1.5", "x"):
             refused = _call("POST", f"{base}/v1.0/query/realtime?min_position={bad}", json=body)
             assert refused.status_code == 400 and set(refused.json()) == {"code", "message", "details"}
+
+
+def test_every_process_checks_keys_and_a_key_made_through_one_works_on_all(tmp_path):
+    admin = "admin-key-for-the-workers-test"
+    with live_process(tmp_path / "data", startup_seconds=60, WORKERS="2", AUTH="on", ADMIN_KEY=admin) as live:
+        base, as_admin = live.base, {"Authorization": f"Bearer {admin}"}
+        anonymous = _until_every_process(lambda: _call("GET", f"{base}/v1.0/queries"), 2)
+        assert {response.status_code for response in anonymous.values()} == {401}
+        made = _call("POST", f"{base}/v1.0/keys", json={"name": "reader", "role": "scientist"}, headers=as_admin)
+        assert made.status_code == 201, made.text
+        reader = {"Authorization": f"Bearer {made.json()['key']}"}
+        lists = _until_every_process(lambda: _call("GET", f"{base}/v1.0/queries", headers=reader), 2)
+        assert {response.status_code for response in lists.values()} == {200}
+        refused = _call("PUT", f"{base}/v1.0/publish?n_flows=1", headers=reader)  # forwarded, refused by role
+        assert refused.status_code == 403 and refused.json()["code"]
