@@ -142,3 +142,29 @@ def test_every_process_checks_keys_and_a_key_made_through_one_works_on_all(tmp_p
         assert {response.status_code for response in lists.values()} == {200}
         refused = _call("PUT", f"{base}/v1.0/publish?n_flows=1", headers=reader)  # forwarded, refused by role
         assert refused.status_code == 403 and refused.json()["code"]
+
+
+def test_a_source_declared_and_widened_after_start_reaches_every_process(tmp_path):
+    with live_process(tmp_path / "data", startup_seconds=60, WORKERS="2", DEMO_SOURCES="off") as live:
+        base = live.base
+        _until_every_process(lambda: _call("GET", f"{base}/v1.0/health"), 2)  # both started before the source
+        columns = [{"name": "device_id", "type": "string"}, {"name": "seen", "type": "integer"}]
+        source = {"name": "devices", "columns": columns, "entity_keys": ["device_id"], "event_time": "seen"}
+        assert _call("POST", f"{base}/v1.0/sources", json=source).status_code in (200, 201)
+        rows = _call("POST", f"{base}/v1.0/sources/devices/rows",
+                     json={"rows": [{"device_id": "d1", "seen": 1_700_000_000}], "batch_id": "first"})
+        widened = {**source, "columns": [*columns, {"name": "model", "type": "string"}]}
+        assert _call("POST", f"{base}/v1.0/sources", json=widened).json()["version"] == 2
+        more = _call("POST", f"{base}/v1.0/sources/devices/rows", json={
+            "rows": [{"device_id": "d2", "seen": 1_700_000_001, "model": "x1"}], "batch_id": "second"})
+        assert more.json()["position"] > rows.json()["position"]
+        saved = _call("POST", f"{base}/v1.0/query/train?save=true",
+                      json={"query": "SELECT device_id, model FROM devices"})
+        assert saved.status_code == 200, saved.text
+        for device, model in (("d1", None), ("d2", "x1")):
+            answers = _until_every_process(lambda: _call(
+                "POST", f"{base}/v1.0/query/realtime?min_position={more.json()['position']}",
+                json={"query_id": saved.json()["query_id"], "index_key": "device_id", "index_value": device}), 2)
+            for response in answers.values():
+                assert response.status_code == 200, response.text
+                assert response.json()["data"] == [{"device_id": device, "model": model}]
