@@ -9,6 +9,7 @@ import signal
 import time
 from typing import Any, Callable
 
+import pyarrow as pa
 import requests
 
 from tests.server_process import live_process
@@ -161,6 +162,19 @@ def test_a_source_declared_and_widened_after_start_reaches_every_process(tmp_pat
         saved = _call("POST", f"{base}/v1.0/query/train?save=true",
                       json={"query": "SELECT device_id, model FROM devices"})
         assert saved.status_code == 200, saved.text
+        for batch in range(6):  # Arrow bodies in, an Arrow stream out, whichever process the connection reaches
+            table = pa.table({"device_id": [f"a{batch}-{i}" for i in range(500)], "seen": [1_700_000_100] * 500,
+                              "model": ["m"] * 500})
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            loaded = _call("POST", f"{base}/v1.0/sources/devices/rows?batch_id=arrow-{batch}",
+                           data=sink.getvalue().to_pybytes(),
+                           headers={"Content-Type": "application/vnd.apache.arrow.stream"})
+            assert loaded.status_code == 200 and loaded.json()["rows"] == 500, loaded.text
+            trained = _call("POST", f"{base}/v1.0/query/train?format=arrow",
+                            json={"query": "SELECT count(*) AS n FROM devices"})
+            assert pa.ipc.open_stream(trained.content).read_all().column("n").to_pylist() == [2 + 500 * (batch + 1)]
         for device, model in (("d1", None), ("d2", "x1")):
             answers = _until_every_process(lambda: _call(
                 "POST", f"{base}/v1.0/query/realtime?min_position={more.json()['position']}",
