@@ -182,3 +182,13 @@ def test_a_source_declared_and_widened_after_start_reaches_every_process(tmp_pat
             for response in answers.values():
                 assert response.status_code == 200, response.text
                 assert response.json()["data"] == [{"device_id": device, "model": model}]
+
+
+def test_serving_processes_stop_when_the_primary_is_killed(tmp_path):
+    with live_process(tmp_path / "data", startup_seconds=60, WORKERS="2") as live:
+        pids = _until_every_process(lambda: _call("GET", f"{live.base}/v1.0/health"), 2)
+        serving = [int(pid) for pid in pids if pid != str(live.process.pid)]
+        assert len(serving) == 1 and _alive(serving[0])
+        live.process.kill()
+        live.process.wait()
+        _wait_gone(serving)  # an orphan notices its primary is gone and stops itself
