@@ -22,6 +22,7 @@ COPY common ./common
 COPY demo ./demo
 COPY etl ./etl
 COPY extraction ./extraction
+COPY feed ./feed
 COPY featurerepo ./featurerepo
 COPY realtime ./realtime
 COPY sources ./sources

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,8 +27,10 @@ class OrjsonProvider(JSONProvider):
         return jsonio.strict_loads(s)
 
 
-def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService, imported lazily
-    """Open every backend named by the settings (failing fast) and hydrate the realtime store."""
+def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None = None):  # noqa: ANN201
+    """Open every backend named by the settings (failing fast) and hydrate the realtime store: a
+    FeatureService. `serving` (a serving process of WORKERS>1: primary_port, dialect, snapshot) restores
+    the realtime store from the primary's snapshot and tails the feed instead, with no warehouse."""
     from app.replay import ReplayOptions
     from app.service import FeatureService, ServiceOptions
     from app.serving_stats import ServingStats
@@ -36,6 +39,7 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     from catalog import open_catalog
     from etl.isolation import open_etl_runner
     from etl.source import EtlFetcher
+    from feed import open_feed
     from realtime import open_realtime_store
     from warehouse import open_warehouse
 
@@ -46,15 +50,21 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
     with contextlib.ExitStack() as opened:  # a failed step closes what the earlier ones opened
         catalog = open_catalog(settings["CATALOG_URL"])
         opened.callback(catalog.close)
-        read_url = {"read_url": settings["WAREHOUSE_READ_URL"]} if settings.get("WAREHOUSE_READ_URL") else {}
-        warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout, **read_url)
-        opened.callback(warehouse.close)
         realtime = open_realtime_store(settings["REALTIME_URL"], statement_timeout=lookup_timeout(settings))
         opened.callback(realtime.close)
-        sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
+        feed = open_feed(settings["FEED_URL"])
+        opened.callback(feed.close)
+        if serving is not None:
+            sources = _serving_sources(catalog, realtime, feed, settings, serving)
+            warehouse = sources.warehouse
+        else:
+            read_url = {"read_url": settings["WAREHOUSE_READ_URL"]} if settings.get("WAREHOUSE_READ_URL") else {}
+            warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout, **read_url)
+            opened.callback(warehouse.close)
+            sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]), feed=feed)
         # Load and hydrate every source once; if the catalog or the warehouse is down, that happens on first use
         # instead (the service starts, /health says what is down).
-        if settings["DEMO_SOURCES"]:
+        if settings["DEMO_SOURCES"] and serving is None:
             _declare_demo_sources(sources)
         fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
                              settings["REMOTE_TIMEOUT_SECONDS"])
@@ -72,6 +82,26 @@ def build_service(settings: Mapping[str, Any]):  # noqa: ANN201 - FeatureService
         sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"])
         opened.pop_all()
     return service
+
+
+def _serving_sources(catalog: Any, realtime: Any, feed: Any, settings: Mapping[str, Any],
+                     serving: Mapping[str, Any]) -> Any:
+    """A serving process's sources: the realtime store restored from the primary's snapshot, caught up
+    from the feed and tailing it; no warehouse (`PrimaryWarehouse`) and no feed writes."""
+    from app.sources import SourceService
+    from app.workers import PrimaryWarehouse, snapshot_position
+    from feed import FeedTailer
+
+    warehouse = PrimaryWarehouse(serving["dialect"], serving["primary_port"])
+    sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
+    position = snapshot_position(serving["snapshot"])
+    sources.restore_snapshot(str(serving["snapshot"]))
+    sources.tailer = FeedTailer(feed, sources.apply_feed, start=position)
+    sources.tailer.catch_up()
+    sources.tailer.start()
+    log.info("serving process %s: restored the snapshot at feed position %s, caught up to %s", os.getpid(),
+             position, sources.tailer.applied)
+    return sources
 
 
 def lookup_timeout(settings: Mapping[str, Any]) -> float | None:
@@ -94,8 +124,9 @@ def _declare_demo_sources(sources: Any) -> None:
     log.warning("the demo's sources are declared by the first publish: the stores are not ready yet")
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then the environment, then `config` (which wins)."""
+def create_app(config: Mapping[str, Any] | None = None, serving: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then `config` (which wins); `serving`: as a serving
+    process of WORKERS>1 (see `build_service`)."""
     from app.api import API_PREFIX, build_blueprint
     from app.api.common import error_body
 
@@ -110,7 +141,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from app.exports import ExportJobs
     from app.feature_sets import FeatureSets
 
-    service = app.extensions["feature_service"] = build_service(settings)
+    service = app.extensions["feature_service"] = build_service(settings, serving)
     app.extensions["feature_sets"] = FeatureSets(service)
     app.extensions["export_jobs"] = ExportJobs(Path(settings["EXPORT_DIR"]), service.warehouse,
                                                lambda: set(service.sources.warehouse_tables().values()))

@@ -27,7 +27,13 @@ def serve(args: argparse.Namespace) -> int:
     from app import close_app, create_app
     from app.server import serve_forever
 
+    from app import workers
+
     settings = load_settings()
+    if workers.serving_role() == "serving":
+        return workers.serve_worker(settings)
+    if settings["WORKERS"] > 1:
+        return workers.serve_primary(settings)
     app = create_app()
     log = logging.getLogger("featurestore")
     log.info("catalog %s | warehouse %s | realtime %s", _redacted(settings["CATALOG_URL"]),
@@ -85,7 +91,8 @@ def publish(args: argparse.Namespace) -> int:
 
 
 def reset(args: argparse.Namespace) -> int:
-    """Delete the embedded stores' files under DATA_DIR (catalog, warehouse, git cache), the service stopped.
+    """Delete the embedded stores' files under DATA_DIR (catalog, warehouse, feed, git cache), the service
+    stopped.
 
     Server backends (PostgreSQL, MongoDB) are left alone; the load directory (your input files) is kept."""
     settings = load_settings()
@@ -112,10 +119,12 @@ def reset(args: argparse.Namespace) -> int:
 
 
 def _embedded_files(settings: dict[str, Any]) -> list[Path]:
-    """The files the embedded catalog and warehouse keep (with their journals), and the git cache."""
-    files = [Path(settings["DATA_DIR"]) / "git-cache"]
+    """The files the embedded catalog, warehouse and change feed keep (with their journals), the realtime
+    snapshot and the git cache."""
+    files = [Path(settings["DATA_DIR"]) / "git-cache", Path(settings["DATA_DIR"]) / "realtime-snapshot.db"]
     for url, suffixes in ((settings["CATALOG_URL"], ("", "-wal", "-shm", "-journal")),
-                          (settings["WAREHOUSE_URL"], ("", ".wal"))):
+                          (settings["WAREHOUSE_URL"], ("", ".wal")),
+                          (settings["FEED_URL"], ("", "-wal", "-shm"))):
         scheme, _, path = url.partition(":///")
         if scheme in ("sqlite", "duckdb") and path and not path.startswith(":memory:"):
             files += [Path(path + suffix) for suffix in suffixes]

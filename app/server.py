@@ -18,6 +18,7 @@ Per-client limits (connections and request rate per address) belong to a reverse
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any, Mapping
 
@@ -122,26 +123,42 @@ class GuardedServer(TcpWSGIServer):
             channel.will_close = True
 
 
-def create_server(app: Any, settings: Mapping[str, Any]) -> Any:
-    """The guarded waitress server for `app` on HOST:PORT (not started)."""
+def create_server(app: Any, settings: Mapping[str, Any], sockets: list[socket.socket] | None = None) -> Any:
+    """The guarded waitress server for `app` on HOST:PORT, or on bound `sockets` (not started)."""
     policy = BodyPolicy.from_settings(settings)
-    adj = Adjustments(host=settings["HOST"], port=settings["PORT"], threads=settings["THREADS"], ident="featurestore",
+    where = {"sockets": sockets} if sockets else {"host": settings["HOST"], "port": settings["PORT"]}
+    adj = Adjustments(**where, threads=settings["THREADS"], ident="featurestore",
                       connection_limit=settings["CONNECTION_LIMIT"], channel_timeout=settings["CHANNEL_TIMEOUT_SECONDS"],
                       cleanup_interval=1, asyncore_use_poll=True,  # poll: more than 1024 sockets
                       max_request_body_size=policy.largest + 1)
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     socket_map: dict = {}
-    servers = [GuardedServer(app, socket_map, policy=policy, header_timeout=settings["HEADER_TIMEOUT_SECONDS"],
-                             dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
+    common = {"policy": policy, "header_timeout": settings["HEADER_TIMEOUT_SECONDS"], "dispatcher": dispatcher,
+              "adj": adj}
+    servers = [GuardedServer(app, socket_map, **common, sockinfo=info) for info in adj.listen] if not sockets else \
+        [GuardedServer(app, socket_map, **common, _sock=sock, bind_socket=False,
+                       sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname())) for sock in sockets]
     if len(servers) == 1:
         return servers[0]
     return MultiSocketServer(socket_map, adj, [(s.effective_host, s.effective_port) for s in servers], dispatcher,
                              log_info=servers[-1].log_info)
 
 
-def serve_forever(app: Any, settings: Mapping[str, Any]) -> None:
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port that other processes may bind too (SO_REUSEPORT: the kernel
+    spreads new connections over them)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def serve_forever(app: Any, settings: Mapping[str, Any], sockets: list[socket.socket] | None = None) -> None:
     """Run the guarded server until interrupted."""
-    server = create_server(app, settings)
+    server = create_server(app, settings, sockets)
     server.print_listen("Serving on http://{}:{}")
     server.run()

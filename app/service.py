@@ -271,7 +271,7 @@ class FeatureService:
 
     def get_query(self, query_id: str) -> QueryRecord:
         try:
-            return self._queries.get_or_make(query_id, lambda: self.catalog.get_query(query_id))
+            return self._queries.get_or_make(query_id, lambda: self._indexed(self.catalog.get_query(query_id)))
         except NotFound as error:
             raise _not_saved(error, "POST /v1.0/query/train?save=true") from None
 
@@ -511,17 +511,28 @@ class FeatureService:
             except BackendUnavailable:
                 return  # the catalog is down at start: queries saved later index their own columns
             for query in page.items:
-                try:
-                    prepared = prepare_query(query.sql, self.warehouse.dialect)
-                    joined = prepared.join_columns(declared) | self.realtime.lookup_columns(prepared)
-                except InvalidInput:
-                    continue
-                for table, column in joined:
-                    if table in self.realtime.sources:
-                        self.realtime.index(table, column)
+                self._index_joins(query.sql, declared)
             offset += len(page.items)
             if not page.items or offset >= page.total:
                 return
+
+    def _index_joins(self, sql: str, declared: dict[str, list[tuple[str, str]]]) -> None:
+        """Index the realtime store on the columns the query joins on or a pushed-down lookup filters by
+        (idempotent)."""
+        try:
+            prepared = prepare_query(sql, self.warehouse.dialect)
+            joined = prepared.join_columns(declared) | self.realtime.lookup_columns(prepared)
+        except InvalidInput:
+            return
+        for table, column in joined:
+            if table in self.realtime.sources:
+                self.realtime.index(table, column)
+
+    def _indexed(self, record: QueryRecord) -> QueryRecord:
+        """A query read from the catalog, its join columns indexed here first: a serving process (WORKERS>1)
+        did not see it saved, and a store restarted since indexes only what was saved before."""
+        self._index_joins(record.sql, self.sources.tables())
+        return record
 
     # -- shared steps ----------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WAREHOUSE_READ_URL", None, "PostgreSQL warehouse only: the URL user SQL (queries, training sets) "
             "connects with, as a role that may only SELECT the sources' tables (docker-compose.yml makes one). "
             "Default: WAREHOUSE_URL. Or WAREHOUSE_READ_URL_FILE: a file holding it."),
+    Setting("FEED_URL", None, "Change feed every serving process tails (the rows each ingest acknowledged): "
+            "sqlite:///<file>. Default: sqlite:///$DATA_DIR/feed.db."),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "
@@ -60,6 +62,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(logins last until a restart). Set it when several processes serve one port."),
     Setting("HOST", "127.0.0.1", "Address the server listens on."),
     Setting("PORT", 8080, "Port the server listens on.", int),
+    Setting("WORKERS", None, "Serving processes on PORT (one of them the primary, which owns the warehouse and "
+            "every write; the others serve realtime requests and catalog reads and forward the rest to it). "
+            "Default: the number of cores; 1 is one process.", int),
+    Setting("MIN_POSITION_WAIT_SECONDS", 1.0, "Longest a realtime request with min_position waits for its "
+            "process to apply that change-feed position; past it 503.", float),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
     Setting("CONNECTION_LIMIT", 1000, "Most open client connections; at the limit, those idle longest with no "
             "request being served are closed to make room.", int),
@@ -137,6 +144,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     values["DATA_DIR"] = data_dir
     values["CATALOG_URL"] = values["CATALOG_URL"] or f"sqlite:///{data_dir}/catalog.db"
     values["WAREHOUSE_URL"] = values["WAREHOUSE_URL"] or f"duckdb:///{data_dir}/warehouse.duckdb"
+    values["FEED_URL"] = values["FEED_URL"] or f"sqlite:///{data_dir}/feed.db"
+    values["WORKERS"] = values["WORKERS"] or os.cpu_count() or 1
     values["LOAD_DIR"] = os.path.abspath(values["LOAD_DIR"] or os.path.join(data_dir, "load"))
     values["EXPORT_DIR"] = os.path.abspath(values["EXPORT_DIR"] or os.path.join(data_dir, "exports"))
     return values

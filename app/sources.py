@@ -2,7 +2,8 @@
 
 The current version of every source is held in memory (loaded from the catalog on
 start) because every query save and every served lookup is typed by it. The warehouse
-is written first and durably; the realtime store gets the rows inside their hot window.
+is written first and durably; the rows inside their hot window then go to the change
+feed and, in the same step, to this process's realtime store (see `_to_realtime`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sqlglot import exp
 from catalog.base import Catalog, SourceRecord, utc_now
 from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput, InvalidQuery, NotFound
 from common.errors import SourceIncompatible
+from feed import AppliedPosition, ChangeFeed, FeedTailer
 from sql.types import logical_of_engine_type
 from sql.duckdb_engine import quote_qualified
 from sql.prepared import ROW_ALIAS, prepare_query
@@ -38,11 +40,17 @@ MAX_REQUEST_ROWS = 1000  # rows one serving request may supply per request sourc
 class SourceService:
     """Sources over the catalog, the warehouse and the realtime store."""
 
-    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore, *, load_dir: Path):
+    def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore, *, load_dir: Path,
+                 feed: ChangeFeed | None = None):
         self.catalog = catalog
         self.warehouse = warehouse
         self.realtime = realtime
         self.load_dir = load_dir
+        self.feed = feed
+        # the newest feed position this process's realtime store holds (the warehouse, hydrated from, has it all)
+        self.applied = AppliedPosition(feed.last_position() if feed is not None else 0)
+        self._realtime_lock = threading.Lock()  # a feed append and its realtime append are one step
+        self.tailer: FeedTailer | None = None  # a serving process's: applies the primary's appends
         self._current: dict[str, SourceRecord] = {}
         self._loaded = False
         self._hydrated: set[str] = set()  # sources whose hot window is in the realtime store
@@ -181,8 +189,10 @@ class SourceService:
             backfill = self._backfill(record, latest, adopted)  # read (and type-checked) before anything is saved
             self.realtime.register(record)  # before the catalog: a store that refuses leaves no record behind
             record = self.catalog.save_source(record)
-            if backfill is not None and backfill.num_rows:
-                self.realtime.append({record.name: backfill})
+            # every new version goes through the feed, rows or none, so other processes adopt it too
+            self._to_realtime({record.name: (backfill if backfill is not None
+                                             else pa.Table.from_batches([], schema=arrow_schema(record)))},
+                              {record.name: record})
             self._publish(record)
         return record, True
 
@@ -304,16 +314,85 @@ class SourceService:
         except InvalidQuery as error:  # the engine's own refusal of a value (a constraint, an encoding)
             raise InvalidInput(f"the warehouse refused the rows: {error.message}",
                                {"sources": sorted(rows)}) from None
-        if seen is not None:
-            return {seen["source"]: {**seen, "duplicate": True}}
+        if seen is not None:  # any position at or past the first write's serves it
+            return {seen["source"]: {**seen, "duplicate": True, "position": self.applied.position}}
         hot = {name: table for name, table in hot.items() if table.num_rows}
-        if hot:
+        position = self._to_realtime(hot, records) if hot else self.applied.position
+        return {name: {**answer, "duplicate": False, "position": position} for name, answer in answers.items()}
+
+    def _to_realtime(self, frames: dict[str, pa.Table], records: dict[str, SourceRecord]) -> int:
+        """After the warehouse committed `frames`: append them to the feed, then to this process's realtime
+        store, under one lock (a snapshot sees both or neither); the feed position (0 without a feed).
+
+        Ordering: warehouse, then feed, then acknowledgement. So no feed row is missing from the warehouse,
+        and no acknowledged row is missing from the feed; if the feed append fails, the caller gets 503 and
+        the rows (in the warehouse) reach every process at its next start, as after a realtime outage."""
+        with self._realtime_lock:
+            position = 0
+            if self.feed is not None:
+                tagged = {name: table.replace_schema_metadata({"fs_version": str(records[name].version)})
+                          for name, table in frames.items()}
+                try:
+                    position = self.feed.append(tagged)
+                except Exception as error:  # noqa: BLE001 - any engine's error: the rows did not reach the feed
+                    raise BackendUnavailable("change feed", f"{error} (the rows are in the warehouse; every "
+                                             "process gets them at its next start)") from None
+            rows = {name: table for name, table in frames.items()
+                    if table.num_rows and records[name].kind == "table"}
             try:
-                self.realtime.append(hot)
+                if rows:
+                    self.realtime.append(rows)
             except FeatureStoreError as error:  # the warehouse has the rows: not a refusal, an outage of the copy
                 raise BackendUnavailable("realtime store", f"{error.message} (the rows are in the warehouse; the "
                                          "realtime store gets them at the next start)") from None
-        return {name: {**answer, "duplicate": False} for name, answer in answers.items()}
+            self.applied.advance(position)
+        return position
+
+    def snapshot(self, path: str) -> int:
+        """Copy the realtime store to the file `path` (`RealtimeStore.backup`) between two feed appends; the
+        feed position it holds everything through."""
+        with self._realtime_lock:
+            self.realtime.backup(path)
+            return self.applied.position
+
+    def progress(self) -> AppliedPosition:
+        """The feed position this process's realtime store holds (its own appends, or its tailer's)."""
+        return self.tailer.progress if self.tailer is not None else self.applied
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        """Whether this process's realtime store holds feed `position` within `timeout` seconds; a position
+        the feed has not reached (no write answered it) is InvalidInput."""
+        feed = self.tailer.feed if self.tailer is not None else self.feed
+        newest = feed.last_position() if feed is not None else self.applied.position
+        if position > newest:
+            raise InvalidInput(f"min_position {position} is past the change feed's newest position {newest}: "
+                               "pass a position an ingest or publish answered", {"min_position": position,
+                                                                                 "newest": newest})
+        return self.progress().wait_for(position, timeout)
+
+    def apply_feed(self, frames: dict[str, pa.Table]) -> None:
+        """Apply other processes' feed entries (a serving process): adopt a source version first met here
+        from the catalog, then append the rows."""
+        for name, table in frames.items():
+            version = int((table.schema.metadata or {}).get(b"fs_version", 0))
+            known = self._current.get(name)
+            if known is None or known.version < version:
+                record = self.catalog.source_versions(name)[-1]
+                self.realtime.register(record)
+                self._publish(record)
+        rows = {name: table for name, table in frames.items()
+                if table.num_rows and self._current[name].kind == "table"}
+        if rows:
+            self.realtime.append(rows)
+
+    def restore_snapshot(self, path: str) -> None:
+        """Fill the realtime store from a snapshot file (a serving process) instead of the warehouse, the
+        sources' newest definitions read from the catalog."""
+        if not self.load():
+            raise BackendUnavailable("catalog", "a serving process needs the sources' definitions to start")
+        self.realtime.restore(path, list(self._current.values()))
+        self._hydrated.update(self._current)
+        self._loaded = True
 
     def _hot_rows(self, source: SourceRecord, rows: pa.Table) -> pa.Table:
         """The rows inside the source's hot window now (all rows without a window)."""
@@ -421,9 +500,15 @@ class SourceService:
         self._evictor.start()
 
     def stop(self) -> None:
+        """Stop the evictor (and a serving process's tailer) and close the feed."""
         self._stop.set()
         if self._evictor is not None:
             self._evictor.join(timeout=5)
+        if self.tailer is not None:
+            self.tailer.stop()
+            self.tailer.feed.close()
+        if self.feed is not None:
+            self.feed.close()
 
 
 def _json_stats(stats: dict[str, Any]) -> dict[str, Any]:

@@ -217,10 +217,11 @@ _HYDRATED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*realtime stor
 @contextlib.contextmanager
 def running_server(data_dir: Path, log_dir: Path, startup_seconds: float = 3600.0, **settings: str
                    ) -> Iterator[Server]:
-    """Run `python -m app` on `data_dir` (AUTH off unless `settings` say otherwise) until the block ends."""
+    """Run `python -m app` on `data_dir` (one process, AUTH off, unless `settings` say otherwise) until the
+    block ends."""
     port = free_port()
     env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "off",
-           "PYTHONUNBUFFERED": "1", **settings}
+           "PYTHONUNBUFFERED": "1", "WORKERS": "1", **settings}
     for name in ("CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL"):
         if name not in settings:
             env.pop(name, None)

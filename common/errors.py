@@ -130,3 +130,9 @@ class BackendUnavailable(FeatureStoreError):
 
     def __init__(self, backend: str, cause: BaseException | str):
         super().__init__(f"{backend} is unavailable: {cause}", {"backend": backend})
+
+
+class PositionNotApplied(FeatureStoreError):
+    """A realtime request's min_position was not applied by the process that got it in time (503: retry)."""
+
+    status, code = 503, "position_not_applied"

@@ -27,7 +27,7 @@ def publish_batch_id(seed: int | None) -> str | None:
 def publish_flows(sources: Any, n_flows: int, seed: int | None = None) -> dict[str, Any]:
     """Generate flows and ingest every table in one transaction per store.
 
-    Returns ``{"written": rows per table, "duplicate": bool}``: a seeded publish repeated with the same
+    Returns ``{"written": rows per table, "duplicate": bool, "position": the change feed's}``: a seeded publish repeated with the same
     `n_flows` writes nothing (every count 0, ``duplicate`` true) instead of doubling the data; with another
     `n_flows` it is refused (400), as its flows would repeat the first publish's ids."""
     declare_demo_sources(sources)
@@ -42,4 +42,4 @@ def publish_flows(sources: Any, n_flows: int, seed: int | None = None) -> dict[s
                            "written: publish with another seed (or none)",
                            {"seed": seed, "n_flows": n_flows, "published_n_flows": seen.get("n_flows")})
     return {"written": {name: 0 if seen else table.num_rows for name, table in rows.items()},
-            "duplicate": seen is not None}
+            "duplicate": seen is not None, "position": max(answer["position"] for answer in answers.values())}

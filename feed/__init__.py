@@ -5,15 +5,23 @@ table under DATA_DIR that every process on one machine can tail). See feed/base.
 """
 from __future__ import annotations
 
-from feed.base import ChangeFeed, FeedEntry, FeedTailer
+from typing import Any
 
-__all__ = ["ChangeFeed", "FeedEntry", "FeedTailer", "open_feed"]
+from common.urls import backend_registry
+from feed.base import AppliedPosition, ChangeFeed, FeedEntry, FeedTailer
+
+__all__ = ["AppliedPosition", "ChangeFeed", "FeedEntry", "FeedTailer", "open_feed"]
 
 
-def open_feed(url: str) -> ChangeFeed:
-    """The feed at `url`; an unknown scheme is an error that lists the known ones."""
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme == "sqlite":
-        from feed.sqlite_feed import SqliteFeed
-        return SqliteFeed(url.split("sqlite:///", 1)[1])
-    raise ValueError(f"unknown feed URL scheme {scheme!r}; known: sqlite")
+def _sqlite(url: str, **options: Any) -> ChangeFeed:
+    from common.errors import InvalidInput
+    from feed.sqlite_feed import SqliteFeed
+
+    path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+    if not path or path.startswith(":memory:"):
+        raise InvalidInput(f"FEED_URL: the embedded feed is a file every process opens (sqlite:///<file>), "
+                           f"not {url!r}")
+    return SqliteFeed(path, **options)
+
+
+open_feed = backend_registry("FEED_URL", {"sqlite": _sqlite})

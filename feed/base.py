@@ -37,6 +37,13 @@ def bytes_table(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """One source's entries as one table (a newer entry may add columns), with the newest one's metadata."""
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="default").replace_schema_metadata(tables[-1].schema.metadata)
+
+
 class ChangeFeed(ABC):
     """An ordered log of ingested rows that several processes append to and tail."""
 
@@ -56,6 +63,31 @@ class ChangeFeed(ABC):
         """Release connections."""
 
 
+class AppliedPosition:
+    """The newest feed position a process's realtime store holds; requests wait on it (read-your-writes)."""
+
+    def __init__(self, start: int = 0):
+        self.position = start
+        self._changed = threading.Condition()
+
+    def advance(self, position: int) -> None:
+        """Record that everything through `position` is applied (positions never go back)."""
+        with self._changed:
+            self.position = max(self.position, position)
+            self._changed.notify_all()
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        """Whether `position` is applied within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.position < position:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+
 class FeedTailer:
     """Applies a feed's entries after `start` to `apply`, polling every `interval` seconds on a thread;
     `wait_for` lets a request wait until its process has applied a position (read-your-writes)."""
@@ -63,10 +95,14 @@ class FeedTailer:
     def __init__(self, feed: ChangeFeed, apply: Callable[[dict[str, pa.Table]], object], *, start: int = 0,
                  interval: float = 0.005):
         self.feed, self.apply, self.interval = feed, apply, interval
-        self.applied = start
-        self._changed = threading.Condition()
+        self.progress = AppliedPosition(start)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def applied(self) -> int:
+        """The newest position applied."""
+        return self.progress.position
 
     def poll(self) -> int:
         """Apply what is new (one batch per source per read); the number of entries applied."""
@@ -76,22 +112,18 @@ class FeedTailer:
         frames: dict[str, list[pa.Table]] = {}
         for entry in entries:
             frames.setdefault(entry.source, []).append(entry.rows)
-        self.apply({source: pa.concat_tables(tables) for source, tables in frames.items()})
-        with self._changed:
-            self.applied = entries[-1].position
-            self._changed.notify_all()
+        self.apply({source: _concat(tables) for source, tables in frames.items()})
+        self.progress.advance(entries[-1].position)
         return len(entries)
+
+    def catch_up(self) -> None:
+        """Apply everything the feed holds now (before a process starts answering)."""
+        while self.poll():
+            pass
 
     def wait_for(self, position: int, timeout: float) -> bool:
         """Whether this process has applied `position` within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.applied < position:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-        return True
+        return self.progress.wait_for(position, timeout)
 
     def start(self) -> None:
         """Tail on a daemon thread until `stop`."""

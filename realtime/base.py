@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
+from common.errors import InvalidInput
 from sources.rows import stored_rows
 from sql.duckdb_engine import quote_identifier
 from sql.key_pushdown import PointLookup, Refusal, point_lookup
@@ -163,6 +164,17 @@ class RealtimeStore(ABC):
 
     def close(self) -> None:
         """Release the database."""
+
+    def backup(self, path: str) -> None:
+        """Copy every source's rows, views and indexes, as of one commit, to the file `path` (a snapshot
+        other processes `restore`)."""
+        raise InvalidInput(f"the {self.dialect} realtime store cannot be snapshotted for other processes: "
+                           "use REALTIME_URL=sqlite:///:memory: or WORKERS=1")
+
+    def restore(self, path: str, sources: list[SourceRecord]) -> None:
+        """Fill this new, empty store from a `backup` file and register `sources` (the catalog's newest
+        versions) over it."""
+        raise InvalidInput(f"the {self.dialect} realtime store cannot be restored from a snapshot")
 
     def hydrate(self, warehouse: Warehouse, sources: Iterable[SourceRecord], now: float | None = None
                 ) -> dict[str, int]:

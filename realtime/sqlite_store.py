@@ -40,6 +40,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -142,6 +143,35 @@ class SqliteRealtimeStore(RealtimeStore):
                 self._create_index(source.name, column)
             self.sources[source.name] = source
             self._plans.clear()
+
+    def backup(self, path: str) -> None:
+        target = sqlite3.connect(path)
+        try:
+            with self._lock:  # between two writes: one committed state
+                self._connection.backup(target)
+        finally:
+            target.close()
+
+    def restore(self, path: str, sources: list[SourceRecord]) -> None:
+        # the snapshot's tables stand for each source's version as the snapshot has it (its columns)
+        snapshot = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            with self._lock:
+                snapshot.backup(self._connection)
+        finally:
+            snapshot.close()
+        with self._writes():
+            indexes = {row[0] for row in self._connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index'")}
+            held = {source.name: {row[1] for row in self._connection.execute(
+                f"PRAGMA table_info({quote_identifier(rows_table(source.name))})")} for source in sources}
+        for source in sources:
+            if held[source.name]:
+                self.sources[source.name] = replace(source, columns=[c for c in source.columns
+                                                                     if c["name"] in held[source.name]])
+                self._indexes[source.name] = [c["name"] for c in source.columns
+                                              if index_name(source.name, c["name"]) in indexes]
+            self.register(source)  # widened to the catalog's newest version, its view made again
 
     def index(self, source: str, column: str) -> None:
         with self._writes():

@@ -35,12 +35,12 @@ class LiveProcess:
 
 @contextlib.contextmanager
 def live_process(data_dir: Path, startup_seconds: float = 30.0, **settings: str) -> Iterator[LiveProcess]:
-    """Run the service on embedded backends under `data_dir` (authentication off and the demo's sources
-    declared unless `settings` say otherwise) on a free loopback port; yield it once /v1.0/health answers; stop it by PID afterwards
+    """Run the service on embedded backends under `data_dir` (one process, authentication off and the
+    demo's sources declared unless `settings` say otherwise) on a free loopback port; yield it once /v1.0/health answers; stop it by PID afterwards
     (unless a test already killed it)."""
     port = free_port()
     env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "off",
-           "DEMO_SOURCES": "on", **settings}
+           "DEMO_SOURCES": "on", "WORKERS": "1", **settings}
     for name in ("CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL"):
         env.pop(name, None)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from app import jsonio
 from app.service import FeatureService
-from common.errors import FeatureStoreError, InvalidInput
+from common.errors import FeatureStoreError, InvalidInput, PositionNotApplied
 
 log = logging.getLogger(__name__)
 ID_PATTERN = {"query": re.compile(r"^q_[0-9a-f]{16}$"), "etl": re.compile(r"^e_[0-9a-f]{16}$")}
@@ -76,6 +76,29 @@ def request_data(body: dict[str, Any]) -> Any:
     if "request_rows" not in body and not body.get("log"):
         return None
     return RequestData(body.get("request_rows"), bool(body.get("log", False)))
+
+
+MIN_POSITION_HEADER = "X-Min-Position"
+MIN_POSITION = {"min_position": {"description": "a change-feed position (an ingest or publish answer's "
+                                                "`position`): wait, up to MIN_POSITION_WAIT_SECONDS, until this "
+                                                "process serves it, else 503 (also as the X-Min-Position header)",
+                                 "type": "integer", "minimum": 0, "in": "query"}}
+
+
+def wait_for_min_position() -> None:
+    """Read-your-writes: hold a realtime request until its process has applied the `min_position` it asks
+    for (query parameter, or the X-Min-Position header); 503 `position_not_applied` past the wait limit."""
+    raw = request.args.get("min_position", request.headers.get(MIN_POSITION_HEADER))
+    if raw is None:
+        return
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise InvalidInput("min_position must be a non-negative integer (an ingest answer's position)",
+                           {"parameter": "min_position", "value": raw[:40]})
+    sources = service().sources
+    seconds = current_app.config["MIN_POSITION_WAIT_SECONDS"]
+    if not sources.wait_for(int(raw), seconds):
+        raise PositionNotApplied(f"this process has not applied feed position {raw} within {seconds} s; retry",
+                                 {"min_position": int(raw), "applied": sources.progress().position})
 
 
 PAGING = {"offset": {"description": "rows to skip", "type": "integer", "minimum": 0, "default": 0},

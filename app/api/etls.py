@@ -6,6 +6,7 @@ from typing import Any
 from flask import request
 from flask_restx import Namespace, Resource, fields
 
+from app.api.common import MIN_POSITION, wait_for_min_position
 from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
@@ -140,9 +141,12 @@ class ExtractRealtime(Resource):
     @extract_ns.response(404, "unknown id, or no hot rows for the entity")
     @extract_ns.response(409, "serving output differs from the training schema (details: the diff)")
     @extract_ns.response(422, "the ETL raised, or its expectations failed under the 'reject' policy")
+    @extract_ns.response(503, "min_position not applied by this process in time (position_not_applied): retry")
+    @extract_ns.doc(params=MIN_POSITION)
     @allow(*SERVING)
     def post(self):
         """One entity's features from hot data, by the saved query and ETL, schema-checked."""
+        wait_for_min_position()
         body = json_body(realtime_request)
         frame, warnings = service().realtime_etl(checked_id("query", body["query_id"]),
                                                  checked_id("etl", body["etl_id"]), body["index_key"],

@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app
 from flask_restx import Namespace, Resource, fields
 
+from app.api.common import MIN_POSITION, wait_for_min_position
 from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
@@ -128,9 +129,12 @@ class FeatureSetRealtime(Resource):
         "data": fields.List(fields.Raw), "warnings": fields.List(fields.Raw)}))
     @ns.response(404, "unknown name or version, or no hot rows for the entity")
     @ns.response(409, "serving output differs from the training schema")
+    @ns.response(503, "min_position not applied by this process in time (position_not_applied): retry")
+    @ns.doc(params=MIN_POSITION)
     @allow(*SERVING)
     def post(self, name: str):
         """One entity's features by feature-set name (default: the production version, else the newest)."""
+        wait_for_min_position()
         body = json_body(realtime_request)
         record, frame, warnings = feature_sets().realtime(checked_name(name), body["index_value"],
                                                           body.get("version"), request_data(body))

@@ -15,6 +15,8 @@ counts = ns.model("PublishCounts", {
     "written": fields.Raw(description="rows written per table", example={"users": 80, "quotes": 100}),
     "duplicate": fields.Boolean(description="true when this seed and n_flows were published before: nothing "
                                             "was written (every count 0)"),
+    "position": fields.Integer(description="change-feed position of the rows: pass it as min_position to "
+                                           "a realtime request to read them from any process"),
 })
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask_restx import Namespace, Resource, fields
 
+from app.api.common import MIN_POSITION, wait_for_min_position
 from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableList, NullableString, Scalar, checked_id, json_body, page_dict, paging,
                              query_flag, service, with_errors)
 from app.auth import SCIENTIST, SERVING, allow, caller
@@ -109,9 +110,12 @@ class QueryRealtime(Resource):
     @query_ns.response(200, "the entity's rows from hot data", rows_response)
     @query_ns.response(404, "unknown query_id, or no hot rows for the entity (entity_not_found)")
     @query_ns.response(409, "serving output differs from the training schema")
+    @query_ns.response(503, "min_position not applied by this process in time (position_not_applied): retry")
+    @query_ns.doc(params=MIN_POSITION)
     @allow(*SERVING)
     def post(self):
         """Run a saved query on the realtime store for one entity."""
+        wait_for_min_position()
         body = json_body(realtime_request)
         frame = service().realtime_query(checked_id("query", body["query_id"]), body["index_key"],
                                          body["index_value"], request_data(body))

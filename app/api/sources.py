@@ -63,6 +63,8 @@ ingest_answer = ns.model("IngestAnswer", {
     "realtime_rows": fields.Integer(description="rows inside the hot window, now in the realtime store"),
     "min_event_time": fields.Raw, "max_event_time": fields.Raw, "batch_id": NullableString,
     "duplicate": fields.Boolean(description="true: this batch_id was written before; nothing was written now"),
+    "position": fields.Integer(description="change-feed position of the rows: pass it as min_position to "
+                                           "a realtime request to read them from any process"),
 })
 
 

@@ -1,0 +1,151 @@
+"""One process against WORKERS=2 on this machine, alternating in one run: extract/realtime at N clients,
+freshness between processes, memory per process.
+
+    .venv/bin/python -m bench.workers --flows 10000 --seconds 20 --clients 8
+
+For each shape (WORKERS=1, WORKERS=2, … repeated --rounds times, alternating) it starts `python -m app`
+on a fresh DATA_DIR, publishes --flows demo flows, saves the walkthrough's four-table join and registers
+the example ETL (bench/load.py's `prepare`), waits until every process serves the publish (min_position),
+then drives POST /v1.0/extract/realtime for random known users at --clients connections for --seconds
+after a 3 s warm-up (wrk if installed, else bench/loadgen.py's Python clients). With WORKERS>1 it also measures freshness:
+--fresh ingests of one new user each (on a fresh connection), each followed by lookups on fresh
+connections until a process other than the primary serves the row; the delay is from the ingest's
+answer to that lookup's. Memory is each process's resident set after the load (/proc).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import loadgen
+from bench.live import Server, make_etl_repo, process_status, running_server
+from bench.load import Client, prepare
+
+
+WARMUP_SECONDS = 3.0
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs whose parent is `pid` (a primary's serving processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def served_by(server: Server, method: str, path: str, body: Any = None) -> tuple[int, str, bytes]:
+    """One request on a fresh connection: (status, the answering PID, body)."""
+    status, headers, data = server.request(method, path, body, timeout=30)
+    return status, headers.get("x-served-by", str(server.pid)), data
+
+
+def wait_all_serve(server: Server, workers: int, query_id: str, user: str, position: int) -> None:
+    """Until every process has answered a lookup of `user` at `position` (fresh connections)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only processes {sorted(seen)} answered")
+        status, pid, data = served_by(server, "POST", f"/v1.0/query/realtime?min_position={position}",
+                                      {"query_id": query_id, "index_key": "user_id", "index_value": user})
+        if status != 200:
+            raise RuntimeError(f"lookup → {status}: {data[:300]!r}")
+        seen.add(pid)
+
+
+def freshness(server: Server, count: int) -> dict[str, Any]:
+    """Delay from an ingest's answer until a process other than the primary serves the row."""
+    query_id = server.json("POST", "/v1.0/query/train?save=true&include_data=false",
+                           {"query": "SELECT user_id, name FROM users"})["query_id"]
+    delays, primary = [], str(server.pid)
+    for index in range(count):
+        user = f"fresh-{index}-{random.randrange(2**31)}"
+        server.json("POST", "/v1.0/sources/users/rows", {"rows": [
+            {"user_id": user, "name": "fresh", "address": "x", "creation_date": int(time.time())}]})
+        acknowledged = time.perf_counter()
+        while True:
+            status, pid, _ = served_by(server, "POST", "/v1.0/query/realtime",
+                                       {"query_id": query_id, "index_key": "user_id", "index_value": user})
+            if status == 200 and pid != primary:
+                delays.append(time.perf_counter() - acknowledged)
+                break
+            if time.perf_counter() - acknowledged > 10:
+                raise RuntimeError(f"user {user} not served by another process within 10 s")
+    return {"ingests": count, **loadgen.percentiles_ms(delays, (50, 99)),
+            "max_ms": round(max(delays) * 1000, 3)}
+
+
+def write_bodies(path: Path, setup: dict[str, Any], count: int = 5000) -> Path:
+    rng = random.Random(1)
+    with open(path, "w", encoding="utf-8") as out:
+        for _ in range(count):
+            out.write(json.dumps({"query_id": setup["query_id"], "etl_id": setup["etl_id"], "index_key": "user_id",
+                                  "index_value": rng.choice(setup["users"])}) + "\n")
+    return path
+
+
+def measure(workers: int, args: argparse.Namespace, work: Path, etl_path: Path) -> dict[str, Any]:
+    data_dir = work / f"data-w{workers}-{int(time.time() * 1000)}"
+    with running_server(data_dir, work / "logs", WORKERS=str(workers)) as server:
+        position = server.json("PUT", f"/v1.0/publish?n_flows={args.flows}&seed=7", timeout=600)["position"]
+        client = Client("127.0.0.1", server.port)
+        setup = prepare(client, None, 0, str(etl_path), auth=False)
+        client.close()
+        wait_all_serve(server, workers, setup["query_id"], setup["users"][0], position)
+        bodies = write_bodies(work / f"bodies-w{workers}.jsonl", setup)
+        loadgen.concurrent(server.port, "POST", "/v1.0/extract/realtime", bodies, args.clients, WARMUP_SECONDS,
+                           {"Content-Type": "application/json"})  # every process's ETL loaded, caches warm
+        load = loadgen.concurrent(server.port, "POST", "/v1.0/extract/realtime", bodies, args.clients,
+                                  args.seconds, {"Content-Type": "application/json"})
+        result: dict[str, Any] = {"workers": workers, "load": load}
+        if workers > 1:
+            result["freshness"] = freshness(server, args.fresh)
+        pids = [server.pid, *children(server.pid)]
+        result["rss_mib"] = {("primary" if pid == server.pid else f"serving {pid}"):
+                             round(process_status(pid)["VmRSS"] / 2**20, 1) for pid in pids}
+        return result
+
+
+def render(result: dict[str, Any]) -> str:
+    load = result["load"]
+    line = (f"WORKERS={result['workers']}: {load['requests_per_second']} req/s, p50 {load['p50_ms']} ms, "
+            f"p99 {load['p99_ms']} ms, errors {load['errors']} ({load['tool']})")
+    if "freshness" in result:
+        fresh = result["freshness"]
+        line += (f"\n  freshness (ingest answered → served by another process, {fresh['ingests']} ingests): "
+                 f"p50 {fresh['p50_ms']} ms, p99 {fresh['p99_ms']} ms, max {fresh['max_ms']} ms")
+    line += "\n  resident memory (MiB): " + ", ".join(f"{name} {mib}" for name, mib in result["rss_mib"].items())
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flows", type=int, default=10_000, help="demo flows published per shape")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load duration per shape")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="the shapes, in order")
+    parser.add_argument("--rounds", type=int, default=1, help="times the shapes are measured, alternating")
+    parser.add_argument("--fresh", type=int, default=200, help="ingests timed for freshness (WORKERS>1)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as folder:
+        work = Path(folder)
+        etl_path = make_etl_repo(work / "etl_repo")
+        for _ in range(args.rounds):
+            for workers in args.workers:
+                print(render(measure(workers, args, work, etl_path)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
