@@ -160,8 +160,7 @@ class RegistrationReplay:
             return "lookup_failed"
         if lookup.empty:
             return "not_in_realtime"
-        try:
-            service._check_schema(training.query.schema, lookup, stage="query", ids={})
+        try:  # (the lookup's types are compared with the training rows' by the caller: no schema check here)
             features = service._run_etl(training.etl_id, training.code, training.code_sha256,
                                         with_training_dtypes(lookup, training.input_dtypes), training.state,
                                         training.as_of)

@@ -48,44 +48,46 @@ def compare_entity(trained: pd.DataFrame, served: pd.DataFrame) -> dict[str, Any
 
     ``columns`` is None when names and order match; ``values`` maps each column whose logical type,
     row count or any value differs to up to `MAX_EXAMPLES` ``{"row", "trained", "served"}`` examples.
-    Rows are compared by position.
+    Rows are compared by position. (Read as whole arrays, not column by column: a replay compares
+    hundreds of entities.)
     """
     trained_names, served_names = [str(c) for c in trained.columns], [str(c) for c in served.columns]
     columns = None if trained_names == served_names else {"trained": trained_names, "served": served_names}
-    served_columns = {str(name): column for name, column in served.items()}
+    position = {name: i for i, name in enumerate(served_names)}
+    left_cells, right_cells = _cells(trained), _cells(served)
+    left_types, right_types = list(trained.dtypes), list(served.dtypes)
     values: dict[str, list[dict[str, Any]]] = {}
-    for name, left in trained.items():
-        name = str(name)
-        right = served_columns.get(name)
-        if right is None:
+    for i, name in enumerate(trained_names):
+        j = position.get(name)
+        if j is None:
             values[name] = [{"row": None, "trained": "<column>", "served": "<missing>"}]
             continue
-        examples = _column_differences(left, right)
+        examples: list[dict[str, Any]] = []
+        if len(trained) != len(served):
+            examples.append({"row": None, "trained": f"{len(trained)} rows", "served": f"{len(served)} rows"})
+        elif (left_types[i] != right_types[j] or left_types[i] == object) and \
+                _types_differ(trained.iloc[:, i], served.iloc[:, j]):
+            examples.append({"row": None, "trained": logical_type(trained.iloc[:, i]),
+                             "served": logical_type(served.iloc[:, j])})
+        for row, (a, b) in enumerate(zip(left_cells[i], right_cells[j])):
+            if len(examples) >= MAX_EXAMPLES:
+                break
+            if not values_equal(a, b):
+                examples.append({"row": row, "trained": a, "served": b})
         if examples:
             values[name] = examples
     return {"columns": columns, "values": values}
 
 
-def _column_differences(left: pd.Series, right: pd.Series) -> list[dict[str, Any]]:
-    """Up to `MAX_EXAMPLES` differences of one column: its row count, its logical type, its values."""
-    examples: list[dict[str, Any]] = []
-    if len(left) != len(right):
-        examples.append({"row": None, "trained": f"{len(left)} rows", "served": f"{len(right)} rows"})
-    elif _types_differ(left, right):
-        examples.append({"row": None, "trained": logical_type(left), "served": logical_type(right)})
-    for row, (a, b) in enumerate(zip(left.tolist(), right.tolist())):
-        if len(examples) >= MAX_EXAMPLES:
-            break
-        if not values_equal(a, b):
-            examples.append({"row": row, "trained": a, "served": b})
-    return examples
+def _cells(frame: pd.DataFrame) -> list[list[Any]]:
+    """A frame's values column by column, as Python lists (one conversion for the whole frame)."""
+    if not len(frame.columns):
+        return []
+    return frame.to_numpy(dtype=object).T.tolist() if len(frame) else [[] for _ in frame.columns]
 
 
 def _types_differ(left: pd.Series, right: pd.Series) -> bool:
-    """Other logical types (a column of nulls only has no type to differ by); equal non-object dtypes
-    are the same type without looking at values."""
-    if left.dtype == right.dtype and left.dtype != object:
-        return False
+    """Other logical types (a column of nulls only has no type to differ by)."""
     if logical_type(left) == logical_type(right):
         return False
     return not (left.isna().all() or right.isna().all())
@@ -138,7 +140,7 @@ LOSSLESS = {("bool", "boolean"), ("int64", "Int64"), ("float64", "Float64")}  # 
 
 def frame_rows(frame: pd.DataFrame) -> list[tuple]:
     """A frame's rows as tuples of Python values (faster than `itertuples` on small frames)."""
-    return list(zip(*(column.tolist() for _, column in frame.items()))) if len(frame.columns) else [()] * len(frame)
+    return [tuple(row) for row in frame.to_numpy(dtype=object).tolist()] if len(frame.columns) else [()] * len(frame)
 
 
 def canonical_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -302,3 +302,14 @@ def test_randomized_row_wise_etls_are_never_refused(make_app, tmp_path, seed):
                                                 started))
         assert report["replayed"] and report["entities_checked"] == 40, code
         assert report["consistent"], (code, {k: v for k, v in report.items() if k != "shadow"})
+
+
+def test_feature_sets_show_their_etls_consistency(domain):
+    accepted = domain.register(transform('df["amount"].rank()'), flags="&allow_mismatch=true")["etl_id"]
+    clean = domain.register(transform('df["amount"] * 2'))["etl_id"]
+    for name, etl_id in (("ranked", accepted), ("doubled", clean)):
+        domain.api.post("/v1.0/feature-sets", {"name": name, "query_id": domain.query_id, "etl_id": etl_id}, 201)
+    shown = {item["name"]: item["etl_consistency"] for item in domain.api.get("/v1.0/feature-sets")["items"]}
+    assert shown["ranked"] == {"consistent": False, "accepted_mismatch": True, "mismatched_columns": ["f"],
+                               "entities_checked": 40}
+    assert shown["doubled"]["consistent"] is True and shown["doubled"]["accepted_mismatch"] is False

@@ -7,17 +7,16 @@ from typing import Any
 from flask import current_app
 from flask_restx import Namespace, Resource, fields
 
-from app.api.common import MIN_POSITION, wait_for_min_position
-from app.api.common import (PAGING, REQUEST_FIELDS, SPINE_FIELDS, spine_spec, request_data, NullableString, Scalar, checked_id, json_body, page_dict, paging,
-                             with_errors)
-from app.auth import SCIENTIST, SERVING, allow, caller
-from app.feature_sets import FeatureSets
-from checks.schema import frame_schema
+from app.api.common import (MIN_POSITION, PAGING, REQUEST_FIELDS, SPINE_FIELDS, NullableString, Scalar, checked_id,
+                            json_body, page_dict, paging, request_data, spine_spec, wait_for_min_position, with_errors)
 from app.api.jobs import EXPORT_FIELDS, export_answer
 from app.arrowio import JSON_OR_ARROW, arrow_response, frame_batches, wants_arrow
+from app.auth import SCIENTIST, SERVING, allow, caller
+from app.feature_sets import FeatureSets
 from app.jsonio import frame_records
 from catalog.base import FeatureSetRecord
-from common.errors import InvalidInput
+from checks.schema import frame_schema
+from common.errors import InvalidInput, NotFound
 
 ns = Namespace("feature-sets", description="Stable names for (query, ETL, features), versioned and staged")
 NAMESPACES = [ns]
@@ -39,6 +38,9 @@ version_model = ns.model("FeatureSetVersion", {
     "index_key": fields.String, "features": fields.List(fields.String), "description": fields.String,
     "tags": fields.List(fields.String), "created_by": fields.String, "created_at": fields.String,
     "stage": NullableString(description="production, staging or null"),
+    "etl_consistency": fields.Raw(description="the ETL's registration replay, in short: consistent, "
+                                              "accepted_mismatch, mismatched_columns, entities_checked (null if "
+                                              "never replayed)"),
 })
 realtime_request = ns.model("FeatureSetRealtime", {
     "index_value": Scalar(required=True),
@@ -63,7 +65,19 @@ def checked_name(name: str) -> str:
 
 
 def _version(record: FeatureSetRecord) -> dict[str, Any]:
-    return record.to_dict()
+    """A version as the API shows it, with its ETL's consistency (allow_mismatch shows here too)."""
+    return {**record.to_dict(), "etl_consistency": _consistency(record.etl_id)}
+
+
+def _consistency(etl_id: str) -> dict[str, Any] | None:
+    try:
+        report = (current_app.extensions["feature_service"].get_etl(etl_id).extra or {}).get("consistency")
+    except NotFound:
+        return None
+    if not report or not report.get("replayed"):
+        return None
+    return {"consistent": report["consistent"], "accepted_mismatch": bool(report.get("accepted_mismatch")),
+            "mismatched_columns": report["mismatched_columns"], "entities_checked": report["entities_checked"]}
 
 
 @ns.route("")
