@@ -183,6 +183,7 @@ def test_feature_set_page_marks_production_and_diffs_two_versions(catalog, admin
     assert (f'etl_id changed: <a href="/ui/etls/{old}">quote_features</a> → '
             f'<a href="/ui/etls/{new}">fitted_features</a>') in page
     assert "query_id changed" not in page
+    assert page.count('<span class="ok">yes (') == 2  # both versions' ETLs replayed as consistent at registration
     reverse = _text(admin, "/ui/feature-sets/conversion?a=2&b=1")
     assert '<code class="added">+minutes_to_bind</code>' in reverse
     assert "Compare two versions" not in _text(admin, "/ui/feature-sets/shop_activity")  # one version only
