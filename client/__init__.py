@@ -5,7 +5,7 @@ the service's own error classes (`common.errors`), rebuilt from its JSON.
 """
 from common.errors import (BackendUnavailable, EtlFailed, EtlTampered, FeatureStoreError, InvalidEtl,
                            InvalidInput, InvalidQuery, NotFound, ResultTooLarge, SourceIncompatible,
-                           UpstreamUnavailable)
+                           TrainServeMismatch, UpstreamUnavailable)
 
 from client.errors import (IncompleteStream, SchemaMismatch, ServiceError, ServiceTimeout, ServiceUnreachable,
                            UnexpectedResponse, error_class)
@@ -14,6 +14,6 @@ from client.store import FeatureStore, Page, TrainingResult
 __all__ = [
     "FeatureStore", "TrainingResult", "Page",
     "FeatureStoreError", "InvalidInput", "InvalidQuery", "InvalidEtl", "ResultTooLarge", "NotFound",
-    "SchemaMismatch", "SourceIncompatible", "EtlFailed", "EtlTampered", "UpstreamUnavailable", "BackendUnavailable",
+    "SchemaMismatch", "TrainServeMismatch", "SourceIncompatible", "EtlFailed", "EtlTampered", "UpstreamUnavailable", "BackendUnavailable",
     "ServiceError", "UnexpectedResponse", "IncompleteStream", "ServiceUnreachable", "ServiceTimeout", "error_class",
 ]

@@ -114,8 +114,11 @@ class FeatureStore:
     def extract_train(self, query_id: str, etl_path: str | os.PathLike[str] | None = None, *,
                       repo: str | None = None, ref: str | None = None, path: str | None = None,
                       name: str | None = None, save: bool = False, include_data: bool = True,
-                      arrow: bool = False, hot_window: bool = False) -> TrainingResult:
-        """Run an ETL from git on a saved query's result; `save` registers it (`etl_id`).
+                      arrow: bool = False, hot_window: bool = False, allow_mismatch: bool = False
+                      ) -> TrainingResult:
+        """Run an ETL from git on a saved query's result; `save` registers it (`etl_id`) after the
+        service replayed training entities through serving: a mismatch raises `TrainServeMismatch`
+        (its ``details["consistency"]`` is the report) unless `allow_mismatch`.
 
         Give `etl_path` (a file in a local repository, ``git+<url>@<ref>#<path>``, or an
         http(s) URL) or `repo` and `path` (and optionally `ref`).
@@ -130,12 +133,13 @@ class FeatureStore:
             body["etl"] = {"repo": repo, "path": path, **({"ref": ref} if ref else {})}
         if name is not None:
             body["name"] = name
+        accept = {"allow_mismatch": "true"} if allow_mismatch else {}
         if arrow:
             table, headers = self._http.call("POST", "/extract/train", retry=True, body=body,
-                                             params={**_flags(save, True, hot_window), "format": "arrow"})
+                                             params={**_flags(save, True, hot_window), **accept, "format": "arrow"})
             return TrainingResult(query_id, headers.get("X-Etl-Id"), None, table.to_pandas())
         payload = self._http.call("POST", "/extract/train", retry=True, body=body,
-                                  params=_flags(save, include_data, hot_window))
+                                  params={**_flags(save, include_data, hot_window), **accept})
         return self._training(payload, query_id, payload.get("etl_id"))
 
     def extract_realtime(self, query_id: str, etl_id: str, index_key: str, index_value: Scalar,

@@ -168,7 +168,11 @@ def test_a_write_statement_is_an_invalid_query(store, trained):
 
 @pytest.mark.slow
 def test_schema_mismatch_exposes_the_diff(store, trained):
-    etl = store.extract_train(trained.query.query_id, trained.repo.file("etls/one_hot.py"), save=True)
+    with pytest.raises(client.TrainServeMismatch) as refused:  # the registration replay sees it first
+        store.extract_train(trained.query.query_id, trained.repo.file("etls/one_hot.py"), save=True)
+    assert refused.value.status == 409 and refused.value.details["consistency"]["mismatched_columns"]
+    etl = store.extract_train(trained.query.query_id, trained.repo.file("etls/one_hot.py"), save=True,
+                              allow_mismatch=True)
     assert len(etl.schema) == 5  # user_id and one column per quote type
     user = etl.data["user_id"].iloc[0]
     with pytest.raises(client.SchemaMismatch) as caught:

@@ -379,9 +379,10 @@ def test_json_ingest_answers_counts_and_is_idempotent_by_batch_id(own):
     declare(api, CLICKS)
     rows = [click(1, 300), click(2, 200), click(1, 100)]
     answer = api.post("/v1.0/sources/clicks/rows", {"rows": rows, "batch_id": "batch-1"})
+    assert isinstance(answer["position"], int) and answer["position"] > 0  # the change feed's, for read-your-write
     assert answer == {"source": "clicks", "version": 1, "rows": 3, "realtime_rows": 3,
                       "min_event_time": rows[0]["ts"], "max_event_time": rows[2]["ts"], "batch_id": "batch-1",
-                      "duplicate": False}
+                      "duplicate": False, "position": answer["position"]}
     described = api.get("/v1.0/sources/clicks")
     assert described["warehouse"] == {"rows": 3, "min_event_time": rows[0]["ts"], "max_event_time": rows[2]["ts"]}
     assert described["realtime"] == described["warehouse"]
@@ -427,7 +428,8 @@ def test_arrow_ingest_casts_compatible_types_and_answers_like_json(own):
     })
     answer = post_arrow(api, "clicks", table, batch_id="arrow-1")
     assert answer == {"source": "clicks", "version": 1, "rows": 3, "realtime_rows": 3, "min_event_time": iso(first),
-                      "max_event_time": iso(last), "batch_id": "arrow-1", "duplicate": False}
+                      "max_event_time": iso(last), "batch_id": "arrow-1", "duplicate": False,
+                      "position": answer["position"]}
     assert post_arrow(api, "clicks", table, batch_id="arrow-1")["duplicate"] is True
     assert counts(api, "clicks") == (3, 3)
 
