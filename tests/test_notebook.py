@@ -30,6 +30,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert all(cell.execution_count for cell in code_cells)
     assert not [output for cell in code_cells for output in cell.outputs if output["output_type"] == "error"]
 
+    refused = text_of(cell_tagged(notebook, "train-serve-mismatch"))
+    assert "HTTP 409 train_serve_mismatch" in refused and "registered anyway" in refused
     mismatch = text_of(cell_tagged(notebook, "schema-mismatch"))
     assert "HTTP 409 schema_mismatch at stage 'etl'" in mismatch
     missing = next(line for line in mismatch.splitlines() if line.startswith("missing:"))
