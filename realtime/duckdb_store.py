@@ -38,6 +38,7 @@ class DuckDBRealtimeStore(RealtimeStore):
         self.engine = DuckDBEngine(":memory:", ROLE, statement_timeout=statement_timeout)
         self.engine.create_function("fs_cutoff", self._cutoff_seconds, ["VARCHAR"], "DOUBLE")
         self._indexes: dict[str, list[str]] = {}
+        self._lookups: dict[tuple[int, str], tuple[PreparedQuery, str]] = {}
 
     def _cutoff_seconds(self, name: str) -> float | None:
         source = self.sources.get(name)
@@ -65,6 +66,7 @@ class DuckDBRealtimeStore(RealtimeStore):
                           f"AS _fs_row{where}")
         self.engine.execute_ddl(statements)
         self.sources[source.name] = source
+        self._lookups.clear()
         for key in source.entity_keys:  # as the SQLite store: eviction scans (columnar, cheap here)
             self.index(source.name, key)
 
@@ -86,11 +88,23 @@ class DuckDBRealtimeStore(RealtimeStore):
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
                request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
         staged = {rows_table(name): rows for name, rows in (request_rows or {}).items()}
-        return self.engine.query(prepared.point_lookup_sql(index_key, self.dialect), [value], max_rows=max_rows,
-                                 staged=staged)
+        return self.engine.query(self._lookup_sql(prepared, index_key), [value], max_rows=max_rows, staged=staged)
+
+    def _lookup_sql(self, prepared: PreparedQuery, index_key: str) -> str:
+        """The point lookup, rewritten to the warehouse's meaning (`as_realtime_semantics`) once per query and key."""
+        key = (id(prepared), index_key)
+        cached = self._lookups.get(key)
+        if cached is None or cached[0] is not prepared:
+            cached = (prepared, prepared.point_lookup_sql(index_key, self.dialect, self.tables()))
+            self._lookups[key] = cached
+            while len(self._lookups) > 4096:
+                self._lookups.pop(next(iter(self._lookups)))
+        return cached[1]
 
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
-        self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")
+        self.refuse_unequal(prepared)
+        self.engine.query(f"SELECT * FROM ({prepared.realtime_sql(self.dialect, self.tables())}) AS _fs_check "
+                          "LIMIT 0")
         return prepared.output_types(self.tables())
 
     def lookup_scans(self, prepared: PreparedQuery) -> dict[str, list[str]]:

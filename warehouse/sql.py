@@ -67,11 +67,16 @@ class SqlAlchemyWarehouse(Warehouse):
     def query(self, sql: str, max_rows: int | None = None, uploads: dict[str, Any] | None = None) -> pd.DataFrame:
         with self._translated(self.statement_timeout), self.read_engine.connect() as connection:
             self._upload(connection, uploads)
-            # A plain string goes to the driver as it is: no bind-parameter parsing of the user's text.
+            # A plain string goes to the driver as it is, with its '%' escaped (see `_driver_text`).
             if max_rows is None:
-                return pd.read_sql(sql, connection, dtype_backend="numpy_nullable")
-            chunks = pd.read_sql(sql, connection, dtype_backend="numpy_nullable", chunksize=10_000)
+                return pd.read_sql(self._driver_text(sql), connection, dtype_backend="numpy_nullable")
+            chunks = pd.read_sql(self._driver_text(sql), connection, dtype_backend="numpy_nullable", chunksize=10_000)
             return _bounded_frame(iter(chunks), max_rows)
+
+    def _driver_text(self, sql: str) -> str:
+        """`sql` as the driver reads it: psycopg takes '%' for a placeholder even with no parameters, so a
+        LIKE pattern ('%p%') or a modulo (i % 3) was refused; '%%' is its literal '%'."""
+        return sql.replace("%", "%%") if self.sa_engine.dialect.paramstyle in ("format", "pyformat") else sql
 
     def table_columns(self, table: str) -> list[tuple[str, str]] | None:
         schema, name = split_table(table, "public" if self.dialect == "postgres" else "main")
@@ -158,7 +163,7 @@ class SqlAlchemyWarehouse(Warehouse):
         try:
             with self._stream_translated(deadline):
                 self._upload(connection, uploads)
-                chunks = pd.read_sql(sql, connection, dtype_backend="pyarrow", chunksize=rows)
+                chunks = pd.read_sql(self._driver_text(sql), connection, dtype_backend="pyarrow", chunksize=rows)
                 first = next(chunks, None)
         except BaseException:
             deadline.stop()
