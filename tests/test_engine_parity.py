@@ -12,21 +12,18 @@ import datetime as dt
 import decimal
 import math
 import re
-import uuid
 from typing import Any, Iterator
 
 import pandas as pd
-import psycopg
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
-from psycopg import sql as pgsql
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from catalog.base import SourceRecord
 from common.errors import FeatureStoreError, InvalidQuery
 from realtime import RealtimeStore, open_realtime_store
 from sql.prepared import prepare_query
 from tests.conftest import JsonClient
-from tests.fixtures_pg import admin_connection
+from tests.fixtures_pg import throwaway_database
 from warehouse import Warehouse, open_warehouse
 
 PAIRS = [("duckdb", "sqlite"), ("duckdb", "duckdb"), ("postgres", "sqlite"), ("postgres", "duckdb")]
@@ -48,15 +45,9 @@ SELECT = "SELECT k, {} AS v, 1 AS one FROM t"
 
 @pytest.fixture(scope="module")
 def pg_url(pg_server_url: str) -> Iterator[str]:
-    """A uniquely named database for this module, dropped afterwards."""
-    name = f"fs_test_{uuid.uuid4().hex}"
-    with admin_connection(pg_server_url) as conn:
-        conn.execute(pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(pgsql.Identifier(name)))
-    try:
-        yield f"{pg_server_url}/{name}"
-    finally:
-        with admin_connection(pg_server_url) as conn:
-            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+    """A database of this module's own, dropped afterwards."""
+    with throwaway_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

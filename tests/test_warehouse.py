@@ -381,6 +381,16 @@ UNVALIDATED_WRITE_BUGS = {
 }
 
 
+def test_percent_signs_in_a_query_reach_the_engine_as_written(warehouse: Warehouse) -> None:
+    """A LIKE pattern, a modulo and a literal '%%': psycopg would read '%' as a placeholder (PostgreSQL)."""
+    sql = "SELECT 'apple' LIKE '%p%' AS has_p, 7 % 3 AS remainder, '100%%' AS text"
+    expected = [{"has_p": True, "remainder": 1, "text": "100%%"}]
+    assert warehouse.query(sql).to_dict("records") == expected
+    assert warehouse.query(sql, max_rows=5).to_dict("records") == expected
+    _, batches = warehouse.query_batches(sql)
+    assert [row for batch in batches for row in batch.to_pylist()] == expected
+
+
 @pytest.mark.parametrize("name", list(UNVALIDATED_WRITES))
 def test_unvalidated_writes_are_refused_and_change_nothing(warehouse: Warehouse, backend: str, name: str,
                                                             flows: dict[str, pd.DataFrame],
