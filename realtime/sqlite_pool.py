@@ -110,7 +110,8 @@ def _case_mapping(convert: Callable[[str], str]) -> Callable[[Any], Any]:
 
 
 def _fmod(left: Any, right: Any) -> float | None:
-    """``left % right`` as DuckDB computes it for floats: the sign of `left`, NULL when `right` is 0 or NULL."""
+    """``left % right`` as DuckDB computes it for floats: the sign of `left`; NULL (DuckDB: NaN, which reaches
+    pandas alike) when `right` is 0, and for a NULL."""
     if left is None or right is None or right == 0:
         return None
     return math.fmod(left, right)

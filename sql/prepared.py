@@ -242,7 +242,8 @@ def as_sqlite_semantics(prepared: PreparedQuery, tables: dict[str, list[tuple[st
     timestamp, or a string compared with a timestamp column — is the ISO text SQLite stores timestamps as
     (UTC, microseconds), so that SQLite's text comparison orders them as the warehouse does. Literals
     without an offset are UTC (the warehouse session's zone); casts of floats to integers round as the warehouse
-    does (`sql.parity.match_warehouse_numerics`). A tree that cannot be typed stays as it is."""
+    does, as do divisions and remainders (`sql.parity.match_warehouse_numerics`); the text of a boolean is
+    'true'/'false' and EXTRACT is `strftime` (`sql.parity`). A tree that cannot be typed stays as it is."""
     tree = prepared.tree.copy()
     typed = _typed(prepared, tables)
     if typed is None:

@@ -17,13 +17,14 @@ from typing import Any, Iterator
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from psycopg import sql as pgsql
 
 from catalog.base import SourceRecord
 from common.errors import FeatureStoreError, InvalidQuery
 from realtime import RealtimeStore, open_realtime_store
 from sql.prepared import prepare_query
 from tests.conftest import JsonClient
-from tests.fixtures_pg import throwaway_database
+from tests.fixtures_pg import admin_connection, throwaway_database
 from warehouse import Warehouse, open_warehouse
 
 PAIRS = [("duckdb", "sqlite"), ("duckdb", "duckdb"), ("postgres", "sqlite"), ("postgres", "duckdb")]
@@ -45,8 +46,12 @@ SELECT = "SELECT k, {} AS v, 1 AS one FROM t"
 
 @pytest.fixture(scope="module")
 def pg_url(pg_server_url: str) -> Iterator[str]:
-    """A database of this module's own, dropped afterwards."""
+    """A database of this module's own, dropped afterwards, whose sessions default to another time zone
+    than UTC (the warehouse's sessions must run in UTC whatever the server's setting)."""
     with throwaway_database(pg_server_url) as url:
+        with admin_connection(pg_server_url) as conn:
+            conn.execute(pgsql.SQL("ALTER DATABASE {} SET TimeZone = 'America/New_York'").format(
+                pgsql.Identifier(url.rsplit("/", 1)[1])))
         yield url
 
 
@@ -152,7 +157,7 @@ EXPRESSIONS = [
     "ts > '2024-03-01 12:00:00'", "ts >= TIMESTAMPTZ '2024-03-01 13:00:00+01:00'",
     "ts < CAST('2024-03-01 23:30:15.25' AS TIMESTAMPTZ)", "ts", "EXTRACT(HOUR FROM ts)",
     "EXTRACT(YEAR FROM ts)", "EXTRACT(DOW FROM ts)", "EXTRACT(MONTH FROM ts) * 100 + EXTRACT(DAY FROM ts)",
-    "EXTRACT(DOY FROM ts)", "EXTRACT(MINUTE FROM ts)",
+    "EXTRACT(DOY FROM ts)", "EXTRACT(MINUTE FROM ts)", "ts = '2024-03-01 07:00:00-05:00'", "ts = '2024-03-01 12:00'",
     # text of numbers, booleans and timestamps
     "CAST(i AS VARCHAR)", "CAST(b AS VARCHAR)", "CAST(2.5 AS VARCHAR)", "s || i", "s || 2.5", "s || b",
     *REFUSED.values(),

@@ -51,7 +51,9 @@ class SqlAlchemyWarehouse(Warehouse):
         # start a writable one. Nor can a query lift the time limit: the server arms it when the statement
         # starts, and a set_config() in one query is rolled back with its transaction when the connection
         # returns to the pool.
-        options = "-c default_transaction_read_only=on"
+        # ...and in UTC, whatever the server's TimeZone: EXTRACT(HOUR FROM ts) and timestamp literals without
+        # an offset then mean what they mean on DuckDB and in the realtime store (sql/parity.py).
+        options = "-c default_transaction_read_only=on -c TimeZone=UTC"
         if self.statement_timeout is not None:
             options += f" -c statement_timeout={max(1, math.ceil(self.statement_timeout * 1000))}"
         if self.statement_timeout is not None and not postgres:
