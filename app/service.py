@@ -652,7 +652,7 @@ class FeatureService:
             served_types = self.realtime.check(prepared)
         except InvalidInput as error:
             raise InvalidQuery("the query runs on the warehouse but not on the realtime store, so it could "
-                               f"not be served: {error.message}") from None
+                               f"not be served: {error.message}", error.details) from None
         for table, column in sorted(prepared.join_columns(declared) | self.realtime.lookup_columns(prepared)):
             if table not in request_sources:
                 self.realtime.index(table, column)

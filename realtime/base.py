@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
-from common.errors import InvalidInput
+from common.errors import InvalidInput, InvalidQuery
 from sources.rows import stored_rows
 from sql.duckdb_engine import quote_identifier
 from sql.key_pushdown import PointLookup, Refusal, point_lookup
@@ -106,6 +106,15 @@ class RealtimeStore(ABC):
     @abstractmethod
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
         """Raise InvalidQuery unless the query runs here; return its output types where known."""
+
+    def refuse_unequal(self, prepared: PreparedQuery) -> None:
+        """Raise InvalidQuery naming what of the query this store would compute otherwise than the warehouse
+        (`PreparedQuery.unequal_constructs`): a save-time refusal, not a value that differs in serving."""
+        constructs = prepared.unequal_constructs(self.dialect, self.tables())
+        if constructs:
+            raise InvalidQuery(f"the realtime store ({self.dialect}) would compute other values than the warehouse "
+                               f"for {', '.join(constructs)}; compute it in the ETL instead",
+                               {"constructs": constructs, "realtime": self.dialect})
 
     def lookup_scans(self, prepared: PreparedQuery) -> dict[str, list[str]]:
         """For each likely serving key of a checked query (`serving_keys`), the table sources a point

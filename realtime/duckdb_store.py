@@ -91,7 +91,9 @@ class DuckDBRealtimeStore(RealtimeStore):
         return self.engine.query(lookup.sql, list(lookup.bind(value)), max_rows=max_rows, staged=staged)
 
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
-        self.engine.query(f"SELECT * FROM ({prepared.sql_for(self.dialect)}) AS _fs_check LIMIT 0")
+        self.refuse_unequal(prepared)
+        self.engine.query(f"SELECT * FROM ({prepared.realtime_sql(self.dialect, self.tables())}) AS _fs_check "
+                          "LIMIT 0")
         return prepared.output_types(self.tables())
 
     def lookup_scans(self, prepared: PreparedQuery) -> dict[str, list[str]]:

@@ -83,8 +83,38 @@ def connect(path: str, configure: Callable[[sqlite3.Connection], None], page_siz
     connection.execute("PRAGMA temp_store = MEMORY")
     # LIKE is case-sensitive in the warehouse engines (DuckDB, PostgreSQL); SQLite's default folds ASCII case.
     connection.execute("PRAGMA case_sensitive_like = ON")
+    add_parity_functions(connection)
     configure(connection)
     return connection
+
+
+def add_parity_functions(connection: sqlite3.Connection) -> None:
+    """Functions that make SQLite compute what the warehouse engines compute: Unicode `upper`/`lower` (SQLite's
+    own change ASCII letters only) and `fs_fmod`, the remainder of a float (SQLite's ``%`` truncates to integers)."""
+    connection.create_function("upper", 1, _case_mapping(str.upper), deterministic=True)
+    connection.create_function("lower", 1, _case_mapping(str.lower), deterministic=True)
+    connection.create_function("fs_fmod", 2, _fmod, deterministic=True)
+
+
+def _case_mapping(convert: Callable[[str], str]) -> Callable[[Any], Any]:
+    """`convert` one character at a time, keeping a character whose mapping is several (ß, İ): DuckDB's
+    mapping, which is one character to one (so no final-sigma rule either)."""
+    def mapped(value: Any) -> Any:
+        if value is None or isinstance(value, bytes):
+            return value
+        text = value if isinstance(value, str) else str(value)
+        if text.isascii():
+            return convert(text)
+        return "".join(new if len(new := convert(char)) == 1 else char for char in text)
+    return mapped
+
+
+def _fmod(left: Any, right: Any) -> float | None:
+    """``left % right`` as DuckDB computes it for floats: the sign of `left`; NULL (DuckDB: NaN, which reaches
+    pandas alike) when `right` is 0, and for a NULL."""
+    if left is None or right is None or right == 0:
+        return None
+    return math.fmod(left, right)
 
 
 class Reader:

@@ -351,6 +351,7 @@ class SqliteRealtimeStore(RealtimeStore):
         return plan[0], plan[1]
 
     def check(self, prepared: PreparedQuery) -> list[tuple[str, str | None]] | None:
+        self.refuse_unequal(prepared)
         self._run(f"SELECT * FROM ({prepared.sqlite_sql(self.tables())}) AS _fs_check LIMIT 0", (), 0)
         return prepared.output_types(self.tables())
 

@@ -29,7 +29,7 @@ from sqlglot.optimizer.qualify import qualify
 from common.errors import PointInTimeUnsupported
 from sql.point_in_time import (crossing_keys, cutting_modifier, equal_columns, has_aggregates, inline_ctes,
                                output_selects, reads_subquery)
-from sql.prepared import ROW_ALIAS, PreparedQuery, as_sqlite_semantics, lookup_around
+from sql.prepared import ROW_ALIAS, PreparedQuery, as_realtime_semantics, lookup_around
 from sql.types import SQLGLOT as SQLGLOT_TYPES
 
 Tables = dict[str, list[tuple[str, str]]]
@@ -70,7 +70,7 @@ def point_lookup(prepared: PreparedQuery, index_key: str, dialect: str, tables: 
 def _point_lookup(prepared: PreparedQuery, index_key: str, dialect: str, tables: tuple,
                   pushdown: bool) -> PointLookup:
     tables = {name: list(columns) for name, columns in tables}
-    tree = as_sqlite_semantics(prepared, tables) if dialect == "sqlite" else prepared.tree.copy()
+    tree = as_realtime_semantics(prepared, tables, dialect)
     pusher = _Pusher(set(tables))
     if pushdown:
         tree = pusher.pushed(tree, prepared.dialect, index_key, tables)

@@ -24,6 +24,7 @@ from sqlglot.optimizer.qualify import qualify
 
 from common.errors import InvalidQuery
 from sql.guards import is_refused, refused_message
+from sql.parity import extract_as_strftime, match_warehouse_numerics, text_of_booleans, unequal_constructs
 from sql.types import SQLGLOT as SQLGLOT_TYPES
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -106,14 +107,24 @@ class PreparedQuery:
                          tables: dict[str, list[tuple[str, str]]] | None = None) -> str:
         """The query filtered to one entity: ``SELECT * FROM (query) WHERE "key" = ?``.
 
-        For SQLite, with the tables' column types, timestamp literals become the UTC text SQLite keeps
-        timestamps as (see `as_sqlite_semantics`), so comparisons mean what they mean in the warehouse."""
-        tree = self.tree.copy() if dialect != "sqlite" or tables is None else as_sqlite_semantics(self, tables)
+        With the tables' column types, rewritten to mean in `dialect` what it means in the warehouse
+        (`as_realtime_semantics`: for SQLite, timestamp literals become the UTC text it keeps timestamps as)."""
+        tree = self.tree.copy() if tables is None else as_realtime_semantics(self, tables, dialect)
         return lookup_around(tree, index_key).sql(dialect=dialect, comments=False)
+
+    def realtime_sql(self, dialect: str, tables: dict[str, list[tuple[str, str]]]) -> str:
+        """The query as the `dialect` realtime store runs it (`as_realtime_semantics`)."""
+        return as_realtime_semantics(self, tables, dialect).sql(dialect=dialect, comments=False)
+
+    def unequal_constructs(self, dialect: str, tables: dict[str, list[tuple[str, str]]]) -> list[str]:
+        """What the realtime `dialect` would compute otherwise than the warehouse, with no rewrite that makes
+        it equal (`sql.parity.unequal_constructs`): such a query is refused when it is saved."""
+        typed = _typed(self, tables)
+        return [] if typed is None else unequal_constructs(typed, self.dialect, dialect)
 
     def sqlite_sql(self, tables: dict[str, list[tuple[str, str]]]) -> str:
         """The query as the SQLite realtime store runs it (timestamp literals as its stored text)."""
-        return as_sqlite_semantics(self, tables).sql(dialect="sqlite", comments=False)
+        return self.realtime_sql("sqlite", tables)
 
 
 def lookup_around(tree: exp.Expression, index_key: str) -> exp.Select:
@@ -235,13 +246,11 @@ def as_sqlite_semantics(prepared: PreparedQuery, tables: dict[str, list[tuple[st
     timestamp, or a string compared with a timestamp column — is the ISO text SQLite stores timestamps as
     (UTC, microseconds), so that SQLite's text comparison orders them as the warehouse does. Literals
     without an offset are UTC (the warehouse session's zone); casts of floats to integers round as the warehouse
-    does (`_round_float_to_integer_casts`). A tree that cannot be typed stays as it is."""
+    does, as do divisions and remainders (`sql.parity.match_warehouse_numerics`); the text of a boolean is
+    'true'/'false' and EXTRACT is `strftime` (`sql.parity`). A tree that cannot be typed stays as it is."""
     tree = prepared.tree.copy()
-    schema = {table: {column: SQLGLOT_TYPES[kind] for column, kind in columns} for table, columns in tables.items()}
-    try:
-        typed = annotate_types(qualify(tree.copy(), schema=schema, dialect=prepared.dialect,
-                                       validate_qualify_columns=False), schema=schema, dialect=prepared.dialect)
-    except SqlglotError:
+    typed = _typed(prepared, tables)
+    if typed is None:
         return tree
     changed = False
     for node in list(typed.find_all(exp.Cast)):
@@ -251,31 +260,33 @@ def as_sqlite_semantics(prepared: PreparedQuery, tables: dict[str, list[tuple[st
         for column, other in ((node.left, node.right), (node.right, node.left)):
             if _is_temporal(column.type) and isinstance(other, exp.Literal) and other.is_string:
                 changed |= _replace_with_text(other, other.this)
-    changed |= _round_float_to_integer_casts(typed)
+    changed |= match_warehouse_numerics(typed, prepared.dialect, "sqlite")
+    changed |= text_of_booleans(typed)
+    changed |= extract_as_strftime(typed)
     return typed if changed else tree
 
 
-def _round_float_to_integer_casts(typed: exp.Expression) -> bool:
-    """Make ``CAST(float AS INTEGER)`` round half to even, as DuckDB and PostgreSQL do (SQLite truncates);
-    a DECIMAL rounds half away from zero, as SQLite's ROUND does. Halves (``|x - CAST(x AS BIGINT)|`` is 0.5)
-    become ``2 * ROUND(x / 2)``, the rest ``ROUND(x)``. True if any cast was rewritten."""
-    changed = False
-    for node in list(typed.find_all(exp.Cast)):
-        source = node.this.type
-        if (node.to.this in exp.DataType.INTEGER_TYPES and source is not None
-                and source.this in exp.DataType.REAL_TYPES | {exp.DataType.Type.DECIMAL}):
-            value = exp.Paren(this=node.this.copy())
-            if source.this == exp.DataType.Type.DECIMAL:  # a DECIMAL (a literal such as 2.5) rounds half away
-                node.set("this", exp.Round(this=value))
-                changed = True
-                continue
-            fraction = exp.Abs(this=exp.Sub(this=value.copy(), expression=exp.cast(value.copy(), "BIGINT")))
-            even = exp.Mul(this=exp.Literal.number(2), expression=exp.Round(
-                this=exp.Div(this=value.copy(), expression=exp.Literal.number("2.0"))))
-            node.set("this", exp.Case(ifs=[exp.If(this=exp.EQ(this=fraction, expression=exp.Literal.number("0.5")),
-                                                  true=even)], default=exp.Round(this=value)))
-            changed = True
-    return changed
+def as_realtime_semantics(prepared: PreparedQuery, tables: dict[str, list[tuple[str, str]]],
+                          dialect: str) -> exp.Expression:
+    """A copy of the tree that means in the realtime `dialect` what it means in the warehouse: SQLite's
+    (`as_sqlite_semantics`), or another engine's numerics (`sql.parity.match_warehouse_numerics`)."""
+    if dialect == "sqlite":
+        return as_sqlite_semantics(prepared, tables)
+    tree = prepared.tree.copy()
+    if dialect == prepared.dialect:
+        return tree
+    typed = _typed(prepared, tables)
+    return typed if typed is not None and match_warehouse_numerics(typed, prepared.dialect, dialect) else tree
+
+
+def _typed(prepared: PreparedQuery, tables: dict[str, list[tuple[str, str]]]) -> exp.Expression | None:
+    """A qualified copy of the tree with sqlglot's types, from the tables' column types (None: it cannot be typed)."""
+    schema = {table: {column: SQLGLOT_TYPES[kind] for column, kind in columns} for table, columns in tables.items()}
+    try:
+        return annotate_types(qualify(prepared.tree.copy(), schema=schema, dialect=prepared.dialect,
+                                      validate_qualify_columns=False), schema=schema, dialect=prepared.dialect)
+    except SqlglotError:
+        return None
 
 
 def _is_temporal(data_type: exp.DataType | None) -> bool:

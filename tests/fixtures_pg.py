@@ -5,6 +5,7 @@ except under ``CI=true``, where a missing server fails the run instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import Iterator
@@ -35,14 +36,21 @@ def pg_server_url() -> str:
     return PG_SERVER_URL
 
 
-@pytest.fixture
-def pg_database_url(pg_server_url: str) -> Iterator[str]:
-    """A fresh, uniquely named database, dropped (even with open connections) afterwards."""
+@contextlib.contextmanager
+def throwaway_database(server_url: str) -> Iterator[str]:
+    """A fresh, uniquely named database's URL, dropped (even with open connections) at the end."""
     name = f"fs_test_{uuid.uuid4().hex}"
-    with admin_connection(pg_server_url) as conn:
+    with admin_connection(server_url) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     try:
-        yield f"{pg_server_url}/{name}"
+        yield f"{server_url}/{name}"
     finally:
-        with admin_connection(pg_server_url) as conn:
+        with admin_connection(server_url) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_database_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh database for one test (`throwaway_database`)."""
+    with throwaway_database(pg_server_url) as url:
+        yield url

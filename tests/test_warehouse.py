@@ -381,6 +381,16 @@ UNVALIDATED_WRITE_BUGS = {
 }
 
 
+def test_percent_signs_in_a_query_reach_the_engine_as_written(warehouse: Warehouse) -> None:
+    """A LIKE pattern, a modulo and a literal '%%': psycopg would read '%' as a placeholder (PostgreSQL)."""
+    sql = "SELECT 'apple' LIKE '%p%' AS has_p, 7 % 3 AS remainder, '100%%' AS text"
+    expected = [{"has_p": True, "remainder": 1, "text": "100%%"}]
+    assert warehouse.query(sql).to_dict("records") == expected
+    assert warehouse.query(sql, max_rows=5).to_dict("records") == expected
+    _, batches = warehouse.query_batches(sql)
+    assert [row for batch in batches for row in batch.to_pylist()] == expected
+
+
 @pytest.mark.parametrize("name", list(UNVALIDATED_WRITES))
 def test_unvalidated_writes_are_refused_and_change_nothing(warehouse: Warehouse, backend: str, name: str,
                                                             flows: dict[str, pd.DataFrame],
@@ -525,11 +535,6 @@ TYPE_BUGS = {
         "is NUMERIC, read as Float64 ('float'), but the SQLite store types the same sum 'integer' and returns "
         "int64. The values are equal and the save-time and serving checks accept it (a served integer may "
         "stand for a trained float), so the query is served, with another dtype than training"),
-    ("postgres", "duckdb", "division"): (
-        "OPEN sql/prepared.py:49-51 (sql_for): PostgreSQL's integer '/' is transpiled to DuckDB's '/' "
-        "unchanged, which divides as float: training gives 472222 (integer), serving 472222.22 (float). "
-        "The save-time check does not see it (sqlglot types both sides 'integer'), so every realtime call "
-        "of such a saved query is a 409 schema_mismatch"),
 }
 
 
@@ -592,12 +597,10 @@ def test_postgres_integer_sum_on_the_sqlite_store_is_served_with_the_trained_val
 
 
 @pytest.mark.postgres
-def test_postgres_integer_division_on_the_duckdb_store_is_a_409_not_a_wrong_value(
+def test_postgres_integer_division_is_served_as_trained_by_the_duckdb_store(
         make_app: Callable[..., Any], pg_database_url: str) -> None:
-    """The face of the ('postgres', 'duckdb', 'division') issue above: the schema check stops the float.
-
-    When that issue is fixed this call answers 200 with the trained row; update this test with it.
-    """
+    """PostgreSQL's integer '/' truncates; the DuckDB store runs it as '//' (sql/parity.py), so the served
+    row is the trained one, an integer (it was a float and a 409 schema_mismatch before)."""
     api = JsonClient(make_app(WAREHOUSE_URL=pg_database_url, REALTIME_URL="duckdb:///:memory:").test_client())
     api.put("/v1.0/publish?n_flows=50&seed=1")
     sql = "SELECT quote_id, creation_date / 3600 AS hours FROM quotes"
@@ -605,7 +608,6 @@ def test_postgres_integer_division_on_the_duckdb_store_is_a_409_not_a_wrong_valu
     assert trained["schema"] == [{"name": "quote_id", "type": "string"}, {"name": "hours", "type": "integer"}]
     row = trained["data"][0]
     assert isinstance(row["hours"], int)
-    error = api.post("/v1.0/query/realtime", {"query_id": trained["query_id"], "index_key": "quote_id",
-                                              "index_value": row["quote_id"]}, 409)
-    assert error["code"] == "schema_mismatch"
-    assert error["details"]["type_changed"] == [{"name": "hours", "trained": "integer", "served": "float"}]
+    served = api.post("/v1.0/query/realtime", {"query_id": trained["query_id"], "index_key": "quote_id",
+                                               "index_value": row["quote_id"]})
+    assert served["data"] == [row]

@@ -51,7 +51,9 @@ class SqlAlchemyWarehouse(Warehouse):
         # start a writable one. Nor can a query lift the time limit: the server arms it when the statement
         # starts, and a set_config() in one query is rolled back with its transaction when the connection
         # returns to the pool.
-        options = "-c default_transaction_read_only=on"
+        # ...and in UTC, whatever the server's TimeZone: EXTRACT(HOUR FROM ts) and timestamp literals without
+        # an offset then mean what they mean on DuckDB and in the realtime store (sql/parity.py).
+        options = "-c default_transaction_read_only=on -c TimeZone=UTC"
         if self.statement_timeout is not None:
             options += f" -c statement_timeout={max(1, math.ceil(self.statement_timeout * 1000))}"
         if self.statement_timeout is not None and not postgres:
@@ -67,11 +69,16 @@ class SqlAlchemyWarehouse(Warehouse):
     def query(self, sql: str, max_rows: int | None = None, uploads: dict[str, Any] | None = None) -> pd.DataFrame:
         with self._translated(self.statement_timeout), self.read_engine.connect() as connection:
             self._upload(connection, uploads)
-            # A plain string goes to the driver as it is: no bind-parameter parsing of the user's text.
+            # A plain string goes to the driver as it is, with its '%' escaped (see `_driver_text`).
             if max_rows is None:
-                return pd.read_sql(sql, connection, dtype_backend="numpy_nullable")
-            chunks = pd.read_sql(sql, connection, dtype_backend="numpy_nullable", chunksize=10_000)
+                return pd.read_sql(self._driver_text(sql), connection, dtype_backend="numpy_nullable")
+            chunks = pd.read_sql(self._driver_text(sql), connection, dtype_backend="numpy_nullable", chunksize=10_000)
             return _bounded_frame(iter(chunks), max_rows)
+
+    def _driver_text(self, sql: str) -> str:
+        """`sql` as the driver reads it: psycopg takes '%' for a placeholder even with no parameters, so a
+        LIKE pattern ('%p%') or a modulo (i % 3) was refused; '%%' is its literal '%'."""
+        return sql.replace("%", "%%") if self.sa_engine.dialect.paramstyle in ("format", "pyformat") else sql
 
     def table_columns(self, table: str) -> list[tuple[str, str]] | None:
         schema, name = split_table(table, "public" if self.dialect == "postgres" else "main")
@@ -158,7 +165,7 @@ class SqlAlchemyWarehouse(Warehouse):
         try:
             with self._stream_translated(deadline):
                 self._upload(connection, uploads)
-                chunks = pd.read_sql(sql, connection, dtype_backend="pyarrow", chunksize=rows)
+                chunks = pd.read_sql(self._driver_text(sql), connection, dtype_backend="pyarrow", chunksize=rows)
                 first = next(chunks, None)
         except BaseException:
             deadline.stop()
