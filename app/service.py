@@ -125,6 +125,12 @@ def _mismatch_summary(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _is_utc(zone: Any) -> bool:
+    """True for UTC under any of its names (UTC, Etc/UTC, …): no offset in winter or summer."""
+    return zone is not None and all(pd.Timestamp(day, tz=zone).utcoffset() == pd.Timedelta(0)
+                                    for day in ("2026-01-01", "2026-07-01"))
+
+
 def _coerce_index_value(value: Any, column_type: str, key: str) -> Any:
     """Turn `index_value` into the type of the key column, or raise InvalidInput."""
     try:
@@ -197,6 +203,7 @@ class FeatureService:
         schema = self._query_schema(prepared, frame)
         record = None
         if save:
+            self._check_time_zones(frame)
             self._check_servable(prepared, schema)
             record = self.catalog.save_query(QueryRecord(
                 query_id=query_id_of(prepared), name=name or "unnamed", sql=sql, sql_hash=prepared.sql_hash,
@@ -234,7 +241,9 @@ class FeatureService:
         """
         prepared = prepare_query(sql, self.warehouse.dialect)
         self._check_declared(prepared)
-        schema = self._query_schema(prepared, self._sample(prepared))
+        sample = self._sample(prepared)
+        schema = self._query_schema(prepared, sample)
+        self._check_time_zones(sample)
         self._check_servable(prepared, schema)
         query_id = query_id_of(prepared)
         return {"query_id": query_id, "exists": self._exists(self.get_query, query_id), "schema": schema}
@@ -642,6 +651,22 @@ class FeatureService:
                                "with POST /v1.0/sources (with columns, or adopting the warehouse table as it is) "
                                "before saving the query", {"undeclared_tables": undeclared})
         return declared
+
+    def _check_time_zones(self, frame: pd.DataFrame) -> None:
+        """Refuse, at save time, timestamp columns the realtime store would serve in another form: it serves
+        every timestamp UTC-aware, so a column without a time zone (or in another zone) would reach the ETL
+        with another dtype online than offline."""
+        if not self.realtime.utc_timestamps_only:
+            return
+        columns = {str(name): str(dtype) for name, dtype in frame.dtypes.items()
+                   if pd.api.types.is_datetime64_any_dtype(dtype) and not _is_utc(getattr(dtype, "tz", None))}
+        if columns:
+            raise InvalidQuery(
+                f"timestamp column(s) {sorted(columns)} come from the warehouse without the UTC time zone, but the "
+                "realtime store serves every timestamp UTC-aware, so the ETL would get another dtype online; cast "
+                "them to a timestamp with time zone (DuckDB: CAST(x AS TIMESTAMPTZ); PostgreSQL: x AT TIME ZONE "
+                "'UTC' on a timestamptz, or keep the source's timestamptz)",
+                {"constructs": [{"column": name, "dtype": dtype} for name, dtype in sorted(columns.items())]})
 
     def _check_servable(self, prepared: PreparedQuery, schema: list[dict[str, str]]) -> None:
         """Refuse, at save time, a query over undeclared tables, or one the realtime store cannot run or

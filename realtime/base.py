@@ -63,8 +63,7 @@ class RealtimeStore(ABC):
     """
 
     dialect: str  # the sqlglot dialect saved queries are transpiled to
-
-    dialect: str
+    utc_timestamps_only = False  # True: every timestamp it returns is UTC-aware (a naive one cannot be served)
 
     def __init__(self, key_pushdown: bool = True) -> None:
         """`key_pushdown`: filter every source of a lookup by the key (`sql.key_pushdown`); off only to compare."""

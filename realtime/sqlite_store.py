@@ -74,6 +74,7 @@ class SqliteRealtimeStore(RealtimeStore):
     """
 
     dialect = "sqlite"
+    utc_timestamps_only = True  # timestamps are stored as UTC text and read back tz-aware
 
     def __init__(self, url: str = "sqlite:///:memory:", *, statement_timeout: float | None = None,
                  key_pushdown: bool = True):

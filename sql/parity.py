@@ -186,17 +186,30 @@ def unequal_constructs(typed: exp.Expression, warehouse: str, realtime: str) -> 
     On SQLite: the text of a float (SQLite prints 15 significant digits, the warehouses the shortest text
     that reads back as the same double: 0.35000000000000003) and of a timestamp (SQLite keeps its own
     text, '2024-03-01 12:00:00.000000', the warehouses print '2024-03-01 12:00:00+00'), whether by a CAST
-    to text or by ``||``."""
+    to text or by ``||``; and a CAST of a column or expression to a timestamp or date (SQLite has no such
+    type: its CAST reads the leading number of the text)."""
     if realtime != "sqlite" or warehouse == realtime:
         return []
     found: list[str] = []
     for node in typed.walk():
+        if _casts_to_a_timestamp(node) and _TIMESTAMP_CAST not in found:
+            found.append(_TIMESTAMP_CAST)
         how = "CAST to text" if isinstance(node, exp.Cast) else "|| (concatenation)"
         for operand in _text_operands(node):
             name = _text_gap(operand, warehouse)
             if name is not None and f"{how} of {name}" not in found:
                 found.append(f"{how} of {name}")
     return found
+
+
+_TIMESTAMP_CAST = "CAST of a value to a timestamp or date (SQLite has no such type: it would serve a number)"
+
+
+def _casts_to_a_timestamp(node: exp.Expression) -> bool:
+    """A CAST to a temporal type of anything but a string literal (literals are rewritten to SQLite's text)."""
+    if not isinstance(node, exp.Cast) or node.to is None or node.to.this not in _TEMPORAL_TYPES:
+        return False
+    return not (isinstance(node.this, exp.Literal) and node.this.is_string)
 
 
 def _text_gap(operand: exp.Expression, warehouse: str) -> str | None:

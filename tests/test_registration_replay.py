@@ -313,3 +313,22 @@ def test_feature_sets_show_their_etls_consistency(domain):
     assert shown["ranked"] == {"consistent": False, "accepted_mismatch": True, "mismatched_columns": ["f"],
                                "entities_checked": 40}
     assert shown["doubled"]["consistent"] is True and shown["doubled"]["accepted_mismatch"] is False
+
+
+@pytest.mark.parametrize("expression", ["CAST(ts AS TIMESTAMP)", "CAST(ts AS DATE)", "CAST(ts AS TIMESTAMPTZ)"])
+def test_timestamps_the_realtime_store_cannot_serve_are_refused_at_save(domain, expression):
+    """The SQLite realtime store has no timestamp type (its CAST reads a number) and serves stored timestamps
+    UTC-aware: a cast to a timestamp, and a naive timestamp, are refused when the query is saved."""
+    error = domain.api.post("/v1.0/query/train?save=true", {"query": f"SELECT user_id, {expression} AS t FROM events"},
+                            400)
+    assert error["code"] == "invalid_query" and error["details"]["constructs"]
+    saved = domain.save_query("SELECT user_id, ts AS t FROM events WHERE ts > TIMESTAMPTZ '2026-11-01 00:20:00+00'")
+    served = domain.api.post("/v1.0/query/realtime", {"query_id": saved, "index_key": "user_id", "index_value": 3})
+    assert served["data"] == [{"user_id": 3, "t": "2026-11-01T00:30:00+00:00"}]
+
+
+def test_a_naive_timestamp_is_refused_at_save_naming_its_column(domain):
+    error = domain.api.post("/v1.0/query/train?save=true", {"query": "SELECT user_id, "
+                            "timezone('UTC', ts) AS local_t FROM events"}, 400)
+    assert error["code"] == "invalid_query" and error["details"]["constructs"] == [
+        {"column": "local_t", "dtype": "datetime64[us]"}], error
