@@ -30,6 +30,7 @@ from sql.prepared import PreparedQuery
 if TYPE_CHECKING:
     from app.service import FeatureService
 
+SAMPLED_ROWS = 50_000  # rows the random part of the choice reads at most
 SHADOW_ENTITIES = 50  # replayed, consistent entities kept for the shadow comparison in serving
 
 
@@ -190,7 +191,8 @@ class RegistrationReplay:
 
 def choose_entities(features: pd.DataFrame, entity_keys: pd.Series, k: int, seed: str) -> list[Any]:
     """Up to `k` distinct entities: coverage first (a null of each column with nulls, each numeric
-    column's minimum and maximum, the entity with most rows), then a random sample seeded by `seed`."""
+    column's minimum and maximum, the entity with most rows), then a random sample seeded by `seed`. Over
+    more than `SAMPLED_ROWS` rows, "most rows" and the sample come from that many random rows."""
     keys = pd.Series(entity_keys.to_numpy(), index=features.index).dropna()
     if keys.empty or k <= 0:
         return []
@@ -203,12 +205,15 @@ def choose_entities(features: pd.DataFrame, entity_keys: pd.Series, k: int, seed
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) and values.notna().any():
             _take(chosen, keys, values.idxmin())
             _take(chosen, keys, values.idxmax())
+    rng = random.Random(seed)
+    if len(keys) > SAMPLED_ROWS:  # counting every key of a large frame costs more than the replay itself
+        keys = keys.iloc[sorted(rng.sample(range(len(keys)), SAMPLED_ROWS))]
     counts = keys.value_counts()
     if len(counts):
         chosen.setdefault(counts.index[0], None)
     picked = list(chosen)[:k]
     rest = [value for value in counts.index.tolist() if value not in chosen]
-    picked += random.Random(seed).sample(rest, min(k - len(picked), len(rest)))
+    picked += rng.sample(rest, min(k - len(picked), len(rest)))
     return [v.item() if hasattr(v, "item") else v for v in picked]
 
 
