@@ -7,6 +7,7 @@ a few examples with both values.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+from pandas.api.types import pandas_dtype
 
 from checks.schema import logical_type
 from common.jsonsafe import json_safe
@@ -106,6 +108,12 @@ def dtype_names(frame: pd.DataFrame) -> dict[str, str]:
     return {str(name): str(dtype) for name, dtype in frame.dtypes.items()}
 
 
+@functools.lru_cache(maxsize=256)
+def _dtype(name: str) -> Any:
+    """The dtype a name stands for, parsed once (parsing costs more than a one-row cast)."""
+    return pandas_dtype(name)
+
+
 def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> pd.DataFrame:
     """`frame` with each column cast to the dtype the ETL's training input had, where that loses nothing.
 
@@ -121,7 +129,7 @@ def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> 
         wanted = dtypes.get(str(name))
         if wanted is not None and str(dtype) != wanted:
             try:
-                cast = frame[name].astype(wanted)
+                cast = frame[name].astype(_dtype(wanted))
             except (TypeError, ValueError):
                 continue
             if wanted == "object":  # PostgreSQL's missing values are None, not pd.NA

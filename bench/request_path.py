@@ -1,0 +1,126 @@
+"""The request path in process: extract/realtime and /health through the WSGI app, and the same calls on
+the service without HTTP, for this tree and a base commit, alternating in one run.
+
+    .venv/bin/python -m bench.request_path [--base REV] [--flows N] [--calls C] [--rounds R]
+
+`--base` (default: main) is exported with `git archive` into a temporary directory (nothing in this
+checkout changes). Each round runs one child process per tree (alternating which goes first): it publishes
+N demo flows, saves the walkthrough's four-table join and registers the example ETL, then times C calls
+of each kind, one at a time, after a warm-up: `POST /v1.0/extract/realtime` and `GET /v1.0/health` through
+Flask's test client (the whole WSGI app, no network), and `FeatureService.realtime_etl` / `.health`
+called directly (what the HTTP layer adds is the difference). Prints requests/s, p50 and p99 per tree,
+kind and round, then the medians over rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("extract/realtime (HTTP)", "health (HTTP)", "realtime_etl (service)", "health (service)")
+CHILD = r'''
+import json, random, sys, tempfile, time
+from pathlib import Path
+from app import close_app, create_app
+from tests.conftest import JsonClient, app_config
+from tests.walkthrough import FOUR_TABLE_QUERY, example_repo
+
+flows, calls = int(sys.argv[1]), int(sys.argv[2])
+work = Path(tempfile.mkdtemp())
+app = create_app(app_config(work / "data", MAX_PUBLISH_FLOWS=flows, MAX_RESPONSE_ROWS=10 * flows))
+api = JsonClient(app.test_client())
+api.put(f"/v1.0/publish?n_flows={flows}&seed=7")
+query = api.post("/v1.0/query/train?save=true&include_data=false", {"query": FOUR_TABLE_QUERY})["query_id"]
+repo = example_repo(work / "repo")
+etl = api.post("/v1.0/extract/train?save=true",
+               {"query_id": query, "etl_path": str(repo.file("etls/quote_features.py"))})
+users = sorted({row["user_id"] for row in etl["data"]})
+random.Random(1).shuffle(users)
+client, service = app.test_client(), app.extensions["feature_service"]
+
+def body(i):
+    return {"query_id": query, "etl_id": etl["etl_id"], "index_key": "user_id", "index_value": users[i % len(users)]}
+
+def extract_http(i):
+    assert client.post("/v1.0/extract/realtime", json=body(i)).status_code == 200
+
+def health_http(i):
+    assert client.get("/v1.0/health").status_code == 200
+
+def extract_service(i):
+    service.realtime_etl(query, etl["etl_id"], "user_id", users[i % len(users)])
+
+def health_service(i):
+    service.health()
+
+results = {}
+for name, call in zip(KINDS, (extract_http, health_http, extract_service, health_service)):
+    for i in range(min(calls, 300)):  # warm-up: caches, plans, the ETL class
+        call(i)
+    times = []
+    for i in range(calls):
+        started = time.perf_counter()
+        call(i)
+        times.append((time.perf_counter() - started) * 1000)
+    results[name] = times
+close_app(app)
+print(json.dumps(results))
+'''
+
+
+def run_child(tree: Path, flows: int, calls: int) -> dict[str, list[float]]:
+    code = f"KINDS = {KINDS!r}\n" + CHILD
+    out = subprocess.run([sys.executable, "-c", code, str(flows), str(calls)], cwd=tree, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(times: list[float]) -> tuple[float, float, float]:
+    """Requests/s (one at a time), p50 and p99 in ms."""
+    return len(times) / (sum(times) / 1000), percentile(times, 0.5), percentile(times, 0.99)
+
+
+def export(rev: str, into: Path) -> None:
+    """The tree of `rev` in `into`, without touching this checkout."""
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="main")
+    parser.add_argument("--flows", type=int, default=2_000)
+    parser.add_argument("--calls", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(scratch) / "base"
+        export(args.base, base)
+        trees = {f"base ({args.base})": base, "this tree": ROOT}
+        results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        for round_ in range(args.rounds):
+            for name in (list(trees) if round_ % 2 == 0 else list(reversed(trees))):
+                for kind, times in run_child(trees[name], args.flows, args.calls).items():
+                    rps, p50, p99 = summary(times)
+                    results.setdefault((name, kind), []).append((rps, p50, p99))
+                    print(f"round {round_ + 1} {name} {kind}: {rps:.0f} req/s, p50 {p50:.3f} ms, "
+                          f"p99 {p99:.3f} ms", flush=True)
+    print("\n| code | call | req/s | p50 (ms) | p99 (ms) |\n|---|---|---|---|---|")
+    for (name, kind), rows in results.items():
+        print(f"| {name} | {kind} | {statistics.median(r[0] for r in rows):.0f} | "
+              f"{statistics.median(r[1] for r in rows):.3f} | {statistics.median(r[2] for r in rows):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
