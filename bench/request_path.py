@@ -14,37 +14,20 @@ kind and round, then the medians over rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from bench.realtime_vs_main import DEMO_SETUP, percentile, run_script
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("extract/realtime (HTTP)", "health (HTTP)", "realtime_etl (service)", "health (service)")
-CHILD = r'''
-import json, random, sys, tempfile, time
-from pathlib import Path
-from app import close_app, create_app
-from tests.conftest import JsonClient, app_config
-from tests.walkthrough import FOUR_TABLE_QUERY, example_repo
-
-flows, calls = int(sys.argv[1]), int(sys.argv[2])
-work = Path(tempfile.mkdtemp())
-app = create_app(app_config(work / "data", MAX_PUBLISH_FLOWS=flows, MAX_RESPONSE_ROWS=10 * flows))
-api = JsonClient(app.test_client())
-api.put(f"/v1.0/publish?n_flows={flows}&seed=7")
-query = api.post("/v1.0/query/train?save=true&include_data=false", {"query": FOUR_TABLE_QUERY})["query_id"]
-repo = example_repo(work / "repo")
-etl = api.post("/v1.0/extract/train?save=true",
-               {"query_id": query, "etl_path": str(repo.file("etls/quote_features.py"))})
-users = sorted({row["user_id"] for row in etl["data"]})
-random.Random(1).shuffle(users)
+CHILD = DEMO_SETUP + r'''
 client, service = app.test_client(), app.extensions["feature_service"]
 
 def body(i):
-    return {"query_id": query, "etl_id": etl["etl_id"], "index_key": "user_id", "index_value": users[i % len(users)]}
+    return {"query_id": query, "etl_id": extract["etl_id"], "index_key": "user_id", "index_value": users[i % len(users)]}
 
 def extract_http(i):
     assert client.post("/v1.0/extract/realtime", json=body(i)).status_code == 200
@@ -53,7 +36,7 @@ def health_http(i):
     assert client.get("/v1.0/health").status_code == 200
 
 def extract_service(i):
-    service.realtime_etl(query, etl["etl_id"], "user_id", users[i % len(users)])
+    service.realtime_etl(query, extract["etl_id"], "user_id", users[i % len(users)])
 
 def health_service(i):
     service.health()
@@ -74,15 +57,7 @@ print(json.dumps(results))
 
 
 def run_child(tree: Path, flows: int, calls: int) -> dict[str, list[float]]:
-    code = f"KINDS = {KINDS!r}\n" + CHILD
-    out = subprocess.run([sys.executable, "-c", code, str(flows), str(calls)], cwd=tree, capture_output=True,
-                         text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return run_script(tree, f"KINDS = {KINDS!r}\n" + CHILD, flows, calls)
 
 
 def summary(times: list[float]) -> tuple[float, float, float]:

@@ -109,6 +109,12 @@ def dtype_names(frame: pd.DataFrame) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=256)
+def _dtype_name(dtype: Any) -> str:
+    """`str(dtype)`, once per dtype (a numpy dtype's name costs microseconds each time)."""
+    return str(dtype)
+
+
+@functools.lru_cache(maxsize=256)
 def _dtype(name: str) -> Any:
     """The dtype a name stands for, parsed once (parsing costs more than a one-row cast)."""
     return pandas_dtype(name)
@@ -125,16 +131,17 @@ def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> 
     if not dtypes:
         return frame
     casts = {}
-    for name, dtype in frame.dtypes.items():
+    for name, dtype in zip(frame.columns, frame.dtypes):
         wanted = dtypes.get(str(name))
-        if wanted is not None and str(dtype) != wanted:
+        if wanted is not None and _dtype_name(dtype) != wanted:
+            column = frame[name]
             try:
-                cast = frame[name].astype(_dtype(wanted))
+                cast = column.astype(_dtype(wanted))
             except (TypeError, ValueError):
                 continue
             if wanted == "object":  # PostgreSQL's missing values are None, not pd.NA
                 cast = cast.where(cast.notna(), None)
-            if all(values_equal(a, b) for a, b in zip(frame[name].tolist(), cast.tolist())):
+            if all(values_equal(a, b) for a, b in zip(column.tolist(), cast.tolist())):
                 casts[name] = cast
     return frame.assign(**casts) if casts else frame
 
