@@ -1,15 +1,17 @@
 """The request path in process: extract/realtime and /health through the WSGI app, and the same calls on
 the service without HTTP, for this tree and a base commit, alternating in one run.
 
-    .venv/bin/python -m bench.request_path [--base REV] [--flows N] [--calls C] [--rounds R]
+    .venv/bin/python -m bench.request_path [--base REV] [--flows N] [--calls C] [--rounds R] [--side-by-side]
 
 `--base` (default: main) is exported with `git archive` into a temporary directory (nothing in this
-checkout changes). Each round runs one child process per tree (alternating which goes first): it publishes
-N demo flows, saves the walkthrough's four-table join and registers the example ETL, then times C calls
-of each kind, one at a time, after a warm-up: `POST /v1.0/extract/realtime` and `GET /v1.0/health` through
-Flask's test client (the whole WSGI app, no network), and `FeatureService.realtime_etl` / `.health`
-called directly (what the HTTP layer adds is the difference). Prints requests/s, p50 and p99 per tree,
-kind and round, then the medians over rounds.
+checkout changes). Each round runs one child process per tree (alternating which goes first): it
+publishes N demo flows, saves the walkthrough's four-table join and registers the example ETL, then
+times C calls of each kind, one at a time, the kinds taking turns by 100, after a warm-up:
+`POST /v1.0/extract/realtime` and `GET /v1.0/health` through Flask's test client (the whole WSGI app,
+no network), and `FeatureService.realtime_etl` / `.health` called directly (what the HTTP layer adds
+is the difference). With --side-by-side both trees' children run at once, sharing whatever else
+the machine does. Prints requests/s, p50 and p99 per tree, kind and round, then the medians over
+rounds.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import statistics
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.realtime_vs_main import DEMO_SETUP, percentile, run_script
@@ -41,16 +44,17 @@ def extract_service(i):
 def health_service(i):
     service.health()
 
-results = {}
-for name, call in zip(KINDS, (extract_http, health_http, extract_service, health_service)):
-    for i in range(min(calls, 300)):  # warm-up: caches, plans, the ETL class
+kinds = dict(zip(KINDS, (extract_http, health_http, extract_service, health_service)))
+results = {name: [] for name in kinds}
+for i in range(min(calls, 300)):  # warm-up: caches, plans, the ETL class
+    for call in kinds.values():
         call(i)
-    times = []
-    for i in range(calls):
-        started = time.perf_counter()
-        call(i)
-        times.append((time.perf_counter() - started) * 1000)
-    results[name] = times
+for block in range(0, calls, 100):  # the kinds take turns, 100 calls each, so each sees the same machine
+    for name, call in kinds.items():
+        for i in range(block, min(block + 100, calls)):
+            started = time.perf_counter()
+            call(i)
+            results[name].append((time.perf_counter() - started) * 1000)
 close_app(app)
 print(json.dumps(results))
 '''
@@ -78,6 +82,8 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=2_000)
     parser.add_argument("--calls", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="run both trees' children at the same time (one core each), not one after the other")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch) / "base"
@@ -85,12 +91,15 @@ def main() -> None:
         trees = {f"base ({args.base})": base, "this tree": ROOT}
         results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
         for round_ in range(args.rounds):
-            for name in (list(trees) if round_ % 2 == 0 else list(reversed(trees))):
-                for kind, times in run_child(trees[name], args.flows, args.calls).items():
-                    rps, p50, p99 = summary(times)
-                    results.setdefault((name, kind), []).append((rps, p50, p99))
-                    print(f"round {round_ + 1} {name} {kind}: {rps:.0f} req/s, p50 {p50:.3f} ms, "
-                          f"p99 {p99:.3f} ms", flush=True)
+            order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+            with ThreadPoolExecutor(len(trees) if args.side_by_side else 1) as pool:
+                runs = {name: pool.submit(run_child, trees[name], args.flows, args.calls) for name in order}
+                for name, run in runs.items():
+                    for kind, times in run.result().items():
+                        rps, p50, p99 = summary(times)
+                        results.setdefault((name, kind), []).append((rps, p50, p99))
+                        print(f"round {round_ + 1} {name} {kind}: {rps:.0f} req/s, p50 {p50:.3f} ms, "
+                              f"p99 {p99:.3f} ms", flush=True)
     print("\n| code | call | req/s | p50 (ms) | p99 (ms) |\n|---|---|---|---|---|")
     for (name, kind), rows in results.items():
         print(f"| {name} | {kind} | {statistics.median(r[0] for r in rows):.0f} | "
