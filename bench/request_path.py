@@ -30,7 +30,8 @@ CHILD = DEMO_SETUP + r'''
 client, service = app.test_client(), app.extensions["feature_service"]
 
 def body(i):
-    return {"query_id": query, "etl_id": extract["etl_id"], "index_key": "user_id", "index_value": users[i % len(users)]}
+    return {"query_id": query, "etl_id": extract["etl_id"], "index_key": "user_id",
+            "index_value": users[i % len(users)]}
 
 def extract_http(i):
     assert client.post("/v1.0/extract/realtime", json=body(i)).status_code == 200
