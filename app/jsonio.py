@@ -133,10 +133,15 @@ def _add_value(body: _BoundedBody, value: Any) -> None:
     body.add(b"]")
 
 
+FEW_ROWS = 64  # up to this many rows (a served entity's), `frame_records` converts the frame at once
+
+
 def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The rows of `frame` as dicts that `dumps` encodes (NaN → null by orjson; NA, NaT by `_default`)."""
     if frame.empty:
         return []
     names = [str(name) for name in frame.columns]
+    if len(frame) <= FEW_ROWS:  # one object array: the same values, without a Series per column
+        return [dict(zip(names, row)) for row in frame.to_numpy(dtype=object).tolist()]
     columns = [column.tolist() for _, column in frame.items()]
     return [dict(zip(names, row)) for row in zip(*columns)]

@@ -18,9 +18,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-CHILD = r'''
+# The demo set up in a child process: `app`, its JSON client `api`, the saved join's `query` id, the
+# registered ETL's answer `extract` and its `users` shuffled (argv: flows, calls).
+DEMO_SETUP = r'''
 import json, random, sys, tempfile, time
 from pathlib import Path
 from app import close_app, create_app
@@ -37,7 +40,8 @@ repo = example_repo(work / "repo")
 extract = api.post("/v1.0/extract/train?save=true", {"query_id": query, "etl_path": str(repo.file("etls/quote_features.py"))})
 users = sorted({row["user_id"] for row in extract["data"]})
 random.Random(1).shuffle(users)
-
+'''
+CHILD = DEMO_SETUP + r'''
 def timed(body):
     started = time.perf_counter()
     api.post("/v1.0/extract/realtime", body)
@@ -52,10 +56,15 @@ print(json.dumps({"ms": times}))
 '''
 
 
-def run_child(tree: Path, flows: int, calls: int) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(flows), str(calls)], cwd=tree, capture_output=True,
+def run_script(tree: Path, code: str, *args: Any) -> Any:
+    """Run `code` with `tree`'s modules in a child process; its last line of output, parsed as JSON."""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=tree, capture_output=True,
                          text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_child(tree: Path, flows: int, calls: int) -> list[float]:
+    return run_script(tree, CHILD, flows, calls)["ms"]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -7,6 +7,7 @@ a few examples with both values.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+from pandas.api.types import pandas_dtype
 
 from checks.schema import logical_type
 from common.jsonsafe import json_safe
@@ -108,6 +110,18 @@ def dtype_names(frame: pd.DataFrame) -> dict[str, str]:
     return {str(name): str(dtype) for name, dtype in frame.dtypes.items()}
 
 
+@functools.lru_cache(maxsize=256)
+def _dtype_name(dtype: Any) -> str:
+    """`str(dtype)`, once per dtype (a numpy dtype's name costs microseconds each time)."""
+    return str(dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype(name: str) -> Any:
+    """The dtype a name stands for, parsed once (parsing costs more than a one-row cast)."""
+    return pandas_dtype(name)
+
+
 def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> pd.DataFrame:
     """`frame` with each column cast to the dtype the ETL's training input had, where that loses nothing.
 
@@ -119,18 +133,19 @@ def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> 
     if not dtypes:
         return frame
     casts = {}
-    for name, dtype in frame.dtypes.items():
+    for name, dtype in zip(frame.columns, frame.dtypes):
         wanted = dtypes.get(str(name))
-        if wanted is None or str(dtype) == wanted:
+        if wanted is None or _dtype_name(dtype) == wanted:
             continue
         column = frame[name]
         try:
-            cast = column.astype(wanted)
+            cast = column.astype(_dtype(wanted))
         except (TypeError, ValueError):
             continue
         if wanted == "object":  # PostgreSQL's missing values are None, not pd.NA
             cast = cast.where(cast.notna(), None)
-        if (str(dtype), wanted) in LOSSLESS or all(values_equal(a, b) for a, b in zip(column.tolist(), cast.tolist())):
+        lossless = (_dtype_name(dtype), wanted) in LOSSLESS
+        if lossless or all(values_equal(a, b) for a, b in zip(column.tolist(), cast.tolist())):
             casts[name] = cast
     return frame.assign(**casts) if casts else frame
 

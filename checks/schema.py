@@ -34,6 +34,26 @@ _INFERRED = {
 }
 
 
+_BY_DTYPE = ((ptypes.is_bool_dtype, "boolean"), (ptypes.is_integer_dtype, "integer"), (ptypes.is_float_dtype, "float"),
+             (ptypes.is_datetime64_any_dtype, "timestamp"), (ptypes.is_timedelta64_dtype, "interval"))
+
+
+def dtype_kinds(dtype: Any) -> frozenset[str] | None:
+    """The logical types a non-empty column of `dtype` can have, whatever its values: one for numpy bools
+    and ints (they cannot hold a missing value), else the dtype's type or "null" (all missing); None when
+    the values decide (objects, categoricals)."""
+    if isinstance(dtype, np.dtype) and dtype.kind in "biu":
+        return frozenset({"boolean" if dtype.kind == "b" else "integer"})
+    if isinstance(dtype, pd.CategoricalDtype):
+        return None
+    for test, kind in _BY_DTYPE:
+        if test(dtype):
+            return frozenset({kind, "null"})
+    if ptypes.is_string_dtype(dtype) and not ptypes.is_object_dtype(dtype):
+        return frozenset({"string", "null"})
+    return None
+
+
 def logical_type(series: pd.Series) -> str:
     """The logical type of a column, judged from its dtype and, for objects, its values."""
     dtype = series.dtype
@@ -48,18 +68,9 @@ def logical_type(series: pd.Series) -> str:
         return logical_type(pd.Series(dtype.categories)) if len(dtype.categories) else "null"
     if series.isna().all():
         return "null"
-    if ptypes.is_bool_dtype(dtype):
-        return "boolean"
-    if ptypes.is_integer_dtype(dtype):
-        return "integer"
-    if ptypes.is_float_dtype(dtype):
-        return "float"
-    if ptypes.is_datetime64_any_dtype(dtype):
-        return "timestamp"
-    if ptypes.is_timedelta64_dtype(dtype):
-        return "interval"
-    if ptypes.is_string_dtype(dtype) and not ptypes.is_object_dtype(dtype):
-        return "string"
+    kinds = dtype_kinds(dtype)
+    if kinds is not None:
+        return next(iter(kinds - {"null"}))
     return _INFERRED.get(ptypes.infer_dtype(series, skipna=True), "mixed")
 
 
@@ -146,3 +157,39 @@ def compare_schemas(trained: list[Column], served: list[Column]) -> SchemaDiff:
                                                          bool(served_by_name[name].get("widened")))
         ],
     )
+
+
+@dataclass(frozen=True)
+class SchemaPlan:
+    """What checking frames of one column layout against one training schema needs, computed once:
+    ``exact`` when the names match and no column's type can disagree whatever its values, else the
+    columns whose values decide (`compatible` for every dtype-only column)."""
+
+    names_match: bool
+    value_columns: tuple[str, ...]
+
+
+def schema_plan(trained: list[Column], dtypes: list[tuple[str, Any]]) -> SchemaPlan:
+    """The plan for a non-empty frame with these unique (name, dtype) columns (see `check_with_plan`)."""
+    trained_types = {c["name"]: c["type"] for c in trained}
+    names_match = set(trained_types) == {name for name, _ in dtypes}
+    value_columns = []
+    for name, dtype in dtypes:
+        kinds = dtype_kinds(dtype)
+        wanted = trained_types.get(name)
+        if wanted is not None and (kinds is None or not all(compatible(wanted, kind) for kind in kinds)):
+            value_columns.append(name)
+    return SchemaPlan(names_match, tuple(value_columns))
+
+
+def plan_allows(plan: SchemaPlan, trained: list[Column], frame: pd.DataFrame) -> bool:
+    """True when `frame` (of the plan's layout) certainly matches `trained`: `compare_schemas` over
+    `served_schema` would find no difference. False means: run the full comparison for the diff."""
+    if not plan.names_match:
+        return False
+    trained_types = {c["name"]: c["type"] for c in trained} if plan.value_columns else {}
+    for name in plan.value_columns:
+        served = column_type(frame[name])
+        if not compatible(trained_types[name], served["type"], bool(served.get("widened"))):
+            return False
+    return True

@@ -82,6 +82,7 @@ class ServingWindow:
         self.size = size
         self._lock = threading.Lock()
         self._values: dict[str, deque] = {}
+        self._pending: list[tuple[tuple[str, ...], np.ndarray]] = []
         self.outcomes: dict[str, int] = {"served": 0, "no_row": 0, "schema_mismatch": 0,
                                          "expectation_violations": 0}
         self.keys: set[str] = set()
@@ -90,19 +91,30 @@ class ServingWindow:
 
     def record(self, frame: pd.DataFrame | None, outcome: str = "served", key: str | None = None) -> None:
         """Count an outcome and, for served rows, remember their values (a served empty frame also
-        counts as ``no_row``)."""
+        counts as ``no_row``). The rows are kept as they come and go into the per-column buffers only
+        when the window is read (or `size` frames are waiting): the request pays for one array."""
+        rows = None if frame is None else (tuple(str(column) for column in frame.columns),
+                                           frame.to_numpy(dtype=object))
         with self._lock:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             self.dirty = True
             if key is not None:
                 self.keys.add(str(key))
-            if frame is None:
+            if rows is None:
                 return
-            if not len(frame):
+            if not len(rows[1]):
                 self.outcomes["no_row"] = self.outcomes.get("no_row", 0) + 1
-            for column in frame.columns:
-                buffer = self._values.setdefault(str(column), deque(maxlen=self.size))
-                buffer.extend(None if pd.isna(v) else v for v in frame[column].tolist())
+            self._pending.append(rows)
+            if len(self._pending) >= self.size:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Move the waiting rows into the per-column buffers, nulls as None (under the lock)."""
+        for names, values in self._pending:
+            for position, name in enumerate(names):
+                buffer = self._values.setdefault(name, deque(maxlen=self.size))
+                buffer.extend(None if pd.isna(v) else v for v in values[:, position].tolist())
+        self._pending.clear()
 
     def record_shadow(self, mismatched: list[str] | None) -> None:
         """Count a served training entity of the shadow sample: None when its raw input changed since
@@ -118,11 +130,13 @@ class ServingWindow:
 
     def series(self) -> dict[str, pd.Series]:
         with self._lock:
+            self._fold()
             return {column: pd.Series(list(values), dtype=object) for column, values in self._values.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe snapshot, for the catalog."""
         with self._lock:
+            self._fold()
             return {"size": self.size, "outcomes": dict(self.outcomes), "keys": sorted(self.keys),
                     "shadow": {**self.shadow, "mismatches": dict(self.shadow["mismatches"])},
                     "values": {c: json_safe(list(values)) for c, values in self._values.items()}}

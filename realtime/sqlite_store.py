@@ -471,11 +471,20 @@ def _parse_timestamp(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, logical_types.SQLITE_TIMESTAMP_FORMAT).replace(tzinfo=dt.timezone.utc)
 
 
+_STRING = pd.array([], dtype="str").dtype  # pandas' default string dtype (resolving "str" per call costs 10 µs)
+
+
 def typed_frame(names: list[str], rows: list[tuple], types: dict[str, str | None]) -> pd.DataFrame:
     """A DataFrame with the dtypes DuckDB's .df() gives for the same logical types."""
     columns = list(zip(*rows)) if rows else [()] * len(names)
-    return pd.DataFrame({name: _typed_column(values, types.get(name)) for name, values in zip(names, columns)},
-                        columns=names, copy=False)
+    arrays = [_typed_column(values, types.get(name)) for name, values in zip(names, columns)]
+    if len(set(names)) < len(names):  # repeated names: the dict keeps the last column under each name
+        return pd.DataFrame(dict(zip(names, arrays)), columns=names, copy=False)
+    # the constructor behind DataFrame(dict) without the dict's alignment (for one row, most of its cost);
+    # the arrays need no conversion unless an object column is left, which it infers as the dict would
+    final = not any(isinstance(array, np.ndarray) and array.dtype == object for array in arrays)
+    return pd.DataFrame._from_arrays(arrays, columns=pd.Index(names), index=pd.RangeIndex(len(rows)),
+                                     verify_integrity=not final)
 
 
 def _typed_column(values: tuple, logical: str | None) -> Any:
@@ -487,6 +496,8 @@ def _typed_column(values: tuple, logical: str | None) -> Any:
         return pd.array(values, dtype="Int64") if has_null else np.array(values, dtype=np.int64)
     if logical == "float" and all(v is None or isinstance(v, (int, float)) for v in values):
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    if logical == "string" and str in set(map(type, values)) <= {str, type(None)}:
+        return pd.array(values, dtype=_STRING)  # what DataFrame(dict) infers for an object column of strings
     if logical == "timestamp" and all(v is None or isinstance(v, str) for v in values):
         return pd.to_datetime(list(values), utc=True, format="ISO8601").as_unit("us")
     if not values:
