@@ -77,7 +77,9 @@ def login(driver, base: str, key: str) -> None:
     driver.get(base + "/ui/login")
     field = driver.find_element(By.ID, driver.find_element(By.XPATH, "//label[text()='API key']").get_attribute("for"))
     field.send_keys(key)
-    driver.find_element(By.XPATH, "//button[text()='Log in']").click()
+    button = driver.find_element(By.XPATH, "//button[text()='Log in']")
+    button.click()
+    WebDriverWait(driver, 30).until(staleness_of(button))  # the answer's page (home, or the form with its refusal)
 
 
 def shot(driver, name: str, full: bool = False) -> None:
