@@ -77,9 +77,18 @@ def login(driver, base: str, key: str) -> None:
     driver.get(base + "/ui/login")
     field = driver.find_element(By.ID, driver.find_element(By.XPATH, "//label[text()='API key']").get_attribute("for"))
     field.send_keys(key)
-    button = driver.find_element(By.XPATH, "//button[text()='Log in']")
-    button.click()
-    WebDriverWait(driver, 30).until(staleness_of(button))  # the answer's page (home, or the form with its refusal)
+    follow(driver, driver.find_element(By.XPATH, "//button[text()='Log in']"))  # home, or the form refusing
+
+
+def follow(driver, element, keys: str | None = None) -> None:
+    """Click `element` (or type `keys` into it) and wait for the page that answers: reading the next page
+    before the old one is gone would find the old page's elements."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    if keys is None:
+        element.click()
+    else:
+        element.send_keys(keys)
+    WebDriverWait(driver, 30).until(staleness_of(old))
 
 
 def shot(driver, name: str, full: bool = False) -> None:
@@ -112,7 +121,7 @@ def test_admin_walks_every_page_of_the_demo_and_the_shop(server, browser):
     shot(browser, "home")
     seen = set()
     for listing, expected in (("Sources", 6), ("Queries", 2), ("ETLs", 3), ("Feature sets", 2)):
-        browser.find_element(By.LINK_TEXT, listing).click()
+        follow(browser, browser.find_element(By.LINK_TEXT, listing))
         assert heading(browser) == listing and not refusals(browser)
         shot(browser, listing)
         pages = links_in(browser, "main tbody tr td:first-child a")
@@ -126,28 +135,28 @@ def test_admin_walks_every_page_of_the_demo_and_the_shop(server, browser):
                  "users", "page_views", "orders"):
         assert any(name in title for title in seen), (name, seen)
     assert "Feature set shop_activity" in seen and "Feature set conversion" in seen
-    browser.find_element(By.CSS_SELECTOR, "a.brand").click()
-    browser.find_element(By.ID, browser.find_element(By.XPATH, "//label[starts-with(text(), 'Search')]")
-                         .get_attribute("for")).send_keys("seconds_on_page\n")
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "a.brand"))
+    follow(browser, browser.find_element(By.ID, browser.find_element(By.XPATH, "//label[starts-with(text(), 'Search')]")
+                                         .get_attribute("for")), "seconds_on_page\n")
     assert browser.find_element(By.LINK_TEXT, "page_views").is_displayed()
     shot(browser, "search")
 
 
 def test_lineage_nodes_link_to_their_pages(server, browser):
     login(browser, server["base"], ADMIN_KEY)
-    browser.find_element(By.LINK_TEXT, "Lineage").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "Lineage"))
     shot(browser, "lineage")
     nodes = browser.find_elements(By.CSS_SELECTOR, "svg.lineage a.node")
     assert len(nodes) == 13 and len(browser.find_elements(By.CSS_SELECTOR, "svg.lineage path.edge")) == 12
     etl = next(n for n in nodes if n.get_attribute("aria-label") == "ETL customer_features")
-    etl.click()  # a click on the drawn box, as a person would
+    follow(browser, etl)  # a click on the drawn box, as a person would
     assert heading(browser) == "ETL customer_features"
     browser.back()
     for node in links_in(browser, "svg.lineage a.node"):
         browser.get(node)
         assert browser.find_element(By.TAG_NAME, "h1").is_displayed() and not refusals(browser), node
     browser.get(f"{server['base']}/ui/queries/{server['shop']['query_id']}")
-    browser.find_element(By.LINK_TEXT, "Lineage of this query").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "Lineage of this query"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.lineage a.node:not(.dim)")) == 5
     other_query = browser.find_element(By.CSS_SELECTOR, "a.node[aria-label='query quote_join']")
     assert "dim" in other_query.get_attribute("class")
@@ -169,10 +178,10 @@ def test_the_skew_plot_of_a_flagged_feature_is_drawn(server, browser):
 
 def test_admin_creates_a_key_sees_it_once_and_revokes_it(server, browser):
     login(browser, server["base"], ADMIN_KEY)
-    browser.find_element(By.LINK_TEXT, "Keys").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "Keys"))
     browser.find_element(By.ID, "name").send_keys("browser-model")
     Select(browser.find_element(By.ID, "role")).select_by_visible_text("serving")
-    browser.find_element(By.XPATH, "//button[text()='Create']").click()
+    follow(browser, browser.find_element(By.XPATH, "//button[text()='Create']"))
     key = browser.find_element(By.CSS_SELECTOR, "[role=status] code").text
     assert requests.post(server["base"] + "/v1.0/query/realtime", json={}, timeout=10,
                          headers={"Authorization": f"Bearer {key}"}).status_code == 400  # known key, bad body
