@@ -65,7 +65,7 @@ def test_concurrent_writers_get_growing_positions_and_each_append_stays_together
     def write(writer: int, answers: list[int]) -> None:
         own = open_feed(feed_url)  # each writer its own connection, as separate processes have
         try:
-            for n in range(20):
+            for n in range(200):
                 answers.append(own.append({"a": pa.table({"w": [writer], "n": [n]}),
                                            "b": pa.table({"w": [writer], "n": [n]})}))
         finally:
@@ -79,11 +79,11 @@ def test_concurrent_writers_get_growing_positions_and_each_append_stays_together
         thread.join()
     reader = open_feed(feed_url)
     try:
-        entries = reader.read_after(0, limit=1000)
+        entries = reader.read_after(0, limit=10_000)
     finally:
         reader.close()
     positions = [e.position for e in entries]
-    assert len(entries) == 160 and positions == sorted(set(positions))
+    assert len(entries) == 1600 and positions == sorted(set(positions))
     by_position = {e.position: (e.source, e.rows.to_pydict()) for e in entries}
     for writer, answers in answered.items():
         assert answers == sorted(answers)  # one writer's positions grow too
