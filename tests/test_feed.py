@@ -18,6 +18,8 @@ from feed import ChangeFeed, FeedTailer, open_feed
 from feed.base import table_bytes
 from realtime import open_realtime_store
 from tests.conftest import JsonClient
+from tests.server_process import live_process
+from tests.test_workers import _call, _lookup, _until_every_process, _user
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -127,6 +129,25 @@ def test_a_redis_position_never_goes_back_and_the_feed_keeps_one_key(redis_serve
         assert [key.decode() for key in feed.client.scan_iter(match=f"{redis_prefix}:*")] == [f"{redis_prefix}:feed"]
     finally:
         feed.close()
+
+
+def test_two_serving_processes_share_a_redis_feed(tmp_path, redis_server_url, redis_prefix):
+    url = f"{redis_server_url}?prefix={redis_prefix}"
+    with live_process(tmp_path / "data", startup_seconds=60, WORKERS="2", FEED_URL=url) as live:
+        saved = _call("POST", f"{live.base}/v1.0/query/train?save=true",
+                      json={"query": "SELECT user_id, name FROM users"})
+        assert saved.status_code == 200, saved.text
+        for n in range(2):
+            position = _user(live.base, f"u-{n}", f"name {n}")
+            answers = _until_every_process(_lookup(live.base, saved.json()["query_id"], f"u-{n}", position), 2)
+            for response in answers.values():
+                assert response.json()["data"] == [{"user_id": f"u-{n}", "name": f"name {n}"}]
+        feed = open_feed(url)
+        try:
+            assert feed.last_position() == position
+            assert feed.read_after(position - 1)[0].rows.column("user_id").to_pylist() == ["u-1"]
+        finally:
+            feed.close()
 
 
 @pytest.mark.parametrize("url", ["kafka://127.0.0.1:9092", "sqlite:///:memory:", "redis://127.0.0.1:6379/0?prefix=",
