@@ -43,7 +43,8 @@ SETTINGS: tuple[Setting, ...] = (
             "connects with, as a role that may only SELECT the sources' tables (docker-compose.yml makes one). "
             "Default: WAREHOUSE_URL. Or WAREHOUSE_READ_URL_FILE: a file holding it."),
     Setting("FEED_URL", None, "Change feed every serving process tails (the rows each ingest acknowledged): "
-            "sqlite:///<file>. Default: sqlite:///$DATA_DIR/feed.db."),
+            "sqlite:///<file> (one machine) or Redis Streams, redis://host:port/<db>?prefix=<name> (stream "
+            "<name>:feed, default prefix featurestore). Default: sqlite:///$DATA_DIR/feed.db."),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "

@@ -1,6 +1,6 @@
 """Shared fixtures: an app on a temporary data dir with tight limits, and a JSON client.
 
-Plugins hold the pieces other areas need: PostgreSQL databases (fixtures_pg)
+Plugins hold the pieces other areas need: PostgreSQL databases (fixtures_pg), Redis key prefixes (fixtures_redis)
 and local git repositories of ETL scripts (fixtures_git).
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from flask.testing import FlaskClient
 
 from app import close_app, create_app
 
-pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_git", "tests.fixtures_catalog", "tests.fixtures_pgserver"]
+pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_git", "tests.fixtures_catalog", "tests.fixtures_pgserver",
+                  "tests.fixtures_redis"]
 
 ERROR_KEYS = {"code", "message", "details"}
 

@@ -1,52 +1,171 @@
-"""The embedded change feed: positions grow, entries come back exact and in order, across processes."""
+"""The change feed's contract on both backends (the embedded SQLite file and Redis Streams): positions
+grow, entries come back exact, in order and once, across threads and processes; and the service's use of it."""
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import threading
+from typing import Iterator
 
 import pyarrow as pa
 import pytest
+import redis
 
 from common.errors import InvalidInput
-from feed import FeedTailer, open_feed
+from demo.sources import demo_sources
+from feed import ChangeFeed, FeedTailer, open_feed
+from feed.base import table_bytes
+from realtime import open_realtime_store
 from tests.conftest import JsonClient
+from tests.server_process import live_process
+from tests.test_workers import _call, _lookup, _until_every_process, _user
 
 
-def test_entries_come_back_in_order_and_exact(tmp_path):
-    feed = open_feed(f"sqlite:///{tmp_path / 'feed.db'}")
-    first = feed.append({"users": pa.table({"user_id": [1, 2]})})
-    second = feed.append({"users": pa.table({"user_id": [3]}), "quotes": pa.table({"q": [0.5]})})
+@pytest.fixture(params=["sqlite", "redis"])
+def feed_url(request, tmp_path) -> str:
+    """A fresh feed's URL on each backend: a new SQLite file, or Redis under a unique prefix (deleted after)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'feed.db'}"
+    return f"{request.getfixturevalue('redis_server_url')}?prefix={request.getfixturevalue('redis_prefix')}"
+
+
+@pytest.fixture
+def feed(feed_url) -> Iterator[ChangeFeed]:
+    opened = open_feed(feed_url)
+    yield opened
+    opened.close()
+
+
+def test_entries_come_back_in_order_and_exact(feed):
+    assert feed.last_position() == 0 and feed.read_after(0) == []
+    users = pa.table({"user_id": ["a", None], "score": [0.1, float("nan")],
+                      "seen": pa.array([dt.datetime(2024, 1, 1, 0, 0, 0, 1)], pa.timestamp("us", "UTC")).take([0, 0]),
+                      "blob": pa.array([b"\x00\xff", b""], pa.binary())}).replace_schema_metadata({"fs_version": "3"})
+    first = feed.append({"users": users})
+    second = feed.append({"users": pa.table({"user_id": ["c"]}), "quotes": pa.table({"q": [0.5]})})
     assert 0 < first < second == feed.last_position()
     entries = feed.read_after(0)
-    assert [(e.source, e.rows.to_pydict()) for e in entries] == [
-        ("users", {"user_id": [1, 2]}), ("users", {"user_id": [3]}), ("quotes", {"q": [0.5]})]
+    assert [(e.source, e.rows.to_pydict()) for e in entries[1:]] == [("users", {"user_id": ["c"]}),
+                                                                    ("quotes", {"q": [0.5]})]
+    assert table_bytes(entries[0].rows) == table_bytes(users)  # byte-exact, schema metadata included
+    assert [e.position for e in entries] == [first, second - 1, second]
     assert [e.position for e in feed.read_after(first)] == [e.position for e in entries[1:]]
+    assert feed.read_after(second) == []
 
 
-def test_a_tailer_applies_another_process_s_appends_and_waits_for_a_position(tmp_path):
-    path = tmp_path / "feed.db"
-    feed = open_feed(f"sqlite:///{path}")
-    applied: list[dict] = []
-    tailer = FeedTailer(feed, lambda frames: applied.append({s: t.to_pydict() for s, t in frames.items()}))
+def test_pages_of_a_read_hold_every_entry_once_in_order(feed):
+    positions = [feed.append({"users": pa.table({"n": [n]})}) for n in range(7)]
+    seen: list[tuple[int, int]] = []
+    while page := feed.read_after(seen[-1][0] if seen else 0, limit=3):
+        assert len(page) <= 3
+        seen += [(e.position, e.rows.column(0)[0].as_py()) for e in page]
+    assert seen == list(zip(positions, range(7)))
+
+
+def test_concurrent_writers_get_growing_positions_and_each_append_stays_together(feed_url):
+    def write(writer: int, answers: list[int]) -> None:
+        own = open_feed(feed_url)  # each writer its own connection, as separate processes have
+        try:
+            for n in range(200):
+                answers.append(own.append({"a": pa.table({"w": [writer], "n": [n]}),
+                                           "b": pa.table({"w": [writer], "n": [n]})}))
+        finally:
+            own.close()
+
+    answered: dict[int, list[int]] = {writer: [] for writer in range(4)}
+    threads = [threading.Thread(target=write, args=(writer, answers)) for writer, answers in answered.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reader = open_feed(feed_url)
+    try:
+        entries = reader.read_after(0, limit=10_000)
+    finally:
+        reader.close()
+    positions = [e.position for e in entries]
+    assert len(entries) == 1600 and positions == sorted(set(positions))
+    by_position = {e.position: (e.source, e.rows.to_pydict()) for e in entries}
+    for writer, answers in answered.items():
+        assert answers == sorted(answers)  # one writer's positions grow too
+        for n, last in enumerate(answers):  # an append's two entries are adjacent: nothing came between
+            row = {"w": [writer], "n": [n]}
+            assert by_position[last - 1] == ("a", row) and by_position[last] == ("b", row)
+
+
+def test_a_tailer_applies_another_process_s_appends_to_a_realtime_store(feed_url):
+    store = open_realtime_store("sqlite:///:memory:")
+    store.register(next(s for s in demo_sources() if s.name == "users"))
+    feed = open_feed(feed_url)
+    tailer = FeedTailer(feed, store.append)
     tailer.start()
     try:
-        script = ("import pyarrow as pa; from feed import open_feed; "
-                  f"print(open_feed('sqlite:///{path}').append({{'users': pa.table({{'user_id': [7]}})}}))")
-        position = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                      check=True).stdout)
-        assert tailer.wait_for(position, timeout=5)
-        assert applied == [{"users": {"user_id": [7]}}]
-        assert not tailer.wait_for(position + 1, timeout=0.05)
+        script = ("import sys, pyarrow as pa; from feed import open_feed; feed = open_feed(sys.argv[1])\n"
+                  "for n in range(40):\n"
+                  "    last = feed.append({'users': pa.table({'user_id': [f'u{n}'], 'name': ['Ada'], "
+                  "'address': [None], 'creation_date': [1_700_000_000 + n]})})\n"
+                  "print(last)")
+        last = int(subprocess.run([sys.executable, "-c", script, feed_url], capture_output=True, text=True,
+                                  check=True, timeout=60).stdout)
+        assert tailer.wait_for(last, timeout=10)
+        held = store.query("SELECT user_id, count(*) AS n FROM users GROUP BY user_id ORDER BY creation_date")
+        assert held["user_id"].tolist() == [f"u{n}" for n in range(40)] and set(held["n"]) == {1}
+        assert not tailer.wait_for(last + 1, timeout=0.05)
     finally:
         tailer.stop()
+        feed.close()
+        store.close()
 
 
-def test_an_unknown_or_in_memory_feed_url_is_the_service_s_error(tmp_path):
-    for url in ("redis://127.0.0.1:6379/0", "sqlite:///:memory:"):
-        with pytest.raises(InvalidInput) as refused:
-            open_feed(url)
-        assert refused.value.status == 400 and "FEED_URL" in refused.value.message
+def test_a_redis_position_never_goes_back_and_the_feed_keeps_one_key(redis_server_url, redis_prefix):
+    feed = open_feed(f"{redis_server_url}?prefix={redis_prefix}")
+    try:
+        feed.append({"users": pa.table({"n": [1]})})
+        second = feed.append({"users": pa.table({"n": [2]})})
+        feed.client.xdel(f"{redis_prefix}:feed", f"0-{second}")  # the newest entry, deleted by hand
+        assert feed.last_position() == second
+        assert feed.append({"users": pa.table({"n": [3]})}) == second + 1
+        assert [key.decode() for key in feed.client.scan_iter(match=f"{redis_prefix}:*")] == [f"{redis_prefix}:feed"]
+    finally:
+        feed.close()
+
+
+def test_two_serving_processes_share_a_redis_feed(tmp_path, redis_server_url, redis_prefix):
+    url = f"{redis_server_url}?prefix={redis_prefix}"
+    with live_process(tmp_path / "data", startup_seconds=60, WORKERS="2", FEED_URL=url) as live:
+        saved = _call("POST", f"{live.base}/v1.0/query/train?save=true",
+                      json={"query": "SELECT user_id, name FROM users"})
+        assert saved.status_code == 200, saved.text
+        for n in range(2):
+            position = _user(live.base, f"u-{n}", f"name {n}")
+            answers = _until_every_process(_lookup(live.base, saved.json()["query_id"], f"u-{n}", position), 2)
+            for response in answers.values():
+                assert response.json()["data"] == [{"user_id": f"u-{n}", "name": f"name {n}"}]
+        feed = open_feed(url)
+        try:
+            assert feed.last_position() == position
+            assert feed.read_after(position - 1)[0].rows.column("user_id").to_pylist() == ["u-1"]
+        finally:
+            feed.close()
+
+
+@pytest.mark.parametrize("url", ["kafka://127.0.0.1:9092", "sqlite:///:memory:", "redis://127.0.0.1:6379/0?prefix=",
+                                 "redis://127.0.0.1:6379/zero", "redis://127.0.0.1:6379/0?prefx=a",
+                                 "redis://127.0.0.1:port/0", "redis://127.0.0.1:6379/0?socket_timeout=soon"])
+def test_an_unknown_in_memory_or_malformed_feed_url_is_the_service_s_error(url):
+    with pytest.raises(InvalidInput) as refused:
+        open_feed(url)
+    assert refused.value.status == 400 and "FEED_URL" in refused.value.message
+
+
+def test_a_redis_feed_that_does_not_answer_is_an_error_not_a_wait():
+    feed = open_feed("redis://127.0.0.1:9/0?socket_connect_timeout=1")  # the discard port: nothing listens
+    try:
+        with pytest.raises(redis.ConnectionError):
+            feed.append({"users": pa.table({"n": [1]})})
+    finally:
+        feed.close()
 
 
 def _feed_rows(app) -> dict[str, list[int]]:
@@ -58,7 +177,9 @@ def _feed_rows(app) -> dict[str, list[int]]:
     return held
 
 
-def test_every_acknowledged_ingest_and_publish_is_in_the_feed_at_its_position(app, api):
+def test_every_acknowledged_ingest_and_publish_is_in_the_feed_at_its_position(make_app, feed_url):
+    app = make_app(FEED_URL=feed_url)
+    api = JsonClient(app.test_client())
     published = api.put("/v1.0/publish?n_flows=30&seed=5")
     feed = app.extensions["feature_service"].sources.feed
     assert published["position"] == feed.last_position() > 0
@@ -72,7 +193,9 @@ def test_every_acknowledged_ingest_and_publish_is_in_the_feed_at_its_position(ap
     assert again["duplicate"] and again["position"] == ingested["position"] == feed.last_position()
 
 
-def test_a_refused_ingest_reaches_neither_the_warehouse_nor_the_feed(app, api):
+def test_a_refused_ingest_reaches_neither_the_warehouse_nor_the_feed(make_app, feed_url):
+    app = make_app(FEED_URL=feed_url)
+    api = JsonClient(app.test_client())
     feed = app.extensions["feature_service"].sources.feed
     before = feed.last_position()
     api.post("/v1.0/sources/users/rows", {"rows": [{"user_id": "not a number"}]}, status=400)
