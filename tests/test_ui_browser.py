@@ -24,7 +24,7 @@ try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:
     if CI:  # CI=true: the browser tests run, never skip
@@ -88,7 +88,19 @@ def follow(driver, element, keys: str | None = None) -> None:
         element.click()
     else:
         element.send_keys(keys)
-    WebDriverWait(driver, 30).until(staleness_of(old))
+    WebDriverWait(driver, 30).until(gone(old))
+
+
+def gone(element):
+    """A wait condition: `element` no longer belongs to the page. Chromium reports a node of a page being
+    replaced either as stale or, mid-navigation, with another WebDriverException; both mean it is gone."""
+    def check(_driver) -> bool:
+        try:
+            element.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+    return check
 
 
 def shot(driver, name: str, full: bool = False) -> None:
@@ -188,7 +200,7 @@ def test_admin_creates_a_key_sees_it_once_and_revokes_it(server, browser):
     shot(browser, "keys")
     revoke = browser.find_element(By.CSS_SELECTOR, "button[aria-label='Revoke key browser-model']")
     revoke.click()
-    WebDriverWait(browser, 20).until(staleness_of(revoke))  # the page after the POST
+    WebDriverWait(browser, 20).until(gone(revoke))  # the page after the POST
     assert key not in browser.page_source  # shown once
     assert not browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Revoke key browser-model']")
     login(browser, server["base"], key)
