@@ -115,14 +115,17 @@ def _not_saved(error: NotFound, save: str) -> NotFound:
                     "nothing, and the id a plan shows exists only after a save", error.details)
 
 
-def _mismatch_summary(report: dict[str, Any]) -> str:
-    """Which columns a replay found different, stage by stage, in one line."""
+def _train_serve_mismatch(etl_id: str, report: dict[str, Any], advice: str) -> TrainServeMismatch:
+    """The 409 of a replay that found differences: which columns, stage by stage, and the report (without
+    its shadow sample) in the details."""
     parts = [f"{label} {report[field]}" for label, field in (
         ("features", "mismatched_columns"), ("query columns (warehouse vs realtime engine)", "query_mismatched_columns"),
         ("nondeterministic features", "nondeterministic_columns")) if report[field]]
     if report["column_order_mismatches"]:
         parts.append("the column order")
-    return "; ".join(parts)
+    return TrainServeMismatch("replayed through the serving path, training entities get other values than in "
+                              f"training: {'; '.join(parts)}; {advice}",
+                              {"etl_id": etl_id, "consistency": {k: v for k, v in report.items() if k != "shadow"}})
 
 
 def _is_utc(zone: Any) -> bool:
@@ -357,11 +360,8 @@ class FeatureService:
         report = self.replay.run(training)
         if report["replayed"] and not report["consistent"]:
             if not allow_mismatch:
-                shown = {k: v for k, v in report.items() if k != "shadow"}
-                raise TrainServeMismatch(
-                    "replayed through the serving path, training entities get other values than in training: "
-                    f"{_mismatch_summary(report)}; fix the ETL or query, or pass allow_mismatch=true to register "
-                    "it anyway", {"etl_id": training.etl_id, "consistency": shown})
+                raise _train_serve_mismatch(training.etl_id, report, "fix the ETL or query, or pass "
+                                            "allow_mismatch=true to register it anyway")
             report["accepted_mismatch"] = True
         return report
 
@@ -371,11 +371,8 @@ class FeatureService:
         request accepts the mismatch too."""
         report = (registered.extra or {}).get("consistency") or {}
         if report.get("accepted_mismatch"):
-            shown = {k: v for k, v in report.items() if k != "shadow"}
-            raise TrainServeMismatch(
-                f"ETL {registered.etl_id} is registered with allow_mismatch=true: replayed through the serving "
-                f"path, training entities got other values ({_mismatch_summary(report)}); pass allow_mismatch=true "
-                "to use it", {"etl_id": registered.etl_id, "consistency": shown})
+            raise _train_serve_mismatch(registered.etl_id, report, f"ETL {registered.etl_id} is registered with "
+                                        "allow_mismatch=true; pass allow_mismatch=true to use it")
 
     @staticmethod
     def _training_extra(hot_window: bool, spine: SpineSpec | None) -> dict[str, Any]:
@@ -673,9 +670,9 @@ class FeatureService:
         if columns:
             raise InvalidQuery(
                 f"timestamp column(s) {sorted(columns)} come from the warehouse without the UTC time zone, but the "
-                "realtime store serves every timestamp UTC-aware, so the ETL would get another dtype online; cast "
-                "them to a timestamp with time zone (DuckDB: CAST(x AS TIMESTAMPTZ); PostgreSQL: x AT TIME ZONE "
-                "'UTC' on a timestamptz, or keep the source's timestamptz)",
+                "realtime store serves every timestamp UTC-aware, so the ETL would get another dtype online; select "
+                "the source's timestamp column as it is (declared sources' timestamps are UTC-aware) and derive "
+                "local times or dates in the ETL",
                 {"constructs": [{"column": name, "dtype": dtype} for name, dtype in sorted(columns.items())]})
 
     def _check_servable(self, prepared: PreparedQuery, schema: list[dict[str, str]]) -> None:

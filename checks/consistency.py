@@ -140,7 +140,7 @@ def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> 
         column = frame[name]
         try:
             cast = column.astype(_dtype(wanted))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue
         if wanted == "object":  # PostgreSQL's missing values are None, not pd.NA
             cast = cast.where(cast.notna(), None)

@@ -6,13 +6,14 @@ except under ``CI=true``, where a missing server fails the run instead.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from typing import Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.required import missing
 
 PG_SERVER_URL = "postgresql://postgres@127.0.0.1:5432"
 ADMIN_DATABASE = "test"
@@ -29,10 +30,7 @@ def pg_server_url() -> str:
     try:
         admin_connection(PG_SERVER_URL).close()
     except psycopg.Error as err:
-        message = f"PostgreSQL not reachable at {PG_SERVER_URL}/{ADMIN_DATABASE}: {err}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires a PostgreSQL server; {message}", pytrace=False)
-        pytest.skip(message)
+        missing("a PostgreSQL server", f"PostgreSQL not reachable at {PG_SERVER_URL}/{ADMIN_DATABASE}: {err}")
     return PG_SERVER_URL
 
 

@@ -26,11 +26,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.required import missing
 
 START_SECONDS = 30.0
 
@@ -41,10 +43,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true requires a private PostgreSQL server: {message}", pytrace=False)
-    pytest.skip(message)
+def _missing(message: str) -> NoReturn:
+    missing("a private PostgreSQL server", message)
 
 
 def find_pg_bindir() -> Path | None:

@@ -269,3 +269,16 @@ def test_plot_folds_long_category_lists_and_escapes_labels():
     boolean = {"kind": "categorical", "top": [{"value": "True", "share": 0.7}, {"value": "False", "share": 0.3}],
                "other_share": 0.0}
     assert buckets(boolean, {"serving_shares": [1.0, 0.0, 0.0]}) == (["True", "False"], [0.7, 0.3], [1.0, 0.0])
+
+
+def test_a_replay_that_compared_no_entity_is_shown_as_not_verified(make_app, tmp_path):
+    app = make_app(AUTH="on", ADMIN_KEY=ADMIN_KEY)
+    demo = populate_demo(client_call(app.test_client(), ADMIN), tmp_path / "repo")
+    admin = app.test_client()
+    _login(admin, ADMIN_KEY)
+    store = app.extensions["feature_service"].catalog
+    report = {**ReplayReport(columns=["user_id"]).to_dict(), "replayed": True, "skipped": {"not_in_realtime": 7}}
+    store.save_etl(dataclasses.replace(store.get_etl(demo["etl_ids"]["quote_features"]), etl_id="e_00000000000000c1",
+                                       extra={"consistency": report}))
+    page = _text(admin, "/ui/etls/e_00000000000000c1")
+    assert "Not verified: no training entity could be compared" in page and "7 not in realtime" in page

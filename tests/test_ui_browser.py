@@ -7,7 +7,6 @@ Without chromium the tests skip, except under CI=true, where they fail.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Iterator
@@ -16,10 +15,10 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
+from tests.required import CI, missing
 from tests.server_process import live_process
 from tests.ui_demo import http_call, populate_demo, populate_shop
 
-CI = os.environ.get("CI", "").lower() == "true"
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -52,10 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def browser() -> Iterator["webdriver.Chrome"]:
     """One headless Chromium for the module, at 1280x800."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        message = f"headless browser tests need {CHROMIUM} and {CHROMEDRIVER} (scripts/test.sh installs them)"
-        if CI:
-            pytest.fail("CI=true requires them: " + message, pytrace=False)
-        pytest.skip(message)
+        missing("Chromium and ChromeDriver",
+                f"headless browser tests need {CHROMIUM} and {CHROMEDRIVER} (scripts/test.sh installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
