@@ -26,6 +26,7 @@ from app.spine import SpineSpec, SpineUploads
 from app.training import PointInTime
 from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch, TrainServeMismatch)
+from common.frames import column_dtypes, column_names, unique_names
 from etl.runner import EtlRunner
 from etl.source import EtlFetcher
 from checks.consistency import dtype_names, plain_value, rows_digest, shadow_mismatches, with_training_dtypes
@@ -262,12 +263,12 @@ class FeatureService:
         self._log_request(request, rows)
         return frame
 
-    def _served_query(self, query_id: str, index_key: str, index_value: Any, request: RequestData | None
-                      ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    def _served_query(self, query_id: str, index_key: str, index_value: Any, request: RequestData | None,
+                      dtypes: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
         """The checked lookup and the request rows it ran with (logged by the caller once all has succeeded);
-        no rows for the entity is 404 `entity_not_found`."""
+        no rows for the entity is 404 `entity_not_found`. `dtypes`: what the caller casts the columns to."""
         record = self.get_query(query_id)
-        frame, rows = self._lookup(record, index_key, index_value, request)
+        frame, rows = self._lookup(record, index_key, index_value, request, dtypes)
         if frame.empty:  # query/realtime and extract/realtime answer an unknown entity alike
             raise NotFound(f"no hot rows for {index_key}={index_value!r} in the realtime store",
                            {"index_key": index_key, "index_value": index_value}, code="entity_not_found")
@@ -417,8 +418,9 @@ class FeatureService:
         if etl.query_id != query_id:
             raise InvalidInput(f"ETL {etl_id} was trained on query {etl.query_id}, not {query_id}",
                                {"etl_id": etl_id, "trained_query_id": etl.query_id})
-        raw, request_rows = self._served_query(query_id, index_key, index_value, request)
-        raw = with_training_dtypes(raw, etl.extra.get("input_dtypes") if etl.extra else None)
+        input_dtypes = etl.extra.get("input_dtypes") if etl.extra else None
+        raw, request_rows = self._served_query(query_id, index_key, index_value, request, input_dtypes)
+        raw = with_training_dtypes(raw, input_dtypes)
         features = self._run_etl(etl_id, etl.code, etl.code_sha256, raw, etl.state)
         if len(features) > self.options.max_response_rows:  # the lookup was bounded, the ETL's output too
             raise ResultTooLarge(f"the ETL returned {len(features)} rows for one entity, more than the "
@@ -611,8 +613,8 @@ class FeatureService:
         except NotFound:
             return False
 
-    def _lookup(self, record: QueryRecord, index_key: str, index_value: Any,
-                request: RequestData | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    def _lookup(self, record: QueryRecord, index_key: str, index_value: Any, request: RequestData | None = None,
+                dtypes: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
         types = {column["name"]: column["type"] for column in record.schema}
         if not isinstance(index_key, str) or index_key not in types:
             raise InvalidInput(f"index_key {index_key!r} is not an output column of query {record.query_id}",
@@ -620,7 +622,8 @@ class FeatureService:
         value = _coerce_index_value(index_value, types[index_key], index_key)
         prepared = prepare_query(record.sql, self.warehouse.dialect)
         rows = self.sources.request_tables(prepared.table_names(), request.rows if request else None)
-        return self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows, rows or None), rows
+        return self.realtime.lookup(prepared, index_key, value, self.options.max_response_rows, rows or None,
+                                    dtypes), rows
 
     def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame,
                  state: dict[str, Any], as_of: Any = None) -> pd.DataFrame:
@@ -638,8 +641,9 @@ class FeatureService:
                       ids: dict[str, str]) -> None:
         """SchemaMismatch (409) unless `frame` matches `trained`: by the plan of its column layout when it
         has one (most columns are then judged by their dtype alone), else, and for the diff, in full."""
-        if len(frame) and frame.columns.is_unique:
-            layout = tuple(zip(frame.columns, frame.dtypes))
+        names = column_names(frame)
+        if len(frame) and unique_names(names):
+            layout = tuple(zip(names, column_dtypes(frame)))
             plan = self._schema_plans.get_or_make((id(trained), layout),
                                                   lambda: (trained, schema_plan(trained, list(layout))))
             if plan[0] is trained and plan_allows(plan[1], trained, frame):

@@ -95,9 +95,21 @@ def write_bodies(path: Path, setup: dict[str, Any], count: int = 5000) -> Path:
     return path
 
 
-def measure(workers: int, args: argparse.Namespace, work: Path, etl_path: Path) -> dict[str, Any]:
+def parse_shape(text: str) -> dict[str, str]:
+    """'2' or '2,THREADS=4,ETL_TIMEOUT_SECONDS=0': WORKERS and any other settings of one shape."""
+    first, *rest = text.split(",")
+    settings = {"WORKERS": first}
+    for item in rest:
+        name, _, value = item.partition("=")
+        settings[name] = value
+    return settings
+
+
+def measure(shape: str, args: argparse.Namespace, work: Path, etl_path: Path) -> dict[str, Any]:
+    settings = parse_shape(shape)
+    workers = int(settings["WORKERS"])
     data_dir = work / f"data-w{workers}-{int(time.time() * 1000)}"
-    with running_server(data_dir, work / "logs", WORKERS=str(workers)) as server:
+    with running_server(data_dir, work / "logs", **settings) as server:
         position = server.json("PUT", f"/v1.0/publish?n_flows={args.flows}&seed=7", timeout=600)["position"]
         client = Client("127.0.0.1", server.port)
         setup = prepare(client, None, 0, str(etl_path), auth=False)
@@ -108,7 +120,7 @@ def measure(workers: int, args: argparse.Namespace, work: Path, etl_path: Path) 
                            {"Content-Type": "application/json"})  # every process's ETL loaded, caches warm
         load = loadgen.concurrent(server.port, "POST", "/v1.0/extract/realtime", bodies, args.clients,
                                   args.seconds, {"Content-Type": "application/json"})
-        result: dict[str, Any] = {"workers": workers, "load": load}
+        result: dict[str, Any] = {"workers": workers, "shape": shape, "load": load}
         if workers > 1:
             result["freshness"] = freshness(server, args.fresh)
         pids = [server.pid, *children(server.pid)]
@@ -119,7 +131,7 @@ def measure(workers: int, args: argparse.Namespace, work: Path, etl_path: Path) 
 
 def render(result: dict[str, Any]) -> str:
     load = result["load"]
-    line = (f"WORKERS={result['workers']}: {load['requests_per_second']} req/s, p50 {load['p50_ms']} ms, "
+    line = (f"WORKERS={result['shape']}: {load['requests_per_second']} req/s, p50 {load['p50_ms']} ms, "
             f"p99 {load['p99_ms']} ms, errors {load['errors']} ({load['tool']})")
     if "freshness" in result:
         fresh = result["freshness"]
@@ -134,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flows", type=int, default=10_000, help="demo flows published per shape")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration per shape")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="the shapes, in order")
+    parser.add_argument("--workers", nargs="+", default=["1", "2"],
+                        help="the shapes, in order: WORKERS, then optional settings (e.g. 2,THREADS=4)")
     parser.add_argument("--rounds", type=int, default=1, help="times the shapes are measured, alternating")
     parser.add_argument("--fresh", type=int, default=200, help="ingests timed for freshness (WORKERS>1)")
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ import pandas as pd
 from pandas.api.types import pandas_dtype
 
 from checks.schema import logical_type
+from common.frames import column_dtypes, column_names
 from common.jsonsafe import json_safe
 
 MAX_EXAMPLES = 5
@@ -133,7 +134,7 @@ def with_training_dtypes(frame: pd.DataFrame, dtypes: dict[str, str] | None) -> 
     if not dtypes:
         return frame
     casts = {}
-    for name, dtype in zip(frame.columns, frame.dtypes):
+    for name, dtype in zip(column_names(frame), column_dtypes(frame)):
         wanted = dtypes.get(str(name))
         if wanted is None or _dtype_name(dtype) == wanted:
             continue

@@ -82,7 +82,8 @@ class ServingWindow:
         self.size = size
         self._lock = threading.Lock()
         self._values: dict[str, deque] = {}
-        self._pending: list[tuple[tuple[str, ...], np.ndarray]] = []
+        self._pending: deque[tuple[tuple[str, ...], pd.DataFrame]] = deque()  # (column names, frame), oldest first
+        self._pending_rows: dict[str, int] = {}  # per column: the rows the waiting frames hold of it
         self.outcomes: dict[str, int] = {"served": 0, "no_row": 0, "schema_mismatch": 0,
                                          "expectation_violations": 0}
         self.keys: set[str] = set()
@@ -91,10 +92,10 @@ class ServingWindow:
 
     def record(self, frame: pd.DataFrame | None, outcome: str = "served", key: str | None = None) -> None:
         """Count an outcome and, for served rows, remember their values (a served empty frame also
-        counts as ``no_row``). The rows are kept as they come and go into the per-column buffers only
-        when the window is read (or `size` frames are waiting): the request pays for one array."""
-        rows = None if frame is None else (tuple(str(column) for column in frame.columns),
-                                           frame.to_numpy(dtype=object))
+        counts as ``no_row``). The request pays for a shallow copy of the frame (with pandas'
+        copy-on-write no later change to `frame` reaches it); the frames wait and go into the
+        per-column buffers when the window is read, many at once."""
+        rows = None if frame is None else frame.copy(deep=False)
         with self._lock:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             self.dirty = True
@@ -102,19 +103,39 @@ class ServingWindow:
                 self.keys.add(str(key))
             if rows is None:
                 return
-            if not len(rows[1]):
+            if not len(rows):
                 self.outcomes["no_row"] = self.outcomes.get("no_row", 0) + 1
-            self._pending.append(rows)
-            if len(self._pending) >= self.size:
-                self._fold()
+            names = tuple(str(column) for column in rows.columns)
+            self._pending.append((names, rows))
+            for name in names:
+                self._pending_rows[name] = self._pending_rows.get(name, 0) + len(rows)
+            while len(self._pending) > self.size:
+                self._retire_oldest()
+
+    def _retire_oldest(self) -> None:
+        """Forget the oldest waiting frame when later ones push all its values out of every buffer it
+        feeds, else fold it alone (the buffers then hold what they would had it been folded at once)."""
+        names, frame = self._pending.popleft()
+        for name in names:
+            self._pending_rows[name] -= len(frame)
+        if any(self._pending_rows[name] < self.size for name in names):
+            self._extend(names, frame.to_numpy(dtype=object))
 
     def _fold(self) -> None:
-        """Move the waiting rows into the per-column buffers, nulls as None (under the lock)."""
-        for names, values in self._pending:
-            for position, name in enumerate(names):
-                buffer = self._values.setdefault(name, deque(maxlen=self.size))
-                buffer.extend(None if pd.isna(v) else v for v in values[:, position].tolist())
-        self._pending.clear()
+        """Move the waiting rows into the per-column buffers in order, nulls as None (under the lock): a run
+        of frames with the same columns is converted as one array."""
+        while self._pending:
+            names, first = self._pending.popleft()
+            run = [first]
+            while self._pending and self._pending[0][0] == names:
+                run.append(self._pending.popleft()[1])
+            self._extend(names, (first if len(run) == 1 else pd.concat(run, ignore_index=True)).to_numpy(dtype=object))
+        self._pending_rows.clear()
+
+    def _extend(self, names: tuple[str, ...], values: np.ndarray) -> None:
+        for position, name in enumerate(names):
+            buffer = self._values.setdefault(name, deque(maxlen=self.size))
+            buffer.extend(None if pd.isna(v) else v for v in values[:, position].tolist())
 
     def record_shadow(self, mismatched: list[str] | None) -> None:
         """Count a served training entity of the shadow sample: None when its raw input changed since

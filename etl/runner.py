@@ -16,7 +16,12 @@ ends. The damage is bounded: runaway calls occupy only this runner's `threads`, 
 the server's, and once every one of them is stuck new ETL calls fail at once with
 ``backend_unavailable`` (503) instead of queueing. Without a timeout the ETL runs
 directly on the caller's thread (the hop to an ETL thread costs about 50-80 µs at
-the median on the one-row example, `python -m bench.etl_isolation`).
+the median on the one-row example, `python -m bench.etl_isolation`, and more under
+concurrent requests: two waits for the GIL). So does a `run` of at most `INLINE_MAX_ROWS`
+rows of an ETL whose last small runs (at least `INLINE_AFTER_RUNS`, on the threads) each
+took under `INLINE_FRACTION` of the limit, a served entity's: there the limit is kept by
+etl/watchdog.py, which interrupts the ETL's Python code at its deadline. An inline run that
+reaches the limit sends that ETL back to the threads for good.
 
 Isolated, with ``isolation=IsolatedEtlPool(...)`` (etl/isolation.py), the
 same calls run in warm worker processes that are killed and replaced past the time
@@ -41,6 +46,7 @@ from common.errors import BackendUnavailable, EtlFailed, EtlTampered, InvalidEtl
 from common.jsonsafe import json_safe
 from etl.contract import install_compat_module
 from etl.output import captured
+from etl.watchdog import WATCHDOG, EtlInterrupted
 
 if TYPE_CHECKING:
     from etl.isolation import IsolatedEtlPool
@@ -59,7 +65,7 @@ class EtlRunner:
     """
 
     def __init__(self, cache_size: int = 256, timeout: float | None = None,
-                 isolation: IsolatedEtlPool | None = None, threads: int = 8):
+                 isolation: IsolatedEtlPool | None = None, threads: int = 8, inline: bool = True):
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         if timeout is not None and not timeout > 0:
@@ -74,6 +80,7 @@ class EtlRunner:
         self._hits = 0
         self._misses = 0
         self._threads = _EtlThreads(threads) if timeout is not None and isolation is None else None
+        self._inline = _InlineRecord() if inline and self._threads is not None else None
 
     @property
     def mode(self) -> str:
@@ -108,7 +115,10 @@ class EtlRunner:
         verify_sha256(etl_key, code, code_sha256)
         if self.isolation is not None:
             return self.isolation.call("run", etl_key, code, code_sha256, frame, state, as_of, timeout=self.timeout)
-        return self._limited(etl_key, lambda: self._run(etl_key, code, code_sha256, frame, state, as_of))
+        call = lambda: self._run(etl_key, code, code_sha256, frame, state, as_of)  # noqa: E731
+        if self._inline is not None and len(frame) <= INLINE_MAX_ROWS:
+            return self._small_run(etl_key, code_sha256, call)
+        return self._limited(etl_key, call)
 
     def declarations(self, etl_key: str, code: str, code_sha256: str) -> tuple[dict[str, Any], str]:
         """The ETL class's `expectations` and `serving_violations` policy, validated."""
@@ -164,6 +174,30 @@ class EtlRunner:
         if self._threads is None:
             return run()
         return self._threads.call(etl_key, run, self.timeout)
+
+    def _small_run(self, etl_key: str, code_sha256: str, call: Callable[[], T]) -> T:
+        """A run of few rows: on this thread under the watchdog once the ETL has proven fast, else on the
+        time-limit threads; either way its duration is recorded."""
+        assert self._inline is not None and self.timeout is not None
+        key, fast = (etl_key, code_sha256), self.timeout * INLINE_FRACTION
+        started = time.monotonic()
+        if not self._inline.proven(key):
+            result = self._limited(etl_key, call)
+            self._inline.record(key, time.monotonic() - started <= fast)
+            return result
+        token = WATCHDOG.arm(self.timeout)
+        try:
+            try:
+                result = captured(etl_key, call)
+            finally:
+                fired = WATCHDOG.disarm(token)
+        except EtlInterrupted:
+            WATCHDOG.disarm(token)
+            fired = True
+        self._inline.record(key, not fired and time.monotonic() - started <= fast)
+        if fired:
+            raise timeout_error(etl_key, self.timeout)
+        return result
 
     def _load(self, etl_key: str, code: str, code_sha256: str) -> type:
         key = (etl_key, code_sha256)
@@ -265,6 +299,31 @@ class _Call:
         self.finished = self.cancelled = self.abandoned = False
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+INLINE_MAX_ROWS = 1000  # a run of at most this many rows may run on the caller's thread
+INLINE_AFTER_RUNS = 3  # small runs on the threads before an ETL may run inline
+INLINE_FRACTION = 0.05  # of the time limit: a small run that takes longer keeps the ETL on the threads
+
+
+class _InlineRecord:
+    """Per ETL (key, sha256): its small runs so far, and whether one was slow (then never inline)."""
+
+    def __init__(self, max_etls: int = 4096):
+        self.max_etls = max_etls
+        self._lock = threading.Lock()
+        self._runs: OrderedDict[tuple[str, str], int] = OrderedDict()  # -1: slow once
+
+    def proven(self, key: tuple[str, str]) -> bool:
+        return self._runs.get(key, 0) >= INLINE_AFTER_RUNS
+
+    def record(self, key: tuple[str, str], fast: bool) -> None:
+        with self._lock:
+            runs = self._runs.get(key, 0)
+            self._runs[key] = -1 if not fast or runs < 0 else runs + 1
+            self._runs.move_to_end(key)
+            while len(self._runs) > self.max_etls:
+                self._runs.popitem(last=False)
 
 
 class _EtlThreads:

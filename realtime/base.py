@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -95,8 +95,9 @@ class RealtimeStore(ABC):
 
     @abstractmethod
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
-               request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
-        """The saved query's rows whose `index_key` equals `value`.
+               request_rows: dict[str, Any] | None = None, dtypes: Mapping[str, str] | None = None) -> pd.DataFrame:
+        """The saved query's rows whose `index_key` equals `value` (`dtypes`: the dtypes the caller will cast
+        the columns to, a hint a store may build them in directly).
 
         `request_rows` (source name -> validated Arrow table) stand in for those request sources'
         rows during this lookup only: no other reader sees them and nothing of them is kept.

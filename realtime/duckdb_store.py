@@ -9,7 +9,7 @@ function of the store's clock (epoch seconds), as the SQLite store does.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -85,7 +85,7 @@ class DuckDBRealtimeStore(RealtimeStore):
         return {name: counts[rows_table(name)] for name in frames}
 
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
-               request_rows: dict[str, Any] | None = None) -> pd.DataFrame:
+               request_rows: dict[str, Any] | None = None, dtypes: Mapping[str, str] | None = None) -> pd.DataFrame:
         staged = {rows_table(name): rows for name, rows in (request_rows or {}).items()}
         lookup = self.point_lookup(prepared, index_key)
         return self.engine.query(lookup.sql, list(lookup.bind(value)), max_rows=max_rows, staged=staged)
