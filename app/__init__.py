@@ -70,7 +70,7 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
                              settings["REMOTE_TIMEOUT_SECONDS"])
         runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
                                  workers=settings["ETL_WORKERS"], memory_mb=settings["ETL_WORKER_MEMORY_MB"],
-                                 threads=settings["THREADS"])
+                                 threads=settings["THREADS"], inline=settings["ETL_INLINE"])
         stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
         stats.start()
         uploads = SpineUploads(Path(settings["DATA_DIR"]) / "spines", settings["SPINE_TTL_SECONDS"])

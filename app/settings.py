@@ -86,6 +86,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ETL_TIMEOUT_SECONDS", 30.0, "Time limit of one ETL run (fit or transform); past it 422.", float),
     Setting("ETL_ISOLATION", "inprocess", "Where ETL code runs: 'inprocess' (fastest) or 'process' (warm worker "
             "processes with time and memory limits and no network)."),
+    Setting("ETL_INLINE", True, "In process, let a proven-fast ETL's served runs (a few rows) run on the request's own "
+            "thread under a watchdog that interrupts them at ETL_TIMEOUT_SECONDS, instead of on a time-limit thread.",
+            _flag),
     Setting("ETL_WORKERS", 2, "Worker processes for ETL_ISOLATION=process.", int),
     Setting("ETL_WORKER_MEMORY_MB", 2048, "Address-space limit of each ETL worker process.", int),
     Setting("MAX_QUERY_TOKENS", 20_000, "Most SQL tokens a query may have (checked before it is parsed); more "

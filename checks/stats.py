@@ -81,6 +81,7 @@ class ServingWindow:
     def __init__(self, size: int):
         self.size = size
         self._lock = threading.Lock()
+        self._fold_lock = threading.Lock()
         self._values: dict[str, deque] = {}
         self._pending: deque[tuple[tuple[str, ...], pd.DataFrame]] = deque()  # (column names, frame), oldest first
         self._pending_rows: dict[str, int] = {}  # per column: the rows the waiting frames hold of it
@@ -122,15 +123,25 @@ class ServingWindow:
             self._extend(names, frame.to_numpy(dtype=object))
 
     def _fold(self) -> None:
-        """Move the waiting rows into the per-column buffers in order, nulls as None (under the lock): a run
-        of frames with the same columns is converted as one array."""
-        while self._pending:
-            names, first = self._pending.popleft()
-            run = [first]
-            while self._pending and self._pending[0][0] == names:
-                run.append(self._pending.popleft()[1])
-            self._extend(names, (first if len(run) == 1 else pd.concat(run, ignore_index=True)).to_numpy(dtype=object))
-        self._pending_rows.clear()
+        """Move the waiting rows into the per-column buffers in order, nulls as None. A run of frames with
+        the same columns is converted as one array, outside the lock that `record` takes, so requests
+        never wait for a conversion; one fold at a time keeps the order."""
+        with self._fold_lock:
+            with self._lock:
+                waiting = deque(self._pending)
+                self._pending.clear()
+                self._pending_rows.clear()
+            converted = []
+            while waiting:
+                names, first = waiting.popleft()
+                run = [first]
+                while waiting and waiting[0][0] == names:
+                    run.append(waiting.popleft()[1])
+                frame = first if len(run) == 1 else pd.concat(run, ignore_index=True)
+                converted.append((names, frame.to_numpy(dtype=object)))
+            with self._lock:
+                for names, values in converted:
+                    self._extend(names, values)
 
     def _extend(self, names: tuple[str, ...], values: np.ndarray) -> None:
         for position, name in enumerate(names):
@@ -150,14 +161,14 @@ class ServingWindow:
                 self.shadow["mismatches"][name] = self.shadow["mismatches"].get(name, 0) + 1
 
     def series(self) -> dict[str, pd.Series]:
+        self._fold()
         with self._lock:
-            self._fold()
             return {column: pd.Series(list(values), dtype=object) for column, values in self._values.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe snapshot, for the catalog."""
+        self._fold()
         with self._lock:
-            self._fold()
             return {"size": self.size, "outcomes": dict(self.outcomes), "keys": sorted(self.keys),
                     "shadow": {**self.shadow, "mismatches": dict(self.shadow["mismatches"])},
                     "values": {c: json_safe(list(values)) for c, values in self._values.items()}}

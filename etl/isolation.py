@@ -471,10 +471,11 @@ def _exit_with_parent() -> None:
 
 
 def open_etl_runner(mode: str = "inprocess", timeout: float | None = 30.0, workers: int = 2,
-                    memory_mb: int | None = 2048, threads: int = 8, cache_size: int = 256) -> EtlRunner:
+                    memory_mb: int | None = 2048, threads: int = 8, cache_size: int = 256, inline: bool = True
+                    ) -> EtlRunner:
     """An `EtlRunner` for `mode` (``inprocess`` or ``process``); `timeout` None or <= 0 means no limit."""
     if mode not in MODES:
         raise ValueError(f"unknown ETL isolation mode {mode!r}; known: {', '.join(MODES)}")
     limit = timeout if timeout is not None and timeout > 0 else None
     pool = IsolatedEtlPool(workers, memory_mb, cache_size) if mode == "process" else None
-    return EtlRunner(cache_size=cache_size, timeout=limit, isolation=pool, threads=threads)
+    return EtlRunner(cache_size=cache_size, timeout=limit, isolation=pool, threads=threads, inline=inline)
