@@ -90,11 +90,12 @@ class AppliedPosition:
 
 class FeedTailer:
     """Applies a feed's entries after `start` to `apply`, polling every `interval` seconds on a thread;
-    `wait_for` lets a request wait until its process has applied a position (read-your-writes)."""
+    `wait_for` lets a request wait until its process has applied a position (read-your-writes). Entries
+    `skip` returns True for are passed over (their position still counts as applied)."""
 
     def __init__(self, feed: ChangeFeed, apply: Callable[[dict[str, pa.Table]], object], *, start: int = 0,
-                 interval: float = 0.005):
-        self.feed, self.apply, self.interval = feed, apply, interval
+                 interval: float = 0.005, skip: Callable[[FeedEntry], bool] | None = None):
+        self.feed, self.apply, self.interval, self.skip = feed, apply, interval, skip
         self.progress = AppliedPosition(start)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,8 +112,10 @@ class FeedTailer:
             return 0
         frames: dict[str, list[pa.Table]] = {}
         for entry in entries:
-            frames.setdefault(entry.source, []).append(entry.rows)
-        self.apply({source: _concat(tables) for source, tables in frames.items()})
+            if self.skip is None or not self.skip(entry):
+                frames.setdefault(entry.source, []).append(entry.rows)
+        if frames:
+            self.apply({source: _concat(tables) for source, tables in frames.items()})
         self.progress.advance(entries[-1].position)
         return len(entries)
 
