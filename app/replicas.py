@@ -32,6 +32,8 @@ the replica restarts.
 What a replica does not see: rows a writer committed to the warehouse and then died before appending
 to the feed (they answered 503) reach a replica at its next start, as for the serving processes of
 WORKERS>1. TLS to the writer is not spoken (REPLICA_OF is http://…, inside the deployment's network).
+WAREHOUSE_URL must reach the server the writer commits to, not a streaming standby: a standby may not
+have replayed a commit whose entry is already at or before P, which would be a gap.
 """
 from __future__ import annotations
 
