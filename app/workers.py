@@ -292,7 +292,7 @@ class Router:
             connection.close()
             status, headers, body = error_response(BackendUnavailable(
                 self.writer, f"{error} (writes and training are served by the {self.writer})"))
-            start_response(status, headers)
+            start_response(status, [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP])
             return [body]
         start_response(f"{response.status} {response.reason}",
                        [(name, value) for name, value in response.getheaders() if name.lower() not in HOP_BY_HOP])

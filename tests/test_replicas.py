@@ -266,3 +266,18 @@ def test_the_replicas_compose_file_names_only_settings_and_files_that_exist():
         if volume.startswith("./"):
             assert (root / volume.split(":")[0]).is_file(), volume
     assert "server replica:8080" in (root / "deploy" / "nginx-replicas.conf").read_text()
+
+
+def test_a_replica_whose_writer_is_gone_serves_reads_and_refuses_writes_in_the_error_shape(shared, tmp_path):
+    with live_process(tmp_path / "writer", startup_seconds=90, **shared, WORKERS="1", DEMO_SOURCES="off") as writer:
+        assert _call("POST", f"{writer.base}/v1.0/sources", json=SOURCE).status_code in (200, 201)
+        assert _call("POST", f"{writer.base}/v1.0/sources/events/rows",
+                     json={"rows": _rows(0, 6).to_pylist()}).status_code == 200
+        query_id = _call("POST", f"{writer.base}/v1.0/query/train?save=true", json={"query": ROWS_QUERY}).json()["query_id"]
+        with _replica(tmp_path, "r1", shared, writer) as replica:
+            writer.process.kill()
+            writer.process.wait()
+            refused = _call("POST", f"{replica.base}/v1.0/sources/events/rows", json={"rows": _rows(6, 1).to_pylist()})
+            assert refused.status_code == 503 and set(refused.json()) == {"code", "message", "details"}
+            assert "writer" in refused.json()["message"]
+            assert _served_seqs(replica.base, query_id, 0) == list(range(6))  # hydrated before, still served
