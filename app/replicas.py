@@ -20,7 +20,9 @@ the rows' metadata). The replica hydrates every source inside one REPEATABLE REA
 keeps that transaction's snapshot (``pg_current_snapshot()``: xmin, xmax and the ids in progress,
 `WarehouseSnapshot`). An entry after P whose transaction the snapshot sees is already in the store
 and is skipped; every other one is applied (`HydrationFilter`). Exactly once per row, with no lock
-between writer and replicas and no extra round trip on the write path beyond reading the id.
+between writer and replicas and no extra round trip on the write path beyond reading the id. The
+catalog is read after the snapshot is taken, so the source (and version) of every ingest the snapshot
+sees is known to the hydration: a source is declared before its rows are ingested.
 
 An entry without a transaction id is a declaration's (a new source version, with the rows an adopted
 table or a longer hot window brings into the realtime store; rows already in the warehouse). It is
@@ -29,7 +31,8 @@ rows), applied otherwise. Caveat: a hot window lengthened while a replica hydrat
 read before the declaration and the rows after it, can leave the rows of that moment's edge out until
 the replica restarts.
 
-What a replica does not see: rows a writer committed to the warehouse and then died before appending
+A replica whose writer is gone keeps serving what it holds; what it would forward answers 503
+(`BackendUnavailable`, the one error shape). What a replica does not see: rows a writer committed to the warehouse and then died before appending
 to the feed (they answered 503) reach a replica at its next start, as for the serving processes of
 WORKERS>1. TLS to the writer is not spoken (REPLICA_OF is http://…, inside the deployment's network).
 WAREHOUSE_URL must reach the server the writer commits to, not a streaming standby: a standby may not
