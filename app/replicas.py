@@ -27,9 +27,10 @@ sees is known to the hydration: a source is declared before its rows are ingeste
 An entry without a transaction id is a declaration's (a new source version, with the rows an adopted
 table or a longer hot window brings into the realtime store; rows already in the warehouse). It is
 skipped when the replica hydrated that source at that version or later (its hydration read those
-rows), applied otherwise. Caveat: a hot window lengthened while a replica hydrates, with the catalog
-read before the declaration and the rows after it, can leave the rows of that moment's edge out until
-the replica restarts.
+rows), applied otherwise. Caveat, at the edge of a window only: a declaration that lengthens a hot
+window brings in the rows between the new and the old cutoff as of its own clock, and a store's rows
+near the old cutoff (kept until evicted, or hydrated a moment earlier or later) can meet them twice or
+miss a few seconds of them; that holds for every process that applies the feed, not only replicas.
 
 A replica whose writer is gone keeps serving what it holds; what it would forward answers 503
 (`BackendUnavailable`, the one error shape). What a replica does not see: rows a writer committed to the warehouse and then died before appending
