@@ -54,6 +54,7 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
         opened.callback(realtime.close)
         feed = open_feed(settings["FEED_URL"])
         opened.callback(feed.close)
+        replica = bool(settings.get("REPLICA_OF"))
         if serving is not None:
             sources = _serving_sources(catalog, realtime, feed, settings, serving)
             warehouse = sources.warehouse
@@ -61,10 +62,14 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
             read_url = {"read_url": settings["WAREHOUSE_READ_URL"]} if settings.get("WAREHOUSE_READ_URL") else {}
             warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout, **read_url)
             opened.callback(warehouse.close)
-            sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]), feed=feed)
+            if replica:  # hydrated now, from one snapshot, and tailing the writer's feed (app/replicas.py)
+                from app.replicas import replica_sources
+                sources = replica_sources(catalog, warehouse, realtime, feed, settings)
+            else:
+                sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]), feed=feed)
         # Load and hydrate every source once; if the catalog or the warehouse is down, that happens on first use
         # instead (the service starts, /health says what is down).
-        if settings["DEMO_SOURCES"] and serving is None:
+        if settings["DEMO_SOURCES"] and serving is None and not replica:
             _declare_demo_sources(sources)
         fetcher = EtlFetcher(Path(settings["DATA_DIR"]) / "git-cache", settings["ETL_ALLOWED_REMOTES"],
                              settings["REMOTE_TIMEOUT_SECONDS"])

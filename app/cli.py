@@ -32,6 +32,9 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if workers.serving_role() == "serving":
         return workers.serve_worker(settings)
+    if settings["REPLICA_OF"]:
+        from app.replicas import serve_replica
+        return serve_replica(settings)
     if settings["WORKERS"] > 1:
         return workers.serve_primary(settings)
     app = create_app()

@@ -66,6 +66,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKERS", None, "Serving processes on PORT (one of them the primary, which owns the warehouse and "
             "every write; the others serve realtime requests and catalog reads and forward the rest to it). "
             "Default: the number of cores; 1 is one process.", int),
+    Setting("REPLICA_OF", None, "Run as a read replica of the writer at this URL (http://host:port): hydrate from "
+            "the shared PostgreSQL warehouse, tail FEED_URL, serve realtime requests and catalog reads, forward "
+            "every other request to the writer (app/replicas.py). Needs a PostgreSQL catalog and warehouse and a "
+            "Redis FEED_URL; one process (WORKERS is not read). Default: unset, this process writes."),
     Setting("MIN_POSITION_WAIT_SECONDS", 1.0, "Longest a realtime request with min_position waits for its "
             "process to apply that change-feed position; past it 503.", float),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),

@@ -30,7 +30,7 @@ from sql.prepared import ROW_ALIAS, prepare_query
 from realtime.base import RealtimeStore, newest_only, time_value, window_rows
 from sources.definition import check_table_name, parse_source, source_diff
 from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow, rows_from_json
-from warehouse import BatchMark, Warehouse
+from warehouse import BatchMark, Warehouse, WriteReceipt
 
 log = logging.getLogger(__name__)
 MAX_BATCH_ID = 200
@@ -94,6 +94,10 @@ class SourceService:
     def _publish(self, record: SourceRecord) -> None:
         """Make `record` the current version: a new mapping, so readers iterating the old one never see it change."""
         self._current = {**self._current, record.name: record}
+
+    def versions(self) -> dict[str, int]:
+        """Source name -> the version held as current."""
+        return {name: record.version for name, record in self._current.items()}
 
     def warehouse_tables(self) -> dict[str, str]:
         """Source name -> the warehouse table that holds its rows."""
@@ -309,20 +313,24 @@ class SourceService:
             answer["realtime_rows"] = hot[name].num_rows if name in hot else 0
         first = next(iter(rows))
         mark = None if batch_id is None else BatchMark(first, batch_id, {**answers[first], **(note or {})})
+        receipt = WriteReceipt()
         try:
-            seen = self.warehouse.append({records[name].table: table for name, table in rows.items()}, mark)
+            seen = self.warehouse.append({records[name].table: table for name, table in rows.items()}, mark, receipt)
         except InvalidQuery as error:  # the engine's own refusal of a value (a constraint, an encoding)
             raise InvalidInput(f"the warehouse refused the rows: {error.message}",
                                {"sources": sorted(rows)}) from None
         if seen is not None:  # any position at or past the first write's serves it
             return {seen["source"]: {**seen, "duplicate": True, "position": self.applied.position}}
         hot = {name: table for name, table in hot.items() if table.num_rows}
-        position = self._to_realtime(hot, records) if hot else self.applied.position
+        position = self._to_realtime(hot, records, receipt.transaction) if hot else self.applied.position
         return {name: {**answer, "duplicate": False, "position": position} for name, answer in answers.items()}
 
-    def _to_realtime(self, frames: dict[str, pa.Table], records: dict[str, SourceRecord]) -> int:
+    def _to_realtime(self, frames: dict[str, pa.Table], records: dict[str, SourceRecord],
+                     transaction: int | None = None) -> int:
         """After the warehouse committed `frames`: append them to the feed, then to this process's realtime
-        store, under one lock (a snapshot sees both or neither); the feed position (0 without a feed).
+        store, under one lock (a snapshot sees both or neither); the feed position (0 without a feed). Each
+        entry carries its source's version and the warehouse `transaction` that wrote the rows (a
+        replica skips those its hydration already read: app/replicas.py).
 
         Ordering: warehouse, then feed, then acknowledgement. So no feed row is missing from the warehouse,
         and no acknowledged row is missing from the feed; if the feed append fails, the caller gets 503 and
@@ -330,7 +338,8 @@ class SourceService:
         with self._realtime_lock:
             position = 0
             if self.feed is not None:
-                tagged = {name: table.replace_schema_metadata({"fs_version": str(records[name].version)})
+                written = {} if transaction is None else {"fs_xid": str(transaction)}
+                tagged = {name: table.replace_schema_metadata({"fs_version": str(records[name].version), **written})
                           for name, table in frames.items()}
                 try:
                     position = self.feed.append(tagged)

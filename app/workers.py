@@ -263,10 +263,12 @@ class ServedBy:
 
 class Router:
     """WSGI middleware of a serving process: realtime requests (unless they log their request rows, a
-    write) and catalog reads run here; everything else is forwarded to the primary's private port."""
+    write) and catalog reads run here; everything else is forwarded to the primary's private port (or a
+    replica's writer at `host`:`primary_port`, app/replicas.py)."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], primary_port: int):
-        self.app, self.primary_port = app, primary_port
+    def __init__(self, app: Callable[..., Iterable[bytes]], primary_port: int, host: str = "127.0.0.1",
+                 writer: str = "primary process"):
+        self.app, self.primary_port, self.host, self.writer = app, primary_port, host, writer
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -282,15 +284,15 @@ class Router:
 
     def forward(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The request as the primary answers it, streamed back."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.primary_port, timeout=FORWARD_TIMEOUT_SECONDS)
+        connection = http.client.HTTPConnection(self.host, self.primary_port, timeout=FORWARD_TIMEOUT_SECONDS)
         try:
             _send(connection, environ)
             response = connection.getresponse()
         except OSError as error:
             connection.close()
             status, headers, body = error_response(BackendUnavailable(
-                "primary process", f"{error} (writes and training are served by the primary)"))
-            start_response(status, headers)
+                self.writer, f"{error} (writes and training are served by the {self.writer})"))
+            start_response(status, [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP])
             return [body]
         start_response(f"{response.status} {response.reason}",
                        [(name, value) for name, value in response.getheaders() if name.lower() not in HOP_BY_HOP])

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import redis
 
 from bench import loadgen
+from bench.live import delete_redis_keys
 from feed import FeedTailer, open_feed
 
 
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 for backend, url in urls.items():
                     print(render(backend, measure(url, share, args.interval)), flush=True)
         finally:
-            with redis.Redis.from_url(args.redis) as client:
-                keys = list(client.scan_iter(match=f"{prefix}-*"))
-                if keys:
-                    client.delete(*keys)
+            delete_redis_keys(args.redis, f"{prefix}-*")
     return 0
 
 

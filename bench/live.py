@@ -33,6 +33,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def delete_redis_keys(url: str, pattern: str) -> None:
+    """Delete every key matching `pattern` on the Redis server at `url` (a run's throwaway prefix)."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=pattern))
+        if keys:
+            client.delete(*keys)
+
+
 def load_average() -> tuple[float, float, float]:
     one, five, fifteen = open("/proc/loadavg").read().split()[:3]
     return float(one), float(five), float(fifteen)

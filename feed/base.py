@@ -7,6 +7,7 @@ Every backend must:
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
+RETRY_SECONDS_MAX = 5.0  # the longest pause between tries while the feed or the store is failing
 
 
 @dataclass(frozen=True)
@@ -90,11 +94,12 @@ class AppliedPosition:
 
 class FeedTailer:
     """Applies a feed's entries after `start` to `apply`, polling every `interval` seconds on a thread;
-    `wait_for` lets a request wait until its process has applied a position (read-your-writes)."""
+    `wait_for` lets a request wait until its process has applied a position (read-your-writes). Entries
+    `skip` returns True for are passed over (their position still counts as applied)."""
 
     def __init__(self, feed: ChangeFeed, apply: Callable[[dict[str, pa.Table]], object], *, start: int = 0,
-                 interval: float = 0.005):
-        self.feed, self.apply, self.interval = feed, apply, interval
+                 interval: float = 0.005, skip: Callable[[FeedEntry], bool] | None = None):
+        self.feed, self.apply, self.interval, self.skip = feed, apply, interval, skip
         self.progress = AppliedPosition(start)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,8 +116,10 @@ class FeedTailer:
             return 0
         frames: dict[str, list[pa.Table]] = {}
         for entry in entries:
-            frames.setdefault(entry.source, []).append(entry.rows)
-        self.apply({source: _concat(tables) for source, tables in frames.items()})
+            if self.skip is None or not self.skip(entry):
+                frames.setdefault(entry.source, []).append(entry.rows)
+        if frames:
+            self.apply({source: _concat(tables) for source, tables in frames.items()})
         self.progress.advance(entries[-1].position)
         return len(entries)
 
@@ -126,10 +133,23 @@ class FeedTailer:
         return self.progress.wait_for(position, timeout)
 
     def start(self) -> None:
-        """Tail on a daemon thread until `stop`."""
+        """Tail on a daemon thread until `stop`. A read or an apply that fails (Redis restarting, the catalog
+        down while a new source version is adopted) is tried again, pausing longer each time up to
+        RETRY_SECONDS_MAX; nothing is skipped, since the position advances only after an apply."""
         def run() -> None:
+            failures = 0
             while not self._stop.is_set():
-                if not self.poll():
+                try:
+                    applied = self.poll()
+                except Exception as error:  # noqa: BLE001 - any backend's error: an outage to wait out
+                    failures += 1
+                    pause = min(RETRY_SECONDS_MAX, self.interval * 2 ** failures)
+                    log.warning("feed tailer at position %s: %s (trying again in %.2f s)", self.applied, error,
+                                pause)
+                    self._stop.wait(pause)
+                    continue
+                failures = 0
+                if not applied:
                     self._stop.wait(self.interval)
         self._thread = threading.Thread(target=run, name="feed-tailer", daemon=True)
         self._thread.start()

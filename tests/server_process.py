@@ -42,7 +42,8 @@ def live_process(data_dir: Path, startup_seconds: float = 30.0, **settings: str)
     env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "off",
            "DEMO_SOURCES": "on", "WORKERS": "1", **settings}
     for name in ("CATALOG_URL", "WAREHOUSE_URL", "REALTIME_URL"):
-        env.pop(name, None)
+        if name not in settings:  # the embedded defaults, unless the caller names a backend
+            env.pop(name, None)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
     with open(log_path, "wb") as log:

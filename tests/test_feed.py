@@ -219,3 +219,45 @@ def test_a_realtime_request_waits_for_its_min_position_else_503(make_app):
         api.post(f"/v1.0/query/realtime?min_position={position}", body)
     finally:
         sources.tailer = None
+
+
+class FailingFirst:
+    """Fault injection (a feed server going away cannot be staged on cue here): the wrapped real feed's
+    first `failures` reads raise redis.ConnectionError, as a Redis restart does."""
+
+    def __init__(self, feed: ChangeFeed, failures: int):
+        self.feed, self.failures = feed, failures
+
+    def read_after(self, position: int, limit: int = 1000) -> list:
+        if self.failures:
+            self.failures -= 1
+            raise redis.ConnectionError("Connection refused (injected)")
+        return self.feed.read_after(position, limit)
+
+    def __getattr__(self, name: str):
+        return getattr(self.feed, name)
+
+
+def test_a_tailer_outlives_failing_reads_and_applies_and_skips_nothing(feed):
+    store = open_realtime_store("sqlite:///:memory:")
+    store.register(next(s for s in demo_sources() if s.name == "users"))
+    refusals = [InvalidInput("the store refused (injected)")]
+
+    def apply(frames: dict[str, pa.Table]) -> None:
+        if refusals:
+            raise refusals.pop()
+        store.append(frames)
+
+    for n in range(5):
+        last = feed.append({"users": pa.table({"user_id": [f"u{n}"], "name": ["Ada"], "address": [None],
+                                               "creation_date": [1_700_000_000 + n]})})
+    tailer = FeedTailer(FailingFirst(feed, 3), apply, interval=0.001)
+    tailer.start()
+    try:
+        assert tailer.wait_for(last, timeout=10)
+        held = store.query("SELECT user_id, count(*) AS n FROM users GROUP BY user_id ORDER BY user_id")
+        assert held["user_id"].tolist() == [f"u{n}" for n in range(5)] and set(held["n"]) == {1}
+        assert not refusals
+    finally:
+        tailer.stop()
+        store.close()

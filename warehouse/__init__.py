@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.urls import backend_registry
-from warehouse.base import BatchMark, Warehouse
+from warehouse.base import BatchMark, Warehouse, WarehouseSnapshot, WriteReceipt
 
 __all__ = ["BatchMark", "Warehouse", "open_warehouse"]
 

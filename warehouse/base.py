@@ -7,6 +7,7 @@ otherwise only reads; user SQL always runs read-only.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from catalog.base import SourceRecord
+from common.errors import InvalidInput
 
 LEDGER_TABLE = "_fs_batches"  # (source, batch_id) of every batch written with an id; created on first use
 
@@ -26,6 +28,34 @@ class BatchMark:
     source: str
     batch_id: str
     answer: dict[str, Any]
+
+
+@dataclass
+class WriteReceipt:
+    """Filled by `Warehouse.append`: the id of the transaction that wrote the rows, where the engine has one
+    that a later snapshot can be asked about (PostgreSQL's ``pg_current_xact_id()``; None elsewhere)."""
+
+    transaction: int | None = None
+
+
+@dataclass(frozen=True)
+class WarehouseSnapshot:
+    """Which transactions' writes one read snapshot sees (PostgreSQL's ``pg_current_snapshot()``): every
+    transaction below `xmin`, and those below `xmax` not listed `in_progress` when it was taken."""
+
+    xmin: int
+    xmax: int
+    in_progress: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> "WarehouseSnapshot":
+        """From PostgreSQL's text form ``xmin:xmax:xip,xip,…``."""
+        xmin, xmax, listed = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in listed.split(",") if x))
+
+    def sees(self, transaction: int) -> bool:
+        """Whether the rows a committed `transaction` wrote are visible in this snapshot."""
+        return transaction < self.xmin or (transaction < self.xmax and transaction not in self.in_progress)
 
 
 class Warehouse(ABC):
@@ -76,10 +106,12 @@ class Warehouse(ABC):
         """Let `columns` of `table` hold nulls (a compatible new version made them nullable)."""
 
     @abstractmethod
-    def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
+    def append(self, frames: dict[str, Any], batch: BatchMark | None = None,
+               receipt: WriteReceipt | None = None) -> dict[str, Any] | None:
         """Insert rows (Arrow tables or DataFrames, by column name) into several tables in one transaction.
 
         Returns None when written; with a `batch` already written, the stored answer (nothing written).
+        A `receipt` gets the writing transaction's id, if the engine has one (`WriteReceipt`).
         """
 
     @abstractmethod
@@ -99,6 +131,12 @@ class Warehouse(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Return if the warehouse answers, else raise BackendUnavailable."""
+
+    def consistent_snapshot(self) -> contextlib.AbstractContextManager[WarehouseSnapshot]:
+        """A context in which this thread's `recent_rows` all read one snapshot, which it yields (a
+        replica hydrates in it; app/replicas.py). Only a warehouse that several machines share has one."""
+        raise InvalidInput(f"the {self.dialect} warehouse cannot hydrate a replica: replicas share a PostgreSQL "
+                           "warehouse (WAREHOUSE_URL=postgresql://…)")
 
     def close(self) -> None:
         """Release connections."""

@@ -13,7 +13,7 @@ from common.errors import InvalidQuery
 from sql import types as logical_types
 from common.urls import duckdb_path
 from sql.duckdb_engine import DuckDBEngine, query_timeout, quote_identifier, quote_qualified
-from warehouse.base import LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, split_table
+from warehouse.base import LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, WriteReceipt, split_table
 
 ROLE = "warehouse"
 
@@ -109,7 +109,8 @@ class DuckDBWarehouse(Warehouse):
         self.engine.execute_ddl([f"ALTER TABLE {quote_qualified(table)} ALTER COLUMN {quote_identifier(c)} DROP NOT NULL"
                                  for c in columns])
 
-    def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
+    def append(self, frames: dict[str, Any], batch: BatchMark | None = None,
+               receipt: WriteReceipt | None = None) -> dict[str, Any] | None:
         if batch is not None and not self._ledger_ready:  # once per process: a batch id's first use creates it
             self.engine.execute_ddl([f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (source VARCHAR, batch_id VARCHAR, "
                                      "answer VARCHAR, PRIMARY KEY (source, batch_id))"])

@@ -5,10 +5,12 @@ same transaction as the batch ledger; other dialects insert row by row.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import math
+import threading
 from typing import Any, Iterator
 
 import pandas as pd
@@ -26,7 +28,8 @@ from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from common.urls import sqlalchemy_url
 from sql.duckdb_engine import (_bounded_frame, checked_timeout, python_columns, query_timeout, quote_identifier,
                                quote_qualified)
-from warehouse.base import LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, split_table
+from warehouse.base import (LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, WarehouseSnapshot, WriteReceipt,
+                            split_table)
 
 ROLE = "warehouse"
 WRITE_DEADLINE_S = 300.0  # client-side limit of one wait on the server for the service's own writes (a big COPY)
@@ -66,6 +69,7 @@ class SqlAlchemyWarehouse(Warehouse):
         self._copy = name == "postgresql" and self.sa_engine.dialect.driver == "psycopg"
         self.dialect = {"postgresql": "postgres"}.get(name, name)
         self._ledger_ready = False
+        self._pinned = threading.local()  # .connection: this thread's `consistent_snapshot` transaction
     def query(self, sql: str, max_rows: int | None = None, uploads: dict[str, Any] | None = None) -> pd.DataFrame:
         with self._translated(self.statement_timeout), self.read_engine.connect() as connection:
             self._upload(connection, uploads)
@@ -116,7 +120,8 @@ class SqlAlchemyWarehouse(Warehouse):
                 connection.exec_driver_sql(f"ALTER TABLE {quote_qualified(table)} ALTER COLUMN {quote_identifier(column)} "
                                            "DROP NOT NULL")
 
-    def append(self, frames: dict[str, Any], batch: BatchMark | None = None) -> dict[str, Any] | None:
+    def append(self, frames: dict[str, Any], batch: BatchMark | None = None,
+               receipt: WriteReceipt | None = None) -> dict[str, Any] | None:
         tables = {table: _arrow(frame) for table, frame in frames.items()}
         if batch is not None and not self._ledger_ready:  # once per process: a batch id's first use creates it
             self._ensure_ledger()
@@ -133,6 +138,8 @@ class SqlAlchemyWarehouse(Warehouse):
                         {"source": batch.source, "batch_id": batch.batch_id}).scalar_one()
                     connection.rollback()
                     return json.loads(answer)
+            if receipt is not None and self.dialect == "postgres":  # the id replicas compare with their snapshot
+                receipt.transaction = int(connection.exec_driver_sql("SELECT pg_current_xact_id()::text").scalar_one())
             for table, rows in tables.items():
                 if not rows.num_rows:
                     continue
@@ -225,9 +232,27 @@ class SqlAlchemyWarehouse(Warehouse):
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         where = "" if since is None else f" WHERE {quote_identifier(time_column)} > :since"
         selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
-        with self._translated(), self.sa_engine.connect() as connection:
+        pinned = getattr(self._pinned, "connection", None)
+        with self._translated(), (contextlib.nullcontext(pinned) if pinned else self.sa_engine.connect()) as connection:
             return pd.read_sql(sa.text(f"SELECT {selected} FROM {quote_qualified(table)}{where}"), connection,
                                params={} if since is None else {"since": since}, dtype_backend="pyarrow")
+
+    @contextlib.contextmanager
+    def consistent_snapshot(self) -> Iterator[WarehouseSnapshot]:
+        """PostgreSQL: one REPEATABLE READ, read-only transaction whose snapshot (taken by its first
+        statement, ``pg_current_snapshot()``) every `recent_rows` of this thread reads until the context ends."""
+        if self.dialect != "postgres":
+            super().consistent_snapshot()  # raises: only PostgreSQL has one
+        with self._translated(), self.sa_engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with connection.begin():
+                snapshot = WarehouseSnapshot.parse(
+                    connection.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one())
+                self._pinned.connection = connection
+                try:
+                    yield snapshot
+                finally:
+                    self._pinned.connection = None
 
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:
         column = quote_identifier(time_column)
