@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 from typing import Any, Mapping
 
@@ -159,6 +160,7 @@ def shared_socket(host: str, port: int) -> socket.socket:
 
 def serve_forever(app: Any, settings: Mapping[str, Any], sockets: list[socket.socket] | None = None) -> None:
     """Run the guarded server until interrupted."""
+    sys.setswitchinterval(settings["GIL_SWITCH_SECONDS"])
     server = create_server(app, settings, sockets)
     server.print_listen("Serving on http://{}:{}")
     server.run()

@@ -29,6 +29,13 @@ def _flag(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be more than 0 seconds, not {text!r}")
+    return value
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -73,6 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MIN_POSITION_WAIT_SECONDS", 1.0, "Longest a realtime request with min_position waits for its "
             "process to apply that change-feed position; past it 503.", float),
     Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
+    Setting("GIL_SWITCH_SECONDS", 0.005, "How long a thread may hold Python's GIL while another waits for it "
+            "(sys.setswitchinterval): shorter lets the server's I/O thread answer sooner under load.", _positive_seconds),
     Setting("CONNECTION_LIMIT", 1000, "Most open client connections; at the limit, those idle longest with no "
             "request being served are closed to make room.", int),
     Setting("HEADER_TIMEOUT_SECONDS", 10.0, "Time a connection has to send a request's line and headers, from "
