@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,7 +77,8 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
         runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
                                  workers=settings["ETL_WORKERS"], memory_mb=settings["ETL_WORKER_MEMORY_MB"],
                                  threads=settings["THREADS"], inline=settings["ETL_INLINE"])
-        stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"])
+        stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"],
+                             **stats_slots(settings, serving, replica))
         stats.start()
         uploads = SpineUploads(Path(settings["DATA_DIR"]) / "spines", settings["SPINE_TTL_SECONDS"])
         service = FeatureService(catalog, warehouse, realtime, sources, fetcher, runner, stats,
@@ -107,6 +109,16 @@ def _serving_sources(catalog: Any, realtime: Any, feed: Any, settings: Mapping[s
     log.info("serving process %s: restored the snapshot at feed position %s, caught up to %s", os.getpid(),
              position, sources.tailer.applied)
     return sources
+
+
+def stats_slots(settings: Mapping[str, Any], serving: Mapping[str, Any] | None, replica: bool) -> dict[str, Any]:
+    """Under which slot this process saves its serving statistics, and whose it merges into skew reports:
+    the primary (slot "") merges its serving processes' (1 … WORKERS-1); a replica keeps its own slot."""
+    if serving is not None:
+        return {"slot": str(serving.get("slot") or os.getpid())}
+    if replica:
+        return {"slot": f"replica-{socket.gethostname()}-{settings['PORT']}"}
+    return {"peer_slots": tuple(str(index) for index in range(1, int(settings["WORKERS"])))}
 
 
 def lookup_timeout(settings: Mapping[str, Any]) -> float | None:

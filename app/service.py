@@ -466,7 +466,7 @@ class FeatureService:
     def skew(self, etl_id: str) -> dict[str, Any]:
         """Training statistics against the rolling window of what serving returned, per feature."""
         etl = self.get_etl(etl_id)
-        report = skew_report(etl.training_stats, self.stats.window(etl_id), self.options.skew_thresholds,
+        report = skew_report(etl.training_stats, self.stats.report_window(etl_id), self.options.skew_thresholds,
                              self.options.skew_min_samples)
         return {"etl_id": etl_id, **report}
 

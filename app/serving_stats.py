@@ -3,6 +3,12 @@
 Windows live in memory (at most `max_etls`, least recently used dropped after
 being saved), are loaded from the catalog on first use, and are saved by a
 background thread every `flush_seconds` and once more on shutdown.
+
+With several serving processes (WORKERS>1) each keeps the windows of the requests it served and saves
+them under its own `slot` (``<etl_id>@<slot>``; the primary's, slot "", under the plain id), so no
+process overwrites another's. `report_window` merges this process's live window with the others'
+last saved ones: the skew report counts every process's requests, each other process's as of its
+last flush.
 """
 from __future__ import annotations
 
@@ -20,8 +26,10 @@ log = logging.getLogger(__name__)
 class ServingStats:
     """ServingWindow per ETL id, kept in step with the catalog."""
 
-    def __init__(self, catalog: Catalog, window_size: int, flush_seconds: float, max_etls: int = 1000):
+    def __init__(self, catalog: Catalog, window_size: int, flush_seconds: float, max_etls: int = 1000,
+                 slot: str = "", peer_slots: tuple[str, ...] = ()):
         self.catalog = catalog
+        self.slot, self.peer_slots = slot, peer_slots
         self.window_size = window_size
         self.flush_seconds = flush_seconds
         self.max_etls = max_etls
@@ -72,16 +80,33 @@ class ServingStats:
 
     def _load(self, etl_id: str) -> ServingWindow:
         try:
-            saved = self.catalog.get_serving_stats(etl_id)
+            saved = self.catalog.get_serving_stats(self._key(etl_id))
         except FeatureStoreError as error:
             log.warning("serving statistics of %s not loaded: %s", etl_id, error.message)
             saved = None
         return ServingWindow.from_dict(saved, self.window_size) if saved else ServingWindow(self.window_size)
 
+    def _key(self, etl_id: str, slot: str | None = None) -> str:
+        slot = self.slot if slot is None else slot
+        return f"{etl_id}@{slot}" if slot else etl_id
+
+    def report_window(self, etl_id: str) -> ServingWindow:
+        """This process's window of the ETL merged with the other serving processes' saved ones."""
+        windows = [self.window(etl_id)]
+        for slot in self.peer_slots:
+            try:
+                saved = self.catalog.get_serving_stats(self._key(etl_id, slot))
+            except FeatureStoreError as error:
+                log.warning("serving statistics of %s (process %s) not loaded: %s", etl_id, slot, error.message)
+                continue
+            if saved:
+                windows.append(ServingWindow.from_dict(saved, self.window_size))
+        return windows[0] if len(windows) == 1 else ServingWindow.merged(windows)
+
     def _save(self, etl_id: str, window: ServingWindow) -> bool:
         window.dirty = False
         try:
-            self.catalog.save_serving_stats(etl_id, window.to_dict())
+            self.catalog.save_serving_stats(self._key(etl_id), window.to_dict())
             return True
         except FeatureStoreError as error:
             window.dirty = True

@@ -37,6 +37,7 @@ from common.errors import BackendUnavailable, FeatureStoreError, InvalidInput
 
 log = logging.getLogger("featurestore")
 ROLE_ENV, PRIMARY_ENV, DIALECT_ENV = "FEATURESTORE_ROLE", "FEATURESTORE_PRIMARY_PORT", "FEATURESTORE_DIALECT"
+SLOT_ENV = "FEATURESTORE_SLOT"  # a serving process's number, 1 … WORKERS-1: where it saves serving statistics
 SNAPSHOT_FILE = "realtime-snapshot.db"
 SUPERVISE_SECONDS = 0.5
 QUICK_EXIT_SECONDS = 5.0  # a serving process that exits sooner is restarted after this pause
@@ -98,12 +99,13 @@ class Supervisor:
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def start(self) -> None:
-        self.children = [self._spawn() for _ in range(self.count)]
+        self.children = [self._spawn(index) for index in range(self.count)]
         self._thread.start()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self, index: int) -> subprocess.Popen:
+        """Serving process number index+1 (a replacement keeps the number: its statistics continue)."""
         self.write_snapshot()
-        child = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=self.env)
+        child = subprocess.Popen([sys.executable, "-m", "app", "serve"], env={**self.env, SLOT_ENV: str(index + 1)})
         self._started[child.pid] = time.monotonic()
         log.info("serving process %s started", child.pid)
         return child
@@ -128,7 +130,7 @@ class Supervisor:
                                 child.returncode, lived)
                     if lived < QUICK_EXIT_SECONDS and self._stop.wait(QUICK_EXIT_SECONDS):
                         return  # failing at start: paused, not spinning; stopped meanwhile
-                    self.children[index] = self._spawn()
+                    self.children[index] = self._spawn(index)
 
     def stop(self) -> None:
         """Stop supervising, then every child (SIGTERM, then SIGKILL after 10 s)."""
@@ -236,7 +238,8 @@ def serve_worker(settings: dict[str, Any]) -> int:
     watch_parent()
     primary_port = int(os.environ[PRIMARY_ENV])
     app = create_app(serving={"primary_port": primary_port, "dialect": os.environ[DIALECT_ENV],
-                              "snapshot": Path(settings["DATA_DIR"]) / SNAPSHOT_FILE})
+                              "snapshot": Path(settings["DATA_DIR"]) / SNAPSHOT_FILE,
+                              "slot": os.environ.get(SLOT_ENV)})
     app.wsgi_app = ServedBy(Router(app.wsgi_app, primary_port))
     try:
         serve_forever(app, settings, [shared_socket(settings["HOST"], settings["PORT"])])

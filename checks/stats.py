@@ -174,6 +174,25 @@ class ServingWindow:
                     "values": {c: json_safe(list(values)) for c, values in self._values.items()}}
 
     @classmethod
+    def merged(cls, windows: list["ServingWindow"]) -> "ServingWindow":
+        """One window holding all of theirs: outcomes, keys and shadow counts added, values one after
+        another (its size is their sizes' sum, so nothing is dropped)."""
+        merged = cls(sum(window.size for window in windows))
+        for window in windows:
+            data = window.to_dict()
+            for outcome, count in data["outcomes"].items():
+                merged.outcomes[outcome] = merged.outcomes.get(outcome, 0) + count
+            merged.keys.update(data["keys"])
+            shadow = data["shadow"]
+            merged.shadow["compared"] += shadow["compared"]
+            merged.shadow["input_changed"] += shadow["input_changed"]
+            for name, count in shadow["mismatches"].items():
+                merged.shadow["mismatches"][name] = merged.shadow["mismatches"].get(name, 0) + count
+            for column, values in data["values"].items():
+                merged._values.setdefault(column, deque(maxlen=merged.size)).extend(values)
+        return merged
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any], size: int) -> "ServingWindow":
         window = cls(size)
         window.outcomes.update(data.get("outcomes", {}))

@@ -143,3 +143,18 @@ def test_the_report_carries_the_serving_shares_over_the_training_buckets(trainin
     categories = [t["value"] for t in stats["is_mobile"]["top"]]
     assert dict(zip(categories + ["(other)"], features["is_mobile"]["serving_shares"])) == \
         {"True": 1.0, "False": 0.0, "(other)": 0.0}
+
+
+def test_merged_windows_add_outcomes_keys_shadow_counts_and_keep_every_value() -> None:
+    first, second = ServingWindow(3), ServingWindow(2)
+    first.record(pd.DataFrame({"user_id": ["a", "b"], "x": [1.0, None]}), key="user_id")
+    first.record_shadow(["x"])
+    second.record(pd.DataFrame({"user_id": ["c"], "x": [3.0], "y": [True]}), key="user_id")
+    second.record(None, "schema_mismatch")
+    second.record_shadow(None)
+    merged = ServingWindow.merged([first, second])
+    assert merged.size == 5 and merged.keys == {"user_id"}
+    assert merged.outcomes == {"served": 2, "no_row": 0, "schema_mismatch": 1, "expectation_violations": 0}
+    assert merged.shadow == {"compared": 1, "input_changed": 1, "mismatches": {"x": 1}}
+    assert {name: series.tolist() for name, series in merged.series().items()} == {
+        "user_id": ["a", "b", "c"], "x": [1.0, None, 3.0], "y": [True]}

@@ -13,6 +13,7 @@ import pyarrow as pa
 import requests
 
 from tests.server_process import live_process
+from tests.walkthrough import FOUR_TABLE_QUERY, example_repo
 
 PROCESSES = 3
 WAIT_SECONDS = 90.0
@@ -192,3 +193,36 @@ def test_serving_processes_stop_when_the_primary_is_killed(tmp_path):
         live.process.kill()
         live.process.wait()
         _wait_gone(serving)  # an orphan notices its primary is gone and stops itself
+
+
+def test_the_skew_report_counts_what_every_process_served(tmp_path):
+    """Each process saves its serving window under its own slot; the report (on the primary) merges them, so no
+    process's requests, nor its shadow comparisons, are lost to another's save."""
+    repo = example_repo(tmp_path / "repo")
+    with live_process(tmp_path / "data", startup_seconds=60, WORKERS=str(PROCESSES), STATS_FLUSH_SECONDS="0.2",
+                      CONSISTENCY_REPEAT_GAP_SECONDS="0") as live:
+        base = live.base
+        assert _call("PUT", f"{base}/v1.0/publish?n_flows=40&seed=3").status_code == 200
+        query_id = _call("POST", f"{base}/v1.0/query/train?save=true&include_data=false",
+                         json={"query": FOUR_TABLE_QUERY}).json()["query_id"]
+        trained = _call("POST", f"{base}/v1.0/extract/train?save=true",
+                        json={"query_id": query_id, "etl_path": str(repo.file("etls/quote_features.py"))})
+        assert trained.status_code == 200, trained.text
+        etl_id, users = trained.json()["etl_id"], sorted({row["user_id"] for row in trained.json()["data"]})
+        served: dict[str, int] = {}
+        deadline = time.monotonic() + WAIT_SECONDS
+        while len(served) < PROCESSES or min(served.values()) < 3:
+            assert time.monotonic() < deadline, served
+            answer = _call("POST", f"{base}/v1.0/extract/realtime", json={
+                "query_id": query_id, "etl_id": etl_id, "index_key": "user_id",
+                "index_value": users[sum(served.values()) % len(users)]})
+            assert answer.status_code == 200, answer.text
+            served[answer.headers["X-Served-By"]] = served.get(answer.headers["X-Served-By"], 0) + 1
+        total, deadline = sum(served.values()), time.monotonic() + WAIT_SECONDS
+        while True:  # the serving processes' windows reach the catalog at their next flush
+            report = _call("GET", f"{base}/v1.0/etls/{etl_id}/skew").json()
+            if report["outcomes"]["served"] == total:
+                break
+            assert report["outcomes"]["served"] < total and time.monotonic() < deadline, (report["outcomes"], served)
+            time.sleep(0.1)
+        assert report["value_mismatches"]["compared"] > 0  # shadow entities served by any process, compared
