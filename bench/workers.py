@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen
+from bench import loadgen, peer_serving
 from bench.live import Server, make_etl_repo, process_status, running_server
 from bench.load import Client, prepare
 
@@ -150,13 +150,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shapes, in order: WORKERS, then optional settings (e.g. 2,THREADS=4)")
     parser.add_argument("--rounds", type=int, default=1, help="times the shapes are measured, alternating")
     parser.add_argument("--fresh", type=int, default=200, help="ingests timed for freshness (WORKERS>1)")
+    parser.add_argument("--peer", action="store_true", help="after each shape, Feast's feature server with as many "
+                        "workers (bench/peer_feature_server.py; bash bench/install_feast.sh first)")
     args = parser.parse_args(argv)
+    if args.peer:
+        peer_serving.feast_python()  # missing: fail now, not after the first shape
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as folder:
         work = Path(folder)
         etl_path = make_etl_repo(work / "etl_repo")
+        ours, peers = [], []
         for _ in range(args.rounds):
             for workers in args.workers:
-                print(render(measure(workers, args, work, etl_path)), flush=True)
+                ours.append(measure(workers, args, work, etl_path))
+                print(render(ours[-1]), flush=True)
+                if args.peer:
+                    peers.append(peer_serving.measure(ours[-1]["workers"], args.flows, args.seconds, args.clients))
+                    print(peer_serving.render(peers[-1]), flush=True)
+        if peers:
+            print(peer_serving.compare(ours, peers), flush=True)
     return 0
 
 
