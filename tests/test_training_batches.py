@@ -376,3 +376,20 @@ def test_dates_and_decimals_are_not_converted_batch_by_batch():
         assert not convertible(schema)
     assert convertible(pa.schema([("a", pa.int64()), ("b", pa.string())]))
     assert not convertible(pa.schema([("a", pa.int64()), ("a", pa.string())]))  # repeated names
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+def test_the_runner_says_which_etls_are_batchable_and_fit(isolated):
+    from etl.isolation import IsolatedEtlPool
+    from etl.runner import EtlRunner
+
+    runner = EtlRunner(timeout=30, isolation=IsolatedEtlPool(workers=1, memory_mb=1024) if isolated else None)
+    try:
+        legacy = "from etl_abc import AbstractEtl\n\n\nclass Etl(AbstractEtl):\n    batchable = 'yes'\n"
+        for code, expected in ((QUOTES, {"batchable": False, "fits": False}),
+                               (QUOTES + BATCHABLE, {"batchable": True, "fits": False}),
+                               (FITTED, {"batchable": True, "fits": True}),
+                               (legacy, {"batchable": False, "fits": False})):  # only True declares it
+            assert runner.batching("e_test", code, code_sha256(code)) == expected
+    finally:
+        runner.close()
