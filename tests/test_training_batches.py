@@ -10,23 +10,24 @@ file, and nothing is saved.
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
+import time
 
 import duckdb
 import hypothesis.strategies as st
-import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from app.arrowio import frame_batches
-from app.service import EtlLocation
+from app.service import EtlLocation, TrainingEtl, etl_id_of
 from app.training_stream import batch_frame, convertible, kinds_from_dtypes, whole_frame_kinds
 from checks.consistency import dtype_names
 from client import transport
 from common.errors import EtlFailed, ExpectationsFailed
 from etl.source import EtlSource, FetchedEtl, code_sha256
+from sql.prepared import prepare_query
 from tests.conftest import JsonClient
 from tests.fixtures_git import make_etl_repo
 from tests.walkthrough import EXAMPLE_ETLS, FOUR_TABLE_QUERY
@@ -134,9 +135,10 @@ def _body(trained, etl: str) -> dict:
     return {"query_id": trained["query_id"], "etl_path": str(trained["repo"].file(etl))}
 
 
-def _arrow(trained, etl: str, flags: str = "") -> tuple[pa.Table, dict]:
-    """The Arrow training set over HTTP, checked whole (end marker), and its end marker."""
-    response = trained["api"].client.post(f"/v1.0/extract/train?format=arrow{flags}", json=_body(trained, etl))
+def _arrow(trained, etl: str) -> tuple[pa.Table, dict]:
+    """The Arrow training set over HTTP, checked whole (its end marker says ok), and how many batches the
+    stream had (the end marker's included)."""
+    response = trained["api"].client.post("/v1.0/extract/train?format=arrow", json=_body(trained, etl))
     assert response.status_code == 200 and response.mimetype == ARROW, response.get_data(as_text=True)[:500]
     reader = pa.ipc.open_stream(response.get_data())
     batches = list(reader)
@@ -228,32 +230,28 @@ def test_a_failing_first_batch_is_a_json_error(trained):
     assert body["code"] == "etl_failed" and "no features past the first batch" in body["message"]
 
 
+def _finished(api: JsonClient, job: dict, seconds: float = 60.0) -> dict:
+    """The export job once it is no longer running."""
+    deadline = time.monotonic() + seconds
+    while job["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = api.get(f"/v1.0/jobs/{job['job_id']}")
+    return job
+
+
 def test_a_failing_export_leaves_no_file_and_saves_nothing(trained):
     api = trained["api"]
     body = {**_body(trained, "etls/late_failure.py"), "export": {"path": "late.parquet"}}
-    job = api.post("/v1.0/extract/train", body, 202)
-    for _ in range(200):
-        job = api.get(f"/v1.0/jobs/{job['job_id']}")
-        if job["status"] != "running":
-            break
-        import time
-        time.sleep(0.05)
+    job = _finished(api, api.post("/v1.0/extract/train", body, 202))
     assert job["status"] == "failed" and "no features past the first batch" in job["error"]["message"]
     assert not list(trained["exports"].rglob("*.parquet*"))
     assert api.get("/v1.0/etls")["total"] == 0
 
 
 def test_an_export_of_a_batchable_etl_equals_the_whole_frame(trained):
-    import pyarrow.parquet as pq
     api = trained["api"]
-    job = api.post("/v1.0/extract/train", {**_body(trained, "etls/quote_batched.py"),
-                                           "export": {"path": "quotes.parquet"}}, 202)
-    for _ in range(200):
-        job = api.get(f"/v1.0/jobs/{job['job_id']}")
-        if job["status"] != "running":
-            break
-        import time
-        time.sleep(0.05)
+    job = _finished(api, api.post("/v1.0/extract/train", {**_body(trained, "etls/quote_batched.py"),
+                                                          "export": {"path": "quotes.parquet"}}, 202))
     assert job["status"] == "succeeded", job
     _same_rows(pq.read_table(trained["exports"] / "quotes.parquet"), _whole(trained, "etls/quote_whole.py"))
 
@@ -293,13 +291,11 @@ def _random_etl(names: list[str], fits: bool, filters: bool) -> str:
 
 def _in_process(service, query_id: str, code: str) -> tuple[pa.Table, pa.Table]:
     """(batched, whole) for ETL `code`, straight through the service (no git repository per example)."""
-    from app.service import TrainingEtl, etl_id_of
-
     query = service.get_query(query_id)
     sha = code_sha256(code)
     fetched = FetchedEtl(EtlSource(kind="path", url="random.py"), code, sha)
     etl = TrainingEtl(query, fetched, etl_id_of(query_id, sha), {}, "reject",
-                      __import__("sql.prepared", fromlist=["prepare_query"]).prepare_query(query.sql, "duckdb"), None)
+                      prepare_query(query.sql, "duckdb"), None)
     streamed = service.batched_training.batches(etl)
     assert streamed is not None
     batched = pa.Table.from_batches(list(streamed[1]), schema=streamed[0])
