@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow as pa
 from flask import Response, request, stream_with_context
 
-from app.api.common import error_body
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BATCH_ROWS = 65_536
@@ -44,6 +43,8 @@ def ipc_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator
     An error while reading `batches` ends the stream with an error marker instead of cutting it; when
     the client goes away (the generator is closed), `batches` is closed too, which stops its query.
     """
+    from app.api.common import error_body  # here: the API imports the service, which streams through this module
+
     sink = io.BytesIO()
     rows = 0
     with pa.ipc.new_stream(sink, schema) as writer:
@@ -61,11 +62,12 @@ def ipc_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
-        writer.write_batch(_empty_batch(schema), custom_metadata={END_KEY: json.dumps(end, default=str)})
+        writer.write_batch(empty_batch(schema), custom_metadata={END_KEY: json.dumps(end, default=str)})
     yield _drain(sink)
 
 
-def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """A batch of no rows of `schema`."""
     return pa.RecordBatch.from_arrays([pa.array([], type=field.type) for field in schema], schema=schema)
 
 

@@ -24,11 +24,12 @@ from app.serving_stats import ServingStats
 from app.sources import SourceService
 from app.spine import SpineSpec, SpineUploads
 from app.training import PointInTime
+from app.training_stream import BatchedTraining
 from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch, TrainServeMismatch)
 from common.frames import column_dtypes, column_names, unique_names
 from etl.runner import EtlRunner
-from etl.source import EtlFetcher
+from etl.source import EtlFetcher, FetchedEtl
 from checks.consistency import dtype_names, plain_value, rows_digest, shadow_mismatches, with_training_dtypes
 from checks.expectations import check_expectations, validate_expectations
 from checks.schema import SchemaPlan, compare_schemas, frame_schema, plan_allows, schema_plan, served_schema
@@ -98,6 +99,27 @@ class EtlLocation:
     repo: str | None = None
     ref: str | None = None
     path: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingEtl:
+    """An ETL fetched for a training run: its query, code, id, declarations and registration (if any)."""
+
+    query: QueryRecord
+    fetched: FetchedEtl
+    etl_id: str
+    expectations: dict[str, Any]
+    policy: str
+    prepared: PreparedQuery
+    registered: EtlRecord | None
+
+    @property
+    def code(self) -> str:
+        return self.fetched.code
+
+    @property
+    def code_sha256(self) -> str:
+        return self.fetched.code_sha256
 
 
 def query_id_of(prepared: PreparedQuery) -> str:
@@ -181,6 +203,7 @@ class FeatureService:
             _BoundedCache(4096)
         self.spine_uploads = spine_uploads
         self.point_in_time = PointInTime(self, spine_uploads, options.max_spine_rows)
+        self.batched_training = BatchedTraining(self)
         self.replay = RegistrationReplay(self, replay or ReplayOptions())
 
     # -- queries ---------------------------------------------------------------------------------
@@ -297,22 +320,17 @@ class FeatureService:
 
     def train_etl(self, query_id: str, location: EtlLocation, name: str | None, save: bool,
                   include_data: bool = True, created_by: str = "anonymous", row_limit: bool = True,
-                  hot_window: bool = False, spine: SpineSpec | None = None, allow_mismatch: bool = False
-                  ) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
+                  hot_window: bool = False, spine: SpineSpec | None = None, allow_mismatch: bool = False,
+                  etl: TrainingEtl | None = None) -> tuple[EtlRecord | None, list[dict[str, str]], pd.DataFrame | None]:
         """Fetch the ETL, fit and run it on the query's full warehouse result (or, with a `spine`, on the
         query as of each spine row), check its expectations, and keep it with its state, schema and
         statistics. A save first replays training entities through serving (app/replay.py): a mismatch
-        is 409 `train_serve_mismatch` with the report, unless `allow_mismatch` (then recorded)."""
+        is 409 `train_serve_mismatch` with the report, unless `allow_mismatch` (then recorded). `etl`: the
+        ETL `etl_to_train` fetched already for this request."""
         started, as_of = time.monotonic(), pd.Timestamp.now(tz="UTC")
-        query = self.get_query(query_id)
-        fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
-        etl_id = etl_id_of(query_id, fetched.code_sha256)
-        expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
-        validate_expectations(expectations)
-        prepared = prepare_query(query.sql, self.warehouse.dialect)
-        # A registered ETL keeps the state it was first fitted with (that is what serving uses), so
-        # registering it again returns training rows computed with that state, never a refit.
-        registered = self._registered_etl(etl_id)
+        etl = etl or self.etl_to_train(query_id, location)
+        query, fetched, etl_id, expectations, policy, prepared, registered = (
+            etl.query, etl.fetched, etl.etl_id, etl.expectations, etl.policy, etl.prepared, etl.registered)
         if save and registered is not None and not allow_mismatch:
             self._refuse_accepted_mismatch(registered)
         if spine is not None:
@@ -353,6 +371,18 @@ class FeatureService:
                 extra=extra))
         return record, frame_schema(answer) if spine else record.schema if record else schema, \
             answer if include_data else None
+
+    def etl_to_train(self, query_id: str, location: EtlLocation) -> TrainingEtl:
+        """The ETL fetched and loaded for a training run on a saved query, its declarations checked."""
+        query = self.get_query(query_id)
+        fetched = self.fetcher.fetch(location.etl_path, repo=location.repo, ref=location.ref, path=location.path)
+        etl_id = etl_id_of(query_id, fetched.code_sha256)
+        expectations, policy = self.runner.declarations(etl_id, fetched.code, fetched.code_sha256)
+        validate_expectations(expectations)
+        # A registered ETL keeps the state it was first fitted with (that is what serving uses), so
+        # registering it again returns training rows computed with that state, never a refit.
+        return TrainingEtl(query, fetched, etl_id, expectations, policy,
+                           prepare_query(query.sql, self.warehouse.dialect), self._registered_etl(etl_id))
 
     def _replayed(self, training: TrainingRun, allow_mismatch: bool) -> dict[str, Any]:
         """The registration replay's report; 409 on a mismatch unless the caller accepts it (recorded)."""

@@ -41,6 +41,15 @@ one is broken: ``"reject"`` (422) or ``"warn"`` (200 with ``warnings``)::
         def transform(self, df):
             return pd.DataFrame({"user_id": df["user_id"],
                                  "age_z": (df["age"] - self.state["mean"]) / self.state["std"]})
+
+Batches. ``batchable = True`` declares that ``transform`` is row-wise: given ``self.state``, the
+features of a part of the rows are those rows' features of the whole (the transform of a concatenation
+is the concatenation of the transforms). Only then may a training set streamed as Arrow (or exported)
+run ``transform`` once per record batch of the query's result instead of once on the whole frame;
+``fit`` still sees the whole training set. Anything frame-wide in ``transform`` itself (a rank, a
+mean of the frame, a de-duplication) must leave ``batchable`` False, the default: such an ETL always
+runs on the whole frame. A batch is a DataFrame with the whole frame's column dtypes and its rows'
+positions in the whole frame as its index (app/training_stream.py).
 """
 from __future__ import annotations
 
@@ -56,6 +65,7 @@ class BaseEtl:
 
     expectations: dict[str, dict[str, Any]] = {}
     serving_violations: str = "reject"
+    batchable: bool = False  # True: transform is row-wise, so training may run it batch by batch
 
     def __init__(self, df: pd.DataFrame):
         self.df = df

@@ -103,7 +103,7 @@ class IsolatedEtlPool:
              timeout: float | None = None) -> Any:
         """Run ``EtlRunner.<op>(etl_key, code, code_sha256, *args)`` in a worker; its errors are raised here.
 
-        `op` is one of ``load``, ``check``, ``declarations``, ``fit``, ``run``.
+        `op` is one of ``load``, ``check``, ``declarations``, ``batching``, ``fit``, ``run``.
         """
         if op not in _OPS:
             raise ValueError(f"unknown ETL operation {op!r}; known: {', '.join(sorted(_OPS))}")
@@ -367,6 +367,7 @@ _OPS: dict[str, Callable[..., Any]] = {
     "load": _load,
     "check": lambda runner, key, code, sha: runner.check(code, key),
     "declarations": EtlRunner.declarations,
+    "batching": EtlRunner.batching,
     "fit": EtlRunner.fit,
     "run": EtlRunner.run,
 }

@@ -44,7 +44,7 @@ import pandas as pd
 
 from common.errors import BackendUnavailable, EtlFailed, EtlTampered, InvalidEtl
 from common.jsonsafe import json_safe
-from etl.contract import install_compat_module
+from etl.contract import BaseEtl, install_compat_module
 from etl.output import captured
 from etl.watchdog import WATCHDOG, EtlInterrupted
 
@@ -126,6 +126,14 @@ class EtlRunner:
         if self.isolation is not None:
             return self.isolation.call("declarations", etl_key, code, code_sha256, timeout=self.timeout)
         return self._limited(etl_key, lambda: self._declarations(etl_key, code, code_sha256))
+
+    def batching(self, etl_key: str, code: str, code_sha256: str) -> dict[str, bool]:
+        """How training may run the ETL: ``batchable`` (it declares ``batchable = True``: a row-wise
+        transform) and ``fits`` (it overrides ``fit``, so its state needs the whole training set)."""
+        verify_sha256(etl_key, code, code_sha256)
+        if self.isolation is not None:
+            return self.isolation.call("batching", etl_key, code, code_sha256, timeout=self.timeout)
+        return self._limited(etl_key, lambda: _batching(self._load(etl_key, code, code_sha256)))
 
     def check(self, code: str, etl_key: str = "check") -> None:
         """Raise InvalidEtl unless `code` compiles, imports and defines an ``Etl`` class (nothing is cached)."""
@@ -271,6 +279,11 @@ class EtlRunner:
         except (TypeError, ValueError) as error:
             raise InvalidEtl(f"ETL {etl_key}: expectations must be a JSON-serializable mapping: {error}",
                              {"etl_key": etl_key}) from None
+
+
+def _batching(cls: type) -> dict[str, bool]:
+    return {"batchable": getattr(cls, "batchable", False) is True,
+            "fits": getattr(cls, "fit", BaseEtl.fit) is not BaseEtl.fit}
 
 
 def verify_sha256(etl_key: str, code: str, code_sha256: str) -> None:

@@ -14,7 +14,7 @@ from app.api.queries import FLAGS, column
 from app.api.jobs import EXPORT_FIELDS, export_answer
 from app.arrowio import JSON_OR_ARROW, arrow_response, frame_batches, wants_arrow
 from app.jsonio import frame_records
-from app.service import EtlLocation
+from app.service import EtlLocation, TrainingEtl
 from catalog.base import EtlRecord
 from common.errors import InvalidInput
 
@@ -77,6 +77,12 @@ def _summary(record: EtlRecord) -> dict[str, Any]:
     return data
 
 
+def _batched(svc: Any, etl: TrainingEtl, save: bool, hot_window: bool, spine: Any) -> Any:
+    """An unsaved training set without a spine, its ETL run batch by batch, when that is safe
+    (app/training_stream.py); else None (the whole frame, `train_etl`)."""
+    return svc.batched_training.batches(etl, hot_window) if not save and spine is None else None
+
+
 @extract_ns.route("/train")
 @with_errors(extract_ns)
 class ExtractTrain(Resource):
@@ -102,15 +108,24 @@ class ExtractTrain(Resource):
         save, hot_window, who = query_flag("save", False), query_flag("hot_window", False), caller()
         allow_mismatch = query_flag("allow_mismatch", False)
         svc = service()  # the job runs outside this request
-        exported = export_answer(body, lambda: frame_batches(svc.train_etl(
-            query_id, location, body.get("name"), save, True, who, row_limit=False, hot_window=hot_window,
-            spine=spine, allow_mismatch=allow_mismatch)[2]))
+
+        def exported_batches():  # noqa: ANN202
+            etl = svc.etl_to_train(query_id, location)
+            return _batched(svc, etl, save, hot_window, spine) or frame_batches(svc.train_etl(
+                query_id, location, body.get("name"), save, True, who, row_limit=False, hot_window=hot_window,
+                spine=spine, allow_mismatch=allow_mismatch, etl=etl)[2])
+
+        exported = export_answer(body, exported_batches)
         if exported:
             return exported
         arrow = wants_arrow()
-        record, schema, frame = service().train_etl(
+        etl = svc.etl_to_train(query_id, location)
+        streamed = _batched(svc, etl, save, hot_window, spine) if arrow else None
+        if streamed is not None:
+            return arrow_response(*streamed, {})
+        record, schema, frame = svc.train_etl(
             query_id, location, body.get("name"), save, arrow or query_flag("include_data", True), who,
-            row_limit=not arrow, hot_window=hot_window, spine=spine, allow_mismatch=allow_mismatch)
+            row_limit=not arrow, hot_window=hot_window, spine=spine, allow_mismatch=allow_mismatch, etl=etl)
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Etl-Id": record.etl_id} if record else {})
         return {"etl_id": record.etl_id if record else None, "schema": schema,
