@@ -19,6 +19,7 @@ from checks.schema import frame_schema
 from common.errors import InvalidInput
 from realtime import open_realtime_store
 from realtime.base import RealtimeStore, window_batches
+from realtime.sqlite_store import SqliteRealtimeStore
 from sources.definition import parse_source
 from sql.prepared import prepare_query
 from warehouse import Warehouse, open_warehouse
@@ -86,6 +87,9 @@ def test_every_row_of_the_window_arrives_once_with_its_types(wide: Warehouse, st
     assert len(batches) >= 2 and max(batches) <= COPY_BATCH_ROWS and sum(batches) == IN_WINDOW
 
     assert store.hydrate(wide, [source], now=NOW) == {"wide": IN_WINDOW}
+    if isinstance(store, SqliteRealtimeStore):  # loaded in a journal in memory, then back in WAL for the readers
+        with store._writes():
+            assert store._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
     served = store.lookup(prepare_query("SELECT id, f, b, s, ts, n, 1 AS k FROM wide", wide.dialect), "k", 1,
                           ROWS)
@@ -102,14 +106,19 @@ def test_every_row_of_the_window_arrives_once_with_its_types(wide: Warehouse, st
     assert got[3]["ts"].microsecond not in (0, 750_000)  # the 123 µs arrived
 
 
-def test_a_value_that_does_not_fit_in_a_later_batch_leaves_no_row(tmp_path: Path, store: RealtimeStore) -> None:
-    """The window arrives all or nothing: the batches before the refused one are rolled back."""
+@pytest.mark.parametrize("reader_open", [False, True], ids=["at-start", "while-serving"])
+def test_a_value_that_does_not_fit_in_a_later_batch_leaves_no_row(tmp_path: Path, store: RealtimeStore,
+                                                                  reader_open: bool) -> None:
+    """The window arrives all or nothing: the batches before the refused one are rolled back, at start (the
+    SQLite store's bulk load in a journal in memory) as while readers are open (in the WAL)."""
     warehouse = open_warehouse(f"duckdb:///{tmp_path}/warehouse.duckdb")
     refused_at = COPY_BATCH_ROWS + 10  # in the second batch
     warehouse.engine.execute_ddl([f"CREATE TABLE wide AS SELECT {VALUES}, CASE WHEN i = {refused_at} THEN "
                                   "18446744073709551615 ELSE i END::UBIGINT AS u "
                                   f"FROM range({ROWS}) AS r(i)"])
     source = _source(extra=[{"name": "u", "type": "integer"}])
+    if reader_open:
+        store.ping()
     try:
         with pytest.raises(InvalidInput, match="column 'u'"):
             store.hydrate(warehouse, [source], now=NOW)
