@@ -10,7 +10,8 @@ existing tables, their rows are backfilled) and a **restart** (the catalog has t
 tree and `--base` (default: main, exported with `git archive`; only up to `--base-max-users`, as the base
 peaked at ~14 GiB at 1M users) take turns within each of `--rounds` rounds.
 
-Reported per start: seconds from spawn to a healthy /v1.0/health; the server's VmRSS when ready
+Reported per start: seconds from spawn to a healthy /v1.0/health, and the CPU seconds the server used
+until then (user + system: on a shared machine less disturbed by other work than the wall time); its VmRSS when ready
 (`rss`), its VmHWM then (`peak`), its anonymous memory (RssAnon); the SQLite store's files (database and
 WAL, in memory-backed /dev/shm: RAM that the RSS counts only as far as the process maps them); and,
 sampled every 20 ms during the start, the peak of anonymous memory plus those files (`peak anon+files`):
@@ -112,8 +113,8 @@ def one_start(tree: Path, data_dir: Path, log_dir: Path) -> dict[str, Any]:
         sampler.stop()
         now = status(server.pid)
         files = store_files(server.pid)
-        rows = sum(server.hydrated_rows.values())
-    return {"ready_s": server.ready_seconds, "rows_hydrated_log": rows, "rss": now["VmRSS"], "peak": now["VmHWM"],
+        cpu = live.process_cpu_seconds(server.pid)
+    return {"ready_s": server.ready_seconds, "cpu_s": cpu, "rss": now["VmRSS"], "peak": now["VmHWM"],
             "anon": now["RssAnon"], "shmem": now["RssShmem"], "files": files, "peak_anon_files": sampler.peak_total,
             "peak_files": sampler.peak_files}
 
@@ -158,14 +159,14 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]], users: int) -> st
     """The medians as a Markdown table."""
     lines = [f"{users:,} users, median of {max(len(r) for kinds in results.values() for r in kinds.values())} "
              "round(s):", "",
-             "| tree | start | ready s | RSS after GiB | peak (VmHWM) GiB | peak ÷ RSS after | store files GiB "
+             "| tree | start | ready s | server CPU s | RSS after GiB | peak (VmHWM) GiB | peak ÷ RSS after | store files GiB "
              "| resident store GiB (RSS − empty server's) | resident RAM GiB (anon − empty's + files) "
              "| peak anon+files GiB | (peak anon+files − empty anon) ÷ resident RAM |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for tree, kinds in results.items():
         for kind, runs in kinds.items():
             m = medians(runs)
-            lines.append(f"| {tree} | {kind} | {m['ready_s']:.1f} | {m['rss'] / GIB:.2f} | {m['peak'] / GIB:.2f} | "
+            lines.append(f"| {tree} | {kind} | {m['ready_s']:.1f} | {m['cpu_s']:.1f} | {m['rss'] / GIB:.2f} | {m['peak'] / GIB:.2f} | "
                          f"{m['peak_over_rss']:.2f} | {m['files'] / GIB:.2f} | {m['resident_rss'] / GIB:.2f} | "
                          f"{m['resident_ram'] / GIB:.2f} | {m['peak_anon_files'] / GIB:.2f} | "
                          f"{m['peak_ram_over_resident']:.2f} |")
@@ -187,7 +188,7 @@ def run_scale(users: int, trees: dict[str, Path], args: argparse.Namespace, scra
             for kind, run in starts(trees[name], warehouse, scratch, log_dir).items():
                 run = with_store(run, empties[name])
                 results[name].setdefault(kind, []).append(run)
-                say(f"    {kind}: ready in {run['ready_s']:.1f} s, RSS {run['rss'] / GIB:.2f} GiB, peak "
+                say(f"    {kind}: ready in {run['ready_s']:.1f} s ({run['cpu_s']:.1f} CPU s), RSS {run['rss'] / GIB:.2f} GiB, peak "
                     f"{run['peak'] / GIB:.2f} GiB, store files {run['files'] / GIB:.2f} GiB, peak anon+files "
                     f"{run['peak_anon_files'] / GIB:.2f} GiB")
     return results
