@@ -4,8 +4,8 @@
 
 For each `--users` N the bench dataset (bench/datagen.py, cached under bench/results/data/ as
 bench/run.py caches it) is copied into a fresh DATA_DIR and the server is started twice on it, as
-bench/run.py starts it (DEMO_SOURCES=on, REALTIME_WINDOW_DAYS=0: every row is hot; the default
-in-memory SQLite realtime store): the **first start** (a new catalog: the demo's sources adopt the
+bench/run.py starts it (DEMO_SOURCES=on: the demo's sources have no hot window, every row is hot; the
+default in-memory SQLite realtime store): the **first start** (a new catalog: the demo's sources adopt the
 existing tables, their rows are backfilled) and a **restart** (the catalog has them: `hydrate`). This
 tree and `--base` (default: main, exported with `git archive`; only up to `--base-max-users`, as the base
 peaked at ~14 GiB at 1M users) take turns within each of `--rounds` rounds.
@@ -39,7 +39,7 @@ from bench.request_path import export
 from realtime.sqlite_pool import FILE_PREFIX, SHARED_MEMORY
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {"DEMO_SOURCES": "on", "REALTIME_WINDOW_DAYS": "0"}
+SETTINGS = {"DEMO_SOURCES": "on"}
 STATUS_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssShmem")
 SAMPLE_SECONDS = 0.02
 GIB = 2 ** 30

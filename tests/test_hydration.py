@@ -22,6 +22,7 @@ from realtime.base import RealtimeStore, window_batches
 from realtime.sqlite_store import SqliteRealtimeStore
 from sources.definition import parse_source
 from sql.prepared import prepare_query
+from tests.conftest import JsonClient
 from warehouse import Warehouse, open_warehouse
 from warehouse.base import COPY_BATCH_ROWS
 
@@ -128,3 +129,22 @@ def test_a_value_that_does_not_fit_in_a_later_batch_leaves_no_row(tmp_path: Path
         assert served.to_dict("records") == [{"id": 1, "u": 1}]
     finally:
         warehouse.close()
+
+
+def test_adopting_a_table_streams_its_window_to_the_feed_and_the_store(make_app: Any) -> None:
+    """The first start's path (a declaration adopting a filled table): the store gets every row once, and the
+    change feed gets the version, then the rows in entries of at most one copy batch each."""
+    app = make_app(DEMO_SOURCES=False)  # declared without a hot window: every row is hot
+    service = app.extensions["feature_service"]
+    service.warehouse.engine.execute_ddl([FILL["duckdb"]])
+    before = service.sources.feed.last_position()
+    api = JsonClient(app.test_client())
+    api.post("/v1.0/sources", {"name": "wide", "entity_keys": ["id"], "event_time": "ts"}, 201)
+    described = api.get("/v1.0/sources/wide")
+    assert described["warehouse"]["rows"] == described["realtime"]["rows"] == ROWS
+    entries = service.sources.feed.read_after(before)
+    sizes = [entry.rows.num_rows for entry in entries]
+    assert {entry.source for entry in entries} == {"wide"} and sizes[0] == 0  # the version first, no rows
+    assert len(sizes) >= 3 and max(sizes) <= COPY_BATCH_ROWS and sum(sizes) == ROWS
+    ids = [i for entry in entries for i in entry.rows.column("id").to_pylist()]
+    assert sorted(ids) == list(range(ROWS))
