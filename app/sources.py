@@ -11,7 +11,7 @@ import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +27,7 @@ from feed import AppliedPosition, ChangeFeed, FeedTailer
 from sql.types import logical_of_engine_type
 from sql.duckdb_engine import quote_qualified
 from sql.prepared import ROW_ALIAS, prepare_query
-from realtime.base import RealtimeStore, newest_only, time_value, window_rows
+from realtime.base import RealtimeStore, newest_only, time_value, window_batches
 from sources.definition import check_table_name, parse_source, source_diff
 from sources.rows import arrow_schema, event_time_range, json_time, rows_from_arrow, rows_from_json
 from warehouse import BatchMark, Warehouse, WriteReceipt
@@ -194,24 +194,31 @@ class SourceService:
             self.realtime.register(record)  # before the catalog: a store that refuses leaves no record behind
             record = self.catalog.save_source(record)
             # every new version goes through the feed, rows or none, so other processes adopt it too
-            self._to_realtime({record.name: (backfill if backfill is not None
-                                             else pa.Table.from_batches([], schema=arrow_schema(record)))},
-                              {record.name: record})
+            self._stream_to_realtime(record, backfill() if backfill is not None else iter(()))
             self._publish(record)
         return record, True
 
-    def _backfill(self, record: SourceRecord, latest: SourceRecord | None, adopted: bool) -> pa.Table | None:
-        """Warehouse rows the realtime store must get with this version: an adopted table's window, or
-        the rows a longer window now reaches (between the new and the old cutoff)."""
+    def _backfill(self, record: SourceRecord, latest: SourceRecord | None, adopted: bool
+                  ) -> Callable[[], Iterator[pa.Table]] | None:
+        """The warehouse rows the realtime store must get with this version, as a function that streams them
+        (`window_batches`): an adopted table's window, or the rows a longer window now reaches (between the
+        new and the old cutoff). They are read once here, one batch at a time, so a value that does not fit
+        the declared types is refused before anything is saved."""
         if record.kind != "table":
             return None
-        if adopted:
-            return window_rows(self.warehouse, record, self.realtime.cutoff(record))
         old_cutoff = None if latest is None else self.realtime.cutoff(latest)
         new_cutoff = self.realtime.cutoff(record)
-        if old_cutoff is None or (new_cutoff is not None and new_cutoff >= old_cutoff):
+        if adopted:
+            old_cutoff = None
+        elif old_cutoff is None or (new_cutoff is not None and new_cutoff >= old_cutoff):
             return None
-        return window_rows(self.warehouse, record, new_cutoff, through=old_cutoff)
+
+        def batches() -> Iterator[pa.Table]:
+            return window_batches(self.warehouse, record, new_cutoff, through=old_cutoff)
+
+        for _ in batches():  # type-checked only: no batch is kept
+            pass
+        return batches
 
     def _check_table_is_its_own(self, declared: SourceRecord) -> None:
         """Refuse a warehouse table another source already reads: its rows would reach only one realtime view."""
@@ -336,16 +343,7 @@ class SourceService:
         and no acknowledged row is missing from the feed; if the feed append fails, the caller gets 503 and
         the rows (in the warehouse) reach every process at its next start, as after a realtime outage."""
         with self._realtime_lock:
-            position = 0
-            if self.feed is not None:
-                written = {} if transaction is None else {"fs_xid": str(transaction)}
-                tagged = {name: table.replace_schema_metadata({"fs_version": str(records[name].version), **written})
-                          for name, table in frames.items()}
-                try:
-                    position = self.feed.append(tagged)
-                except Exception as error:  # noqa: BLE001 - any engine's error: the rows did not reach the feed
-                    raise BackendUnavailable("change feed", f"{error} (the rows are in the warehouse; every "
-                                             "process gets them at its next start)") from None
+            position = self._feed_append(frames, records, transaction)
             rows = {name: table for name, table in frames.items()
                     if table.num_rows and records[name].kind == "table"}
             try:
@@ -356,6 +354,41 @@ class SourceService:
                                          "realtime store gets them at the next start)") from None
             self.applied.advance(position)
         return position
+
+    def _stream_to_realtime(self, record: SourceRecord, batches: Iterator[pa.Table]) -> int:
+        """`_to_realtime` for a backfill's stream of batches: the version first goes through the feed as an
+        empty table, then each batch as an entry of its own as it is read, while the realtime store takes
+        them all in one transaction (`RealtimeStore.load`); one batch is held at a time. The feed position."""
+        def fed() -> Iterator[pa.Table]:
+            for batch in batches:
+                positions.append(self._feed_append({record.name: batch}, {record.name: record}))
+                yield batch
+
+        with self._realtime_lock:
+            positions = [self._feed_append({record.name: arrow_schema(record).empty_table()}, {record.name: record})]
+            try:
+                if record.kind == "table":  # a request source has no rows to keep
+                    self.realtime.load(record.name, fed())
+            except FeatureStoreError as error:  # the warehouse has the rows: not a refusal, an outage of the copy
+                raise BackendUnavailable("realtime store", f"{error.message} (the rows are in the warehouse; the "
+                                         "realtime store gets them at the next start)") from None
+            self.applied.advance(positions[-1])
+        return positions[-1]
+
+    def _feed_append(self, frames: dict[str, pa.Table], records: dict[str, SourceRecord],
+                     transaction: int | None = None) -> int:
+        """Append `frames` to the feed, tagged with their sources' versions and the warehouse `transaction`
+        that wrote them (if known); the position (0 without a feed)."""
+        if self.feed is None:
+            return 0
+        written = {} if transaction is None else {"fs_xid": str(transaction)}
+        tagged = {name: table.replace_schema_metadata({"fs_version": str(records[name].version), **written})
+                  for name, table in frames.items()}
+        try:
+            return self.feed.append(tagged)
+        except Exception as error:  # noqa: BLE001 - any engine's error: the rows did not reach the feed
+            raise BackendUnavailable("change feed", f"{error} (the rows are in the warehouse; every "
+                                     "process gets them at its next start)") from None
 
     def snapshot(self, path: str) -> int:
         """Copy the realtime store to the file `path` (`RealtimeStore.backup`) between two feed appends; the

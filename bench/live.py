@@ -225,10 +225,11 @@ _HYDRATED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*realtime stor
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, log_dir: Path, startup_seconds: float = 3600.0, **settings: str
-                   ) -> Iterator[Server]:
+def running_server(data_dir: Path, log_dir: Path, startup_seconds: float = 3600.0, root: Path = ROOT,
+                   on_spawn: Any = None, **settings: str) -> Iterator[Server]:
     """Run `python -m app` on `data_dir` (one process, AUTH off, unless `settings` say otherwise) until the
-    block ends."""
+    block ends: the code of `root` (another tree to compare with); `on_spawn(pid)` is called right after
+    the process starts (say to sample its memory while it starts)."""
     port = free_port()
     env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "PORT": str(port), "AUTH": "off",
            "PYTHONUNBUFFERED": "1", "WORKERS": "1", **settings}
@@ -240,8 +241,10 @@ def running_server(data_dir: Path, log_dir: Path, startup_seconds: float = 3600.
     with open(log_path, "wb") as log:
         spawned_wall = time.time()
         spawned = time.monotonic()
-        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log,
+        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=root, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
+        if on_spawn is not None:
+            on_spawn(process.pid)
         server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
         try:
             deadline = spawned + startup_seconds

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from catalog.base import SourceRecord
 from common.errors import InvalidInput, InvalidQuery
-from sources.rows import stored_rows
+from sources.rows import arrow_schema, stored_rows
 from sql.duckdb_engine import quote_identifier
 from sql.key_pushdown import PointLookup, Refusal, point_lookup
 from sql.prepared import PreparedQuery
@@ -187,30 +187,49 @@ class RealtimeStore(ABC):
 
     def hydrate(self, warehouse: Warehouse, sources: Iterable[SourceRecord], now: float | None = None
                 ) -> dict[str, int]:
-        """Register each table source and copy its hot window from the warehouse, one source at a time
-        (so only one source's rows are held in memory at once; this runs before the service answers)."""
+        """Register each table source and copy its hot window from the warehouse, one source at a time and
+        one batch at a time (`window_batches` into `load`: a source's rows are never all in memory at once;
+        this runs before the service answers)."""
         loaded = {}
         for source in sources:
             self.register(source)
             if source.kind != "table":  # a request source's rows come with each request
                 continue
-            loaded[source.name] = self.append({source.name: window_rows(warehouse, source, self.cutoff(source, now))})[
-                source.name]
+            loaded[source.name] = self.load(source.name, window_batches(warehouse, source, self.cutoff(source, now)))
         return loaded
+
+    def load(self, source: str, batches: Iterable[Any]) -> int:
+        """Add a stream of batches (DataFrames or Arrow tables) of one source's rows in one transaction, all
+        or none (an error of a later batch leaves none of them): hydration and backfills; rows added.
+        This default gathers the batches into one `append`; stores override it to hold one batch at a time."""
+        tables = [batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
+                  for batch in batches]
+        tables = [table for table in tables if table.num_rows]
+        return self.append({source: pa.concat_tables(tables)})[source] if tables else 0
+
+
+def window_batches(warehouse: Warehouse, source: SourceRecord, since: float | None,
+                   through: float | None = None) -> Iterator[pa.Table]:
+    """The source's declared columns of its warehouse rows with event time in (since, through] (epoch
+    seconds; None: unbounded), cast to the declared types (InvalidInput when a value does not fit), as a
+    stream of Arrow tables of at most `warehouse.base.COPY_BATCH_ROWS` rows each (empty ones left out)."""
+    bound = None if through is None else time_value(source, through)
+    for batch in warehouse.recent_batches(source.table, source.event_time, time_value(source, since),
+                                          [c["name"] for c in source.columns]):
+        rows = stored_rows(source, batch)
+        if bound is not None and rows.num_rows:
+            column = rows.column(source.event_time)
+            limit = pa.scalar(bound, column.type) if pa.types.is_timestamp(column.type) else bound
+            rows = rows.filter(pc.fill_null(pc.less_equal(column, limit), False))
+        if rows.num_rows:
+            yield rows
 
 
 def window_rows(warehouse: Warehouse, source: SourceRecord, since: float | None,
-                through: float | None = None) -> Any:
-    """The source's declared columns of its warehouse rows with event time in (since, through] (epoch
-    seconds; None: unbounded), cast to the declared types (InvalidInput when a value does not fit)."""
-    rows = stored_rows(source, warehouse.recent_rows(source.table, source.event_time, time_value(source, since),
-                                                     [c["name"] for c in source.columns]))
-    if through is None or not rows.num_rows:
-        return rows
-    column = rows.column(source.event_time)
-    bound = time_value(source, through)
-    bound = pa.scalar(bound, column.type) if pa.types.is_timestamp(column.type) else bound
-    return rows.filter(pc.fill_null(pc.less_equal(column, bound), False))
+                through: float | None = None) -> pa.Table:
+    """`window_batches` as one table (a small window: a backfill of a new, longer window)."""
+    batches = list(window_batches(warehouse, source, since, through))
+    return pa.concat_tables(batches) if batches else stored_rows(source, arrow_schema(source).empty_table())
 
 
 def time_value(source: SourceRecord, epoch_seconds: float | None) -> Any:

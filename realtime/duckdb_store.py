@@ -9,7 +9,7 @@ function of the store's clock (epoch seconds), as the SQLite store does.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -22,6 +22,7 @@ from sql.prepared import PreparedQuery
 from realtime.base import ROLE, RealtimeStore, index_name, newest_only, rows_table, time_value
 
 
+STAGED_BATCH = "_fs_loading"  # the name a batch being loaded is read by
 QUADRATIC_JOINS = {"CROSS_PRODUCT", "NESTED_LOOP_JOIN", "BLOCKWISE_NL_JOIN"}  # plan operators with no hash key
 
 
@@ -83,6 +84,22 @@ class DuckDBRealtimeStore(RealtimeStore):
             raise InvalidInput(f"the realtime store has no source(s) {unknown}")
         counts = self.engine.append({rows_table(name): frame for name, frame in frames.items()})
         return {name: counts[rows_table(name)] for name in frames}
+
+    def load(self, source: str, batches: Iterable[Any]) -> int:
+        """Insert the batches one at a time in one transaction (DuckDB reads each Arrow table in place)."""
+        if source not in self.sources:
+            raise InvalidInput(f"the realtime store has no source {source!r}")
+        table = quote_identifier(rows_table(source))
+        count = 0
+        with self.engine.transaction() as cursor:
+            for frame in batches:
+                cursor.register(STAGED_BATCH, frame)
+                try:
+                    cursor.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {STAGED_BATCH}")
+                finally:
+                    cursor.unregister(STAGED_BATCH)
+                count += len(frame)
+        return count
 
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
                request_rows: dict[str, Any] | None = None, dtypes: Mapping[str, str] | None = None) -> pd.DataFrame:

@@ -148,6 +148,7 @@ class ReaderPool:
         self._idle: list[Reader] = []
         self._lock = threading.Lock()
         self.closed = False
+        self.opened = 0  # readers opened so far (each is kept until the pool closes)
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[Reader]:
@@ -158,6 +159,8 @@ class ReaderPool:
             reader = self._idle.pop() if self._idle else None
         if reader is None:
             reader = self._open()
+            with self._lock:
+                self.opened += 1
         try:
             yield reader
         finally:

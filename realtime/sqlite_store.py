@@ -26,10 +26,11 @@ deadline. Request rows go to the reader's own temporary tables, which a view
 of the same name shadows for that connection only.
 
 Bulk writes convert each column to Python values once (outside the lock), then
-insert with executemany; a batch at least as large as a table (hydration, a
-first publish) drops that table's indexes and builds them again after the
-insert, inside the same transaction, which sorts once instead of growing each
-B-tree row by row.
+insert with executemany; a batch at least as large as a table (a first publish)
+drops that table's indexes and builds them again after the insert, inside the
+same transaction, which sorts once instead of growing each B-tree row by row.
+Hydration (`load`) streams a source's window in batches through one transaction
+the same way: only one batch is ever converted to Python values at once.
 """
 from __future__ import annotations
 
@@ -203,12 +204,14 @@ class SqliteRealtimeStore(RealtimeStore):
         return sqlite3.SQLITE_OK if self._writing or action in READ_ONLY_ACTIONS else sqlite3.SQLITE_DENY
 
     @contextlib.contextmanager
-    def _writes(self) -> Iterator[None]:
-        """The lock, with the authorizer open to the service's own statements, in one transaction."""
+    def _writes(self, bulk: bool = False) -> Iterator[None]:
+        """The lock, with the authorizer open to the service's own statements, in one transaction; `bulk`: in
+        a rollback journal in memory instead of the WAL while no reader is open (`_bulk_journal`)."""
         with self._lock:
             if self._closed:
                 raise BackendUnavailable(ROLE, "the store is closed")
             self._writing = True
+            journaled = bulk and self._bulk_journal()
             try:
                 self._connection.execute("BEGIN")
                 yield
@@ -221,7 +224,18 @@ class SqliteRealtimeStore(RealtimeStore):
                     raise BackendUnavailable(ROLE, error) from None
                 raise
             finally:
+                if journaled:
+                    self._connection.execute("PRAGMA journal_mode = WAL")
                 self._writing = False
+
+    def _bulk_journal(self) -> bool:
+        """Switch to a rollback journal in memory if no reader has the database open (start-up); whether it
+        did. A bulk transaction then writes its pages once, into the database, where in WAL mode it writes
+        them into the WAL (a second copy of the batch in memory-backed storage) and copies them again at the
+        checkpoint; a rollback still works (only the few pages the database had are journaled)."""
+        if self._readers.opened:
+            return False  # readers keep the WAL open: the switch would wait for them
+        return self._connection.execute("PRAGMA journal_mode = MEMORY").fetchone()[0] == "memory"
 
     def append(self, frames: dict[str, Any]) -> dict[str, int]:
         # Converted before taking the lock, so other writes wait only for the inserts themselves.
@@ -236,6 +250,24 @@ class SqliteRealtimeStore(RealtimeStore):
                 if rebuild:
                     self._rebuild_indexes(name, create=True)
         return {name: count for name, _, count in batches}
+
+    def load(self, source: str, batches: Iterable[Any]) -> int:
+        """Insert the batches one at a time (each converted, inserted, then let go) in one transaction, in a
+        journal in memory rather than the WAL before any reader is open (`_bulk_journal`). Into an empty
+        table, its indexes are dropped first and built once at the end, in the same transaction (one sort per
+        index instead of a B-tree grown row by row)."""
+        count = 0
+        with self._writes(bulk=True):
+            bulk = self._row_estimate(source) == 0
+            if bulk:
+                self._rebuild_indexes(source, create=False)
+            for frame in batches:
+                for insert, rows in self._insert_rows(source, frame):
+                    self._connection.executemany(insert, rows)
+                count += len(frame)
+            if bulk:
+                self._rebuild_indexes(source, create=True)
+        return count
 
     def _insert_rows(self, name: str, frame: Any, schema: str = "") -> list[tuple[str, Iterable[Any]]]:
         """INSERT statements and their parameters for `frame` (into `schema`'s rows table of the source:

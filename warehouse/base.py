@@ -19,6 +19,7 @@ from catalog.base import SourceRecord
 from common.errors import InvalidInput
 
 LEDGER_TABLE = "_fs_batches"  # (source, batch_id) of every batch written with an id; created on first use
+COPY_BATCH_ROWS = 131_072  # rows per batch of a bulk copy out of the warehouse (`recent_batches`)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,17 @@ class Warehouse(ABC):
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
         """`columns` (all when None) of the rows of `table` with `time_column > since` (all rows when None),
         as Arrow or pandas."""
+
+    def recent_batches(self, table: str, time_column: str, since: Any, columns: list[str] | None = None,
+                       rows: int = COPY_BATCH_ROWS) -> Iterator[Any]:
+        """The rows of `recent_rows` as a stream of Arrow tables or DataFrames of at most `rows` rows each, so
+        a bulk copy (hydrating the realtime store) holds one batch at a time; closing it early stops the read.
+        This default reads the whole result first; backends that can stream override it."""
+        result = self.recent_rows(table, time_column, since, columns)
+        if isinstance(result, pd.DataFrame):
+            yield from (result.iloc[start:start + rows] for start in range(0, len(result), rows))
+        else:
+            yield from (result.slice(start, rows) for start in range(0, result.num_rows, rows))
 
     @abstractmethod
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:

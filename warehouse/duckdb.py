@@ -7,13 +7,14 @@ from typing import Any, Iterator
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from catalog.base import SourceRecord
 from common.errors import InvalidQuery
 from sql import types as logical_types
 from common.urls import duckdb_path
 from sql.duckdb_engine import DuckDBEngine, query_timeout, quote_identifier, quote_qualified
-from warehouse.base import LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, WriteReceipt, split_table
+from warehouse.base import COPY_BATCH_ROWS, LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, WriteReceipt, split_table
 
 ROLE = "warehouse"
 
@@ -132,9 +133,21 @@ class DuckDBWarehouse(Warehouse):
         return seen[0] if seen else None
 
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
-        where = "" if since is None else f" WHERE {quote_identifier(time_column)} > ?"
-        selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
-        return self.engine.arrow(f"SELECT {selected} FROM {quote_qualified(table)}{where}", [] if since is None else [since])
+        return self.engine.arrow(*_recent_sql(table, time_column, since, columns))
+
+    def recent_batches(self, table: str, time_column: str, since: Any, columns: list[str] | None = None,
+                       rows: int = COPY_BATCH_ROWS) -> Iterator[Any]:
+        """Arrow record batches from a cursor of the copy's own, computed as they are read (DuckDB streams a
+        plain scan): the whole result is never held, and closing the stream early closes the cursor."""
+        sql, params = _recent_sql(table, time_column, since, columns)
+        cursor = self.engine._connection.cursor()
+        try:
+            with self.engine._translated():
+                reader = cursor.sql(sql, params=params or None).to_arrow_reader(rows)
+                for batch in reader:
+                    yield pa.Table.from_batches([batch])
+        finally:
+            cursor.close()
 
     def table_stats(self, table: str, time_column: str) -> dict[str, Any]:
         column = quote_identifier(time_column)
@@ -147,6 +160,13 @@ class DuckDBWarehouse(Warehouse):
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _recent_sql(table: str, time_column: str, since: Any, columns: list[str] | None) -> tuple[str, list[Any]]:
+    """The SELECT of `recent_rows` and its parameters."""
+    where = "" if since is None else f" WHERE {quote_identifier(time_column)} > ?"
+    selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
+    return f"SELECT {selected} FROM {quote_qualified(table)}{where}", [] if since is None else [since]
 
 
 class _StreamErrors:

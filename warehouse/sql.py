@@ -28,8 +28,8 @@ from common.errors import BackendUnavailable, InvalidInput, InvalidQuery
 from common.urls import sqlalchemy_url
 from sql.duckdb_engine import (_bounded_frame, checked_timeout, python_columns, query_timeout, quote_identifier,
                                quote_qualified)
-from warehouse.base import (LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, WarehouseSnapshot, WriteReceipt,
-                            split_table)
+from warehouse.base import (COPY_BATCH_ROWS, LEDGER_TABLE, BatchMark, StreamDeadline, Warehouse, WarehouseSnapshot,
+                            WriteReceipt, split_table)
 
 ROLE = "warehouse"
 WRITE_DEADLINE_S = 300.0  # client-side limit of one wait on the server for the service's own writes (a big COPY)
@@ -230,12 +230,22 @@ class SqlAlchemyWarehouse(Warehouse):
             cursor.execute("SET TRANSACTION READ ONLY")
 
     def recent_rows(self, table: str, time_column: str, since: Any, columns: list[str] | None = None) -> Any:
-        where = "" if since is None else f" WHERE {quote_identifier(time_column)} > :since"
-        selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
+        statement, params = _recent_sql(table, time_column, since, columns)
+        with self._translated(), self._reading() as connection:
+            return pd.read_sql(statement, connection, params=params, dtype_backend="pyarrow")
+
+    def recent_batches(self, table: str, time_column: str, since: Any, columns: list[str] | None = None,
+                       rows: int = COPY_BATCH_ROWS) -> Iterator[Any]:
+        """DataFrames of `rows` rows from a server-side cursor (`stream_results`): the result is never held whole."""
+        statement, params = _recent_sql(table, time_column, since, columns)
+        with self._translated(), self._reading() as connection:
+            streaming = connection.execution_options(stream_results=True, max_row_buffer=rows)
+            yield from pd.read_sql(statement, streaming, params=params, chunksize=rows, dtype_backend="pyarrow")
+
+    def _reading(self) -> Any:
+        """The connection `consistent_snapshot` pinned on this thread (left open), else a new one."""
         pinned = getattr(self._pinned, "connection", None)
-        with self._translated(), (contextlib.nullcontext(pinned) if pinned else self.sa_engine.connect()) as connection:
-            return pd.read_sql(sa.text(f"SELECT {selected} FROM {quote_qualified(table)}{where}"), connection,
-                               params={} if since is None else {"since": since}, dtype_backend="pyarrow")
+        return contextlib.nullcontext(pinned) if pinned else self.sa_engine.connect()
 
     @contextlib.contextmanager
     def consistent_snapshot(self) -> Iterator[WarehouseSnapshot]:
@@ -323,6 +333,14 @@ def _copy_csv(connection: sa.Connection, table: str, rows: pa.Table) -> None:
             copy.write(buffer.getbuffer())
     except psycopg.Error as error:  # the driver's own error, as SQLAlchemy would have wrapped it
         raise DBAPIError.instance("COPY", None, error, psycopg.Error) from error
+
+
+def _recent_sql(table: str, time_column: str, since: Any, columns: list[str] | None) -> tuple[Any, dict[str, Any]]:
+    """The SELECT of `recent_rows` (a SQLAlchemy text clause) and its parameters."""
+    where = "" if since is None else f" WHERE {quote_identifier(time_column)} > :since"
+    selected = "*" if columns is None else ", ".join(map(quote_identifier, columns))
+    return (sa.text(f"SELECT {selected} FROM {quote_qualified(table)}{where}"),
+            {} if since is None else {"since": since})
 
 
 class _SqlAlchemyErrors:
