@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from catalog.base import QueryRecord
-from checks.consistency import ReplayReport, dtype_names, frame_rows, plain_value, rows_digest, same_rows, with_training_dtypes
+from checks.consistency import (ReplayReport, dtype_names, equal_pairs, frame_rows, plain_value, rows_digest, same_rows,
+                               with_training_dtypes)
 from common.errors import FeatureStoreError
 from sql.prepared import PreparedQuery
 
@@ -87,27 +88,32 @@ class RegistrationReplay:
         in_sync = self._stores_in_sync(training.prepared)
         raw_rows = _rows_by(training.raw, training.raw[key], chosen)
         feature_rows = _rows_by(training.features, entity_keys, chosen)
-        served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # consistent: (lookup rows, features)
+        looked_up = self._looked_up(training, key, chosen, report)
+        trained_raw = {entity: raw_rows.get(entity, training.raw.iloc[:0]) for entity in looked_up}
+        same_input = dict(zip(looked_up, equal_pairs([(trained_raw[e], looked_up[e]) for e in looked_up])))
         unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # same input: (lookup rows, training rows)
-        for entity in chosen:
-            outcome = self._serve(training, key, entity)
-            if isinstance(outcome, str):
-                report.skip(outcome)
-                continue
-            lookup, features = outcome
-            trained_raw = raw_rows.get(entity, training.raw.iloc[:0])
-            if not same_rows(trained_raw, lookup):
+        outcomes: dict[Any, pd.DataFrame | str] = {}  # the served features, or the ETL's error
+        for entity, lookup in looked_up.items():
+            if not (same_input[entity] or same_rows(trained_raw[entity], lookup)):
                 if in_sync:
-                    report.add(entity, trained_raw, lookup, stage="query")
+                    report.add(entity, trained_raw[entity], lookup, stage="query")
                 else:
                     report.skip("input_differs")
                 continue
-            trained = feature_rows.get(entity, training.features.iloc[:0])
-            unchanged[entity] = (lookup, trained)
+            unchanged[entity] = (lookup, feature_rows.get(entity, training.features.iloc[:0]))
+            outcomes[entity] = self._features(training, lookup)
+        ran = [entity for entity, outcome in outcomes.items() if not isinstance(outcome, str)]
+        known_equal = dict(zip(ran, equal_pairs([(unchanged[e][1], outcomes[e]) for e in ran])))
+        served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # consistent: (lookup rows, features)
+        for entity, features in outcomes.items():
             if isinstance(features, str):
                 report.fail(entity, features)
-            elif report.add(entity, trained, features):
-                served[entity] = (lookup, features)
+                continue
+            if known_equal[entity]:
+                report.count_equal()
+            elif not report.add(entity, unchanged[entity][1], features):
+                continue
+            served[entity] = (unchanged[entity][0], features)
         self._repeat(training, key, served, report)
         return {"replayed": True, "index_key": key, "stores_in_sync": in_sync, "entities_sampled": len(chosen),
                 **report.to_dict(), "seconds": round(time.monotonic() - began, 4),
@@ -150,27 +156,46 @@ class RegistrationReplay:
             return False
         return True
 
+    def _looked_up(self, training: TrainingRun, key: str, entities: list[Any], report: ReplayReport
+                   ) -> dict[Any, pd.DataFrame]:
+        """Each entity's rows by the serving point lookup; the ones it cannot look up are counted as skipped."""
+        found = {}
+        for entity in entities:
+            outcome = self._lookup(training, key, entity)
+            if isinstance(outcome, str):
+                report.skip(outcome)
+            else:
+                found[entity] = outcome
+        return found
+
+    def _lookup(self, training: TrainingRun, key: str, entity: Any) -> pd.DataFrame | str:
+        """The entity's rows by the serving point lookup, or why it could not be looked up."""
+        try:
+            lookup = self.service._lookup(training.query, key, entity)[0]
+        except FeatureStoreError:
+            return "lookup_failed"
+        return "not_in_realtime" if lookup.empty else lookup
+
+    def _features(self, training: TrainingRun, lookup: pd.DataFrame) -> pd.DataFrame | str:
+        """The ETL on one entity's lookup rows as serving runs it (training input dtypes, stored state, the
+        training run's as-of time): its features in training column order, or its error."""
+        try:  # (the lookup's types are compared with the training rows' by the caller: no schema check here)
+            features = self.service._run_etl(training.etl_id, training.code, training.code_sha256,
+                                             with_training_dtypes(lookup, training.input_dtypes), training.state,
+                                             training.as_of)
+        except FeatureStoreError as error:  # serving would fail for this training entity
+            return f"{error.code}: {error.message}"
+        names = [str(c) for c in training.features.columns]
+        if set(features.columns) == set(names) and list(features.columns) != names:
+            features = features[names]  # serving answers in training column order
+        return features
+
     def _serve(self, training: TrainingRun, key: str, entity: Any
                ) -> str | tuple[pd.DataFrame, pd.DataFrame | str]:
         """The entity through the serving path: (its lookup rows, its features or the ETL's error on
         them), or why it could not be looked up."""
-        service = self.service
-        try:
-            lookup = service._lookup(training.query, key, entity)[0]
-        except FeatureStoreError:
-            return "lookup_failed"
-        if lookup.empty:
-            return "not_in_realtime"
-        try:  # (the lookup's types are compared with the training rows' by the caller: no schema check here)
-            features = service._run_etl(training.etl_id, training.code, training.code_sha256,
-                                        with_training_dtypes(lookup, training.input_dtypes), training.state,
-                                        training.as_of)
-        except FeatureStoreError as error:  # serving would fail for this training entity
-            return lookup, f"{error.code}: {error.message}"
-        names = [str(c) for c in training.features.columns]
-        if set(features.columns) == set(names) and list(features.columns) != names:
-            features = features[names]  # serving answers in training column order
-        return lookup, features
+        lookup = self._lookup(training, key, entity)
+        return lookup if isinstance(lookup, str) else (lookup, self._features(training, lookup))
 
     def _repeat(self, training: TrainingRun, key: str, served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]],
                 report: ReplayReport) -> None:
