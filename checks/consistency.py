@@ -18,7 +18,7 @@ import orjson
 import pandas as pd
 from pandas.api.types import pandas_dtype
 
-from checks.schema import logical_type
+from checks.schema import dtype_kinds, logical_type
 from common.jsonsafe import json_safe
 
 MAX_EXAMPLES = 5
@@ -89,21 +89,21 @@ JUDGED_BY_VALUES = ("object", "category")  # dtype names that do not fix a colum
 def equal_pairs(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], rel_tol: float = 1e-12,
                 abs_tol: float = 1e-12) -> list[bool]:
     """For each (trained, served) pair, True when `same_rows` surely holds: same column names in the same
-    order, the same dtypes (none judged by its values), as many rows and, in canonical row order, every
-    value equal as `values_equal` has it. Decided for all pairs at once, a few frame operations per group
+    order, dtypes of one logical type (none whose values decide it), as many rows and, in canonical row
+    order, every value equal as `values_equal` has it. Decided for all pairs at once, a few frame operations per group
     of pairs alike in layout instead of hundreds of per-entity comparisons; False means "compare this
     pair in full" (`compare_entity`), not that it differs."""
     verdicts = [False] * len(pairs)
     groups: dict[tuple, list[int]] = {}
     for number, (trained, served) in enumerate(pairs):
         names = [str(c) for c in trained.columns]
-        types = [_dtype_name(d) for d in trained.dtypes]
-        if names != [str(c) for c in served.columns] or types != [_dtype_name(d) for d in served.dtypes] or \
-                len(trained) != len(served) or not trained.columns.is_unique or \
-                any(t in JUDGED_BY_VALUES for t in types):
+        if names != [str(c) for c in served.columns] or len(trained) != len(served) or not trained.columns.is_unique:
             continue
-        groups.setdefault((tuple(names), tuple(types), len(trained)), []).append(number)
-    for (names, _, rows), numbers in groups.items():
+        left, right = list(trained.dtypes), list(served.dtypes)
+        types = ([_dtype_name(d) for d in left], [_dtype_name(d) for d in right])
+        if all(_same_kind(a, b, x, y) for a, b, x, y in zip(*types, left, right)):
+            groups.setdefault((tuple(names), tuple(types[0]), tuple(types[1]), len(trained)), []).append(number)
+    for (names, _, _, rows), numbers in groups.items():
         if rows == 0:
             for number in numbers:
                 verdicts[number] = True
@@ -119,6 +119,26 @@ def equal_pairs(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], rel_tol: float =
         for number, same in zip(numbers, equal.reshape(len(numbers), rows).all(axis=1)):
             verdicts[number] = bool(same)
     return verdicts
+
+
+def _same_kind(left_name: str, right_name: str, left: Any, right: Any) -> bool:
+    """True when columns of these dtypes surely have one logical type (or one of them holds only nulls):
+    `compare_entity` then finds no type difference; False for dtypes whose values decide the type."""
+    if left_name in JUDGED_BY_VALUES or right_name in JUDGED_BY_VALUES:
+        return False
+    return left_name == right_name or _value_kind(left_name, left) == _value_kind(right_name, right) is not None
+
+
+def _value_kind(name: str, dtype: Any) -> str | None:
+    """The one logical type a column of `dtype` has unless all null (None: its values decide)."""
+    if name not in _VALUE_KINDS:
+        kinds = dtype_kinds(dtype)
+        rest = None if kinds is None else kinds - {"null"}
+        _VALUE_KINDS[name] = next(iter(rest)) if rest and len(rest) == 1 else None
+    return _VALUE_KINDS[name]
+
+
+_VALUE_KINDS: dict[str, str | None] = {}
 
 
 def _equal_cells(left: pd.Series, right: pd.Series, rel_tol: float, abs_tol: float) -> np.ndarray:
