@@ -15,11 +15,12 @@ evicted, newer) and it is skipped as ``input_differs``.
 """
 from __future__ import annotations
 
-import random
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from catalog.base import QueryRecord
@@ -86,38 +87,42 @@ class RegistrationReplay:
         report = ReplayReport(columns=[str(c) for c in training.features.columns],
                               query_columns=[str(c) for c in training.raw.columns])
         in_sync = self._stores_in_sync(training.prepared)
+        unchanged, served = self._first_pass(training, key, entity_keys, chosen, in_sync, report)
+        waited = self._repeat(training, key, served, report)
+        return {"replayed": True, "index_key": key, "stores_in_sync": in_sync, "entities_sampled": len(chosen),
+                **report.to_dict(), "seconds": round(time.monotonic() - began, 4),
+                "repeat_wait_seconds": round(waited, 4),
+                "shadow": shadow_sample(key, unchanged)}
+
+    def _first_pass(self, training: TrainingRun, key: str, entity_keys: pd.Series, chosen: list[Any],
+                    in_sync: bool, report: ReplayReport) -> tuple[dict[Any, tuple[pd.DataFrame, pd.DataFrame]],
+                                                                dict[Any, tuple[pd.DataFrame, pd.DataFrame]]]:
+        """Look each entity up, compare its rows with its training input, run the ETL on the unchanged ones
+        and compare with their training features. Returns the unchanged (lookup rows, training features)
+        and the consistent (lookup rows, served features), by entity. Rows are compared for all entities
+        at once (`equal_pairs`), in full only where that finds a difference."""
         raw_rows = _rows_by(training.raw, training.raw[key], chosen)
         feature_rows = _rows_by(training.features, entity_keys, chosen)
         looked_up = self._looked_up(training, key, chosen, report)
         trained_raw = {entity: raw_rows.get(entity, training.raw.iloc[:0]) for entity in looked_up}
-        same_input = dict(zip(looked_up, equal_pairs([(trained_raw[e], looked_up[e]) for e in looked_up])))
-        unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # same input: (lookup rows, training rows)
+        same_input = equal_pairs([(trained_raw[entity], lookup) for entity, lookup in looked_up.items()])
+        unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}
         outcomes: dict[Any, pd.DataFrame | str] = {}  # the served features, or the ETL's error
-        for entity, lookup in looked_up.items():
-            if not (same_input[entity] or same_rows(trained_raw[entity], lookup)):
-                if in_sync:
-                    report.add(entity, trained_raw[entity], lookup, stage="query")
-                else:
-                    report.skip("input_differs")
-                continue
-            unchanged[entity] = (lookup, feature_rows.get(entity, training.features.iloc[:0]))
-            outcomes[entity] = self._features(training, lookup)
-        ran = [entity for entity, outcome in outcomes.items() if not isinstance(outcome, str)]
-        known_equal = dict(zip(ran, equal_pairs([(unchanged[e][1], outcomes[e]) for e in ran])))
-        served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # consistent: (lookup rows, features)
-        for entity, features in outcomes.items():
-            if isinstance(features, str):
-                report.fail(entity, features)
-                continue
-            if known_equal[entity]:
-                report.count_equal()
-            elif not report.add(entity, unchanged[entity][1], features):
-                continue
-            served[entity] = (unchanged[entity][0], features)
-        self._repeat(training, key, served, report)
-        return {"replayed": True, "index_key": key, "stores_in_sync": in_sync, "entities_sampled": len(chosen),
-                **report.to_dict(), "seconds": round(time.monotonic() - began, 4),
-                "shadow": shadow_sample(key, unchanged)}
+        for (entity, lookup), same in zip(looked_up.items(), same_input):
+            if same or same_rows(trained_raw[entity], lookup):
+                unchanged[entity] = (lookup, feature_rows.get(entity, training.features.iloc[:0]))
+                outcomes[entity] = self._features(training, lookup)
+            elif in_sync:
+                report.add(entity, trained_raw[entity], lookup, stage="query")
+            else:
+                report.skip("input_differs")
+        for entity, error in outcomes.items():
+            if isinstance(error, str):
+                report.fail(entity, error)
+        ran = {entity: (unchanged[entity][1], features) for entity, features in outcomes.items()
+               if not isinstance(features, str)}
+        consistent = _compared(ran, "features", report)
+        return unchanged, {entity: (unchanged[entity][0], ran[entity][1]) for entity in consistent}
 
     def _replay_key(self, training: TrainingRun) -> tuple[str | None, str]:
         """The column entities are looked up by (an entity key of a source, else the first column)."""
@@ -198,27 +203,45 @@ class RegistrationReplay:
         return lookup if isinstance(lookup, str) else (lookup, self._features(training, lookup))
 
     def _repeat(self, training: TrainingRun, key: str, served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]],
-                report: ReplayReport) -> None:
-        """Serve some consistent entities again, at least the gap after training, and compare."""
+                report: ReplayReport) -> float:
+        """Serve some consistent entities again, at least the gap after training, and compare; the seconds
+        it waited for the gap."""
         entities = list(served)[: self.options.repeat_entities]
         if not entities:
-            return
-        wait = training.started + self.options.repeat_gap_seconds - time.monotonic()
+            return 0.0
+        wait = max(training.started + self.options.repeat_gap_seconds - time.monotonic(), 0.0)
         if wait > 0:
             time.sleep(wait)
+        again = {}
         for entity in entities:
             outcome = self._serve(training, key, entity)
             first_lookup, first_features = served[entity]
             if isinstance(outcome, str) or isinstance(outcome[1], str) or not same_rows(first_lookup, outcome[0]):
                 continue  # its data moved meanwhile (or it failed): nothing to say about determinism
-            report.add(entity, first_features, outcome[1], stage="repeat")
+            again[entity] = (first_features, outcome[1])
+        _compared(again, "repeat", report)
+        return wait
+
+
+def _compared(pairs: dict[Any, tuple[pd.DataFrame, pd.DataFrame]], stage: str, report: ReplayReport) -> list[Any]:
+    """Count each entity's (earlier, served) rows at `stage` in `report`: the entities found equal."""
+    equal = []
+    for (entity, (earlier, served)), same in zip(pairs.items(), equal_pairs(list(pairs.values()))):
+        if same:
+            report.count_equal(stage)
+        elif not report.add(entity, earlier, served, stage=stage):
+            continue
+        equal.append(entity)
+    return equal
 
 
 def choose_entities(features: pd.DataFrame, entity_keys: pd.Series, k: int, seed: str) -> list[Any]:
     """Up to `k` distinct entities: coverage first (a null of each column with nulls, each numeric
     column's minimum and maximum, the entity with most rows), then a random sample seeded by `seed`. Over
-    more than `SAMPLED_ROWS` rows, "most rows" and the sample come from that many random rows."""
-    keys = pd.Series(entity_keys.to_numpy(), index=features.index).dropna()
+    more than `SAMPLED_ROWS` rows, "most rows" and the sample come from that many random rows. (Column
+    operations throughout: on a million rows, converting the keys to Python objects and back, or drawing
+    positions with `random`, cost more than the replay's lookups.)"""
+    keys = pd.Series(entity_keys.array, index=features.index, copy=False).dropna()
     if keys.empty or k <= 0:
         return []
     chosen: dict[Any, None] = {}
@@ -230,16 +253,20 @@ def choose_entities(features: pd.DataFrame, entity_keys: pd.Series, k: int, seed
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) and values.notna().any():
             _take(chosen, keys, values.idxmin())
             _take(chosen, keys, values.idxmax())
-    rng = random.Random(seed)
-    if len(keys) > SAMPLED_ROWS:  # counting every key of a large frame costs more than the replay itself
-        keys = keys.iloc[sorted(rng.sample(range(len(keys)), SAMPLED_ROWS))]
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
+    if len(keys) > SAMPLED_ROWS:
+        keys = keys.iloc[np.sort(rng.choice(len(keys), SAMPLED_ROWS, replace=False))]
     counts = keys.value_counts()
     if len(counts):
-        chosen.setdefault(counts.index[0], None)
+        chosen.setdefault(_plain(counts.index[0]), None)
     picked = list(chosen)[:k]
-    rest = [value for value in counts.index.tolist() if value not in chosen]
-    picked += rng.sample(rest, min(k - len(picked), len(rest)))
-    return [v.item() if hasattr(v, "item") else v for v in picked]
+    rest = counts.index[~counts.index.isin(list(chosen))]
+    draws = rng.choice(len(rest), min(k - len(picked), len(rest)), replace=False)
+    return [_plain(v) for v in picked + rest[draws].tolist()]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def _take(chosen: dict[Any, None], keys: pd.Series, label: Any) -> None:
@@ -247,16 +274,14 @@ def _take(chosen: dict[Any, None], keys: pd.Series, label: Any) -> None:
         value = keys.loc[label]
         if isinstance(value, pd.Series):
             value = value.iloc[0]
-        chosen.setdefault(value, None)
+        chosen.setdefault(_plain(value), None)
 
 
 def _rows_by(frame: pd.DataFrame, keys: pd.Series, chosen: list[Any]) -> dict[Any, pd.DataFrame]:
     """The rows of each chosen entity (one pass over the frame, not one per entity)."""
-    aligned = pd.Series(keys.to_numpy(), index=frame.index)
-    mask = aligned.isin(chosen)
-    subset = frame[mask.to_numpy()]
-    return {(value.item() if hasattr(value, "item") else value): rows
-            for value, rows in subset.groupby(aligned[mask].to_numpy(), sort=False)}
+    positions = np.flatnonzero(pd.Series(keys.array, copy=False).isin(chosen).to_numpy(dtype=bool))
+    subset = frame.iloc[positions]
+    return {_plain(value): rows for value, rows in subset.groupby(keys.array[positions], sort=False)}
 
 
 def shadow_sample(key: str, unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, Any]:
