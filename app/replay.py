@@ -15,10 +15,11 @@ evicted, newer) and it is skipped as ``input_differs``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -107,15 +108,14 @@ class RegistrationReplay:
         trained_raw = {entity: raw_rows.get(entity, training.raw.iloc[:0]) for entity in looked_up}
         same_input = equal_pairs([(trained_raw[entity], lookup) for entity, lookup in looked_up.items()])
         unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}
-        outcomes: dict[Any, pd.DataFrame | str] = {}  # the served features, or the ETL's error
         for (entity, lookup), same in zip(looked_up.items(), same_input):
             if same or same_rows(trained_raw[entity], lookup):
                 unchanged[entity] = (lookup, feature_rows.get(entity, training.features.iloc[:0]))
-                outcomes[entity] = self._features(training, lookup)
             elif in_sync:
                 report.add(entity, trained_raw[entity], lookup, stage="query")
             else:
                 report.skip("input_differs")
+        outcomes = dict(zip(unchanged, self._features_each(training, [lookup for lookup, _ in unchanged.values()])))
         for entity, error in outcomes.items():
             if isinstance(error, str):
                 report.fail(entity, error)
@@ -181,13 +181,34 @@ class RegistrationReplay:
             return "lookup_failed"
         return "not_in_realtime" if lookup.empty else lookup
 
+    def _features_each(self, training: TrainingRun, lookups: list[pd.DataFrame]) -> list[pd.DataFrame | str]:
+        """`_features` of each lookup, the ETL runs handed to the runner at once (`EtlRunner.run_each`: one
+        thread hand-off, each run under the ETL time limit). Each run is still on its own one-entity frame."""
+        service = self.service
+        outputs = service.runner.run_each(training.etl_id, training.code, training.code_sha256,
+                                          [with_training_dtypes(lookup, training.input_dtypes) for lookup in lookups],
+                                          training.state, training.as_of)
+
+        def checked(output: pd.DataFrame | FeatureStoreError) -> pd.DataFrame:
+            if isinstance(output, FeatureStoreError):
+                raise output
+            return service._etl_output(output)
+
+        return [self._served_features(training, functools.partial(checked, output)) for output in outputs]
+
     def _features(self, training: TrainingRun, lookup: pd.DataFrame) -> pd.DataFrame | str:
         """The ETL on one entity's lookup rows as serving runs it (training input dtypes, stored state, the
         training run's as-of time): its features in training column order, or its error."""
-        try:  # (the lookup's types are compared with the training rows' by the caller: no schema check here)
-            features = self.service._run_etl(training.etl_id, training.code, training.code_sha256,
-                                             with_training_dtypes(lookup, training.input_dtypes), training.state,
-                                             training.as_of)
+        # (the lookup's types are compared with the training rows' by the caller: no schema check here)
+        return self._served_features(training, lambda: self.service._run_etl(
+            training.etl_id, training.code, training.code_sha256, with_training_dtypes(lookup, training.input_dtypes),
+            training.state, training.as_of))
+
+    @staticmethod
+    def _served_features(training: TrainingRun, run: Callable[[], pd.DataFrame]) -> pd.DataFrame | str:
+        """`run()`'s features in training column order, or its error as text."""
+        try:
+            features = run()
         except FeatureStoreError as error:  # serving would fail for this training entity
             return f"{error.code}: {error.message}"
         names = [str(c) for c in training.features.columns]

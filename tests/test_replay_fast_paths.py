@@ -7,6 +7,7 @@ pairs a replay sees (else it saves nothing).
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pandas as pd
@@ -96,3 +97,66 @@ def test_infinities_and_nulls_compare_as_values_equal_has_them():
              for i in range(len(left))]
     assert equal_pairs(pairs) == [True] * 5 + [True, False, True, False, True]
     assert [same_rows(t, s) for t, s in pairs] == [True] * 5 + [True, False, True, False, True]
+
+
+# -- EtlRunner.run_each: the replay's ETL runs, handed to the ETL thread at once -----------------------
+
+def _code(body: str) -> tuple[str, str]:
+    import hashlib
+    import textwrap
+
+    code = "import os\nimport time\nimport pandas as pd\nfrom extraction.etl_contract import BaseEtl\n\n\n" \
+           "class Etl(BaseEtl):\n    def transform(self, df):\n" + textwrap.indent(textwrap.dedent(body), "        ")
+    return code, hashlib.sha256(code.encode()).hexdigest()
+
+
+FRAMES = [pd.DataFrame({"user_id": [i], "x": [float(i)]}) for i in range(6)]
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_run_each_answers_as_run_does_frame_by_frame(timeout):
+    """Results equal `run`'s on each frame (each its own one-entity frame: len(df) is 1), errors returned
+    in place, not raised."""
+    from common.errors import EtlFailed
+    from etl.runner import EtlRunner
+
+    code, sha = _code('if df["user_id"].iloc[0] == 3:\n    raise ValueError("three")\n'
+                      'return df.assign(rows=len(df), y=df["x"] * self.state["k"])\n')
+    runner = EtlRunner(timeout=timeout)
+    try:
+        each = runner.run_each("k", code, sha, FRAMES, {"k": 2})
+        for frame, outcome in zip(FRAMES, each):
+            if frame["user_id"].iloc[0] == 3:
+                assert isinstance(outcome, EtlFailed) and "three" in outcome.message
+                with pytest.raises(EtlFailed, match="three"):
+                    runner.run("k", code, sha, frame, {"k": 2})
+            else:
+                pd.testing.assert_frame_equal(outcome, runner.run("k", code, sha, frame, {"k": 2}))
+                assert outcome["rows"].tolist() == [1]
+    finally:
+        runner.close()
+
+
+def test_run_each_limits_each_run_from_its_own_start(tmp_path):
+    """Six runs of 0.15 s under a 0.4 s limit all answer (0.9 s in all); a run stuck past the limit is
+    etl_timeout, its thread counted as stuck until it ends, and the runs after it still answer."""
+    from etl.runner import EtlRunner
+
+    release = tmp_path / "release"
+    code, sha = _code(f'if df["user_id"].iloc[0] == 2:\n    while not os.path.exists({str(release)!r}):\n'
+                      '        time.sleep(0.01)\nelse:\n    time.sleep(0.15)\nreturn df\n')
+    runner = EtlRunner(timeout=0.4, threads=2)
+    try:
+        slow, slow_sha = _code("time.sleep(0.15)\nreturn df\n")
+        assert all(isinstance(out, pd.DataFrame) for out in runner.run_each("s", slow, slow_sha, FRAMES))
+        each = runner.run_each("k", code, sha, FRAMES)
+        assert [type(out).__name__ for out in each] == ["DataFrame"] * 2 + ["EtlFailed"] + ["DataFrame"] * 3
+        assert each[2].code == "etl_timeout" and runner.status()["stuck_threads"] == 1
+        release.touch()
+        deadline = time.monotonic() + 5
+        while runner.status()["stuck_threads"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runner.status()["stuck_threads"] == 0
+    finally:
+        release.touch()
+        runner.close()
