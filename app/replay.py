@@ -6,7 +6,9 @@ each numeric column, the entity with the most rows) and then at random — and r
 serving path: the point lookup on the realtime store, the ETL on that one entity's frame with the
 stored state, at the training run's as-of time. Its features must equal its training rows (checks/
 consistency.py). A second pass over some of them, at least `repeat_gap_seconds` after the training
-run, catches features that depend on the wall clock or on randomness.
+run, catches features that depend on the wall clock or on randomness. The first pass hands its ETL runs
+to the runner at once and compares all entities in a few frame operations (its cost is the serving path's
+per entity, not the comparisons'); the second runs serving's own calls one entity at a time.
 
 The realtime rows of an entity are compared with its warehouse rows first. When both stores hold the
 same source rows (no hot window, equal row counts), a difference there is the engines disagreeing on
