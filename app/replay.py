@@ -6,7 +6,9 @@ each numeric column, the entity with the most rows) and then at random — and r
 serving path: the point lookup on the realtime store, the ETL on that one entity's frame with the
 stored state, at the training run's as-of time. Its features must equal its training rows (checks/
 consistency.py). A second pass over some of them, at least `repeat_gap_seconds` after the training
-run, catches features that depend on the wall clock or on randomness.
+run, catches features that depend on the wall clock or on randomness. The first pass hands its ETL runs
+to the runner at once and compares all entities in a few frame operations (its cost is the serving path's
+per entity, not the comparisons'); the second runs serving's own calls one entity at a time.
 
 The realtime rows of an entity are compared with its warehouse rows first. When both stores hold the
 same source rows (no hot window, equal row counts), a difference there is the engines disagreeing on
@@ -15,15 +17,18 @@ evicted, newer) and it is skipped as ``input_differs``.
 """
 from __future__ import annotations
 
-import random
+import functools
+import hashlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from catalog.base import QueryRecord
-from checks.consistency import ReplayReport, dtype_names, frame_rows, plain_value, rows_digest, same_rows, with_training_dtypes
+from checks.consistency import (ReplayReport, dtype_names, equal_pairs, frame_rows, plain_value, rows_digest, same_rows,
+                               with_training_dtypes)
 from common.errors import FeatureStoreError
 from sql.prepared import PreparedQuery
 
@@ -85,33 +90,41 @@ class RegistrationReplay:
         report = ReplayReport(columns=[str(c) for c in training.features.columns],
                               query_columns=[str(c) for c in training.raw.columns])
         in_sync = self._stores_in_sync(training.prepared)
-        raw_rows = _rows_by(training.raw, training.raw[key], chosen)
-        feature_rows = _rows_by(training.features, entity_keys, chosen)
-        served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # consistent: (lookup rows, features)
-        unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}  # same input: (lookup rows, training rows)
-        for entity in chosen:
-            outcome = self._serve(training, key, entity)
-            if isinstance(outcome, str):
-                report.skip(outcome)
-                continue
-            lookup, features = outcome
-            trained_raw = raw_rows.get(entity, training.raw.iloc[:0])
-            if not same_rows(trained_raw, lookup):
-                if in_sync:
-                    report.add(entity, trained_raw, lookup, stage="query")
-                else:
-                    report.skip("input_differs")
-                continue
-            trained = feature_rows.get(entity, training.features.iloc[:0])
-            unchanged[entity] = (lookup, trained)
-            if isinstance(features, str):
-                report.fail(entity, features)
-            elif report.add(entity, trained, features):
-                served[entity] = (lookup, features)
-        self._repeat(training, key, served, report)
+        unchanged, served = self._first_pass(training, key, entity_keys, chosen, in_sync, report)
+        waited = self._repeat(training, key, served, report)
         return {"replayed": True, "index_key": key, "stores_in_sync": in_sync, "entities_sampled": len(chosen),
                 **report.to_dict(), "seconds": round(time.monotonic() - began, 4),
+                "repeat_wait_seconds": round(waited, 4),
                 "shadow": shadow_sample(key, unchanged)}
+
+    def _first_pass(self, training: TrainingRun, key: str, entity_keys: pd.Series, chosen: list[Any],
+                    in_sync: bool, report: ReplayReport) -> tuple[dict[Any, tuple[pd.DataFrame, pd.DataFrame]],
+                                                                dict[Any, tuple[pd.DataFrame, pd.DataFrame]]]:
+        """Look each entity up, compare its rows with its training input, run the ETL on the unchanged ones
+        and compare with their training features. Returns the unchanged (lookup rows, training features)
+        and the consistent (lookup rows, served features), by entity. Rows are compared for all entities
+        at once (`equal_pairs`), in full only where that finds a difference."""
+        raw_rows = _rows_by(training.raw, training.raw[key], chosen)
+        feature_rows = _rows_by(training.features, entity_keys, chosen)
+        looked_up = self._looked_up(training, key, chosen, report)
+        trained_raw = {entity: raw_rows.get(entity, training.raw.iloc[:0]) for entity in looked_up}
+        same_input = equal_pairs([(trained_raw[entity], lookup) for entity, lookup in looked_up.items()])
+        unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        for (entity, lookup), same in zip(looked_up.items(), same_input):
+            if same or same_rows(trained_raw[entity], lookup):
+                unchanged[entity] = (lookup, feature_rows.get(entity, training.features.iloc[:0]))
+            elif in_sync:
+                report.add(entity, trained_raw[entity], lookup, stage="query")
+            else:
+                report.skip("input_differs")
+        outcomes = dict(zip(unchanged, self._features_each(training, [lookup for lookup, _ in unchanged.values()])))
+        for entity, error in outcomes.items():
+            if isinstance(error, str):
+                report.fail(entity, error)
+        ran = {entity: (unchanged[entity][1], features) for entity, features in outcomes.items()
+               if not isinstance(features, str)}
+        consistent = _compared(ran, "features", report)
+        return unchanged, {entity: (unchanged[entity][0], ran[entity][1]) for entity in consistent}
 
     def _replay_key(self, training: TrainingRun) -> tuple[str | None, str]:
         """The column entities are looked up by (an entity key of a source, else the first column)."""
@@ -150,50 +163,108 @@ class RegistrationReplay:
             return False
         return True
 
+    def _looked_up(self, training: TrainingRun, key: str, entities: list[Any], report: ReplayReport
+                   ) -> dict[Any, pd.DataFrame]:
+        """Each entity's rows by the serving point lookup; the ones it cannot look up are counted as skipped."""
+        found = {}
+        for entity in entities:
+            outcome = self._lookup(training, key, entity)
+            if isinstance(outcome, str):
+                report.skip(outcome)
+            else:
+                found[entity] = outcome
+        return found
+
+    def _lookup(self, training: TrainingRun, key: str, entity: Any) -> pd.DataFrame | str:
+        """The entity's rows by the serving point lookup, or why it could not be looked up."""
+        try:
+            lookup = self.service._lookup(training.query, key, entity)[0]
+        except FeatureStoreError:
+            return "lookup_failed"
+        return "not_in_realtime" if lookup.empty else lookup
+
+    def _features_each(self, training: TrainingRun, lookups: list[pd.DataFrame]) -> list[pd.DataFrame | str]:
+        """`_features` of each lookup, the ETL runs handed to the runner at once (`EtlRunner.run_each`: one
+        thread hand-off, each run under the ETL time limit). Each run is still on its own one-entity frame."""
+        service = self.service
+        outputs = service.runner.run_each(training.etl_id, training.code, training.code_sha256,
+                                          [with_training_dtypes(lookup, training.input_dtypes) for lookup in lookups],
+                                          training.state, training.as_of)
+
+        def checked(output: pd.DataFrame | FeatureStoreError) -> pd.DataFrame:
+            if isinstance(output, FeatureStoreError):
+                raise output
+            return service._etl_output(output)
+
+        return [self._served_features(training, functools.partial(checked, output)) for output in outputs]
+
+    def _features(self, training: TrainingRun, lookup: pd.DataFrame) -> pd.DataFrame | str:
+        """The ETL on one entity's lookup rows as serving runs it (training input dtypes, stored state, the
+        training run's as-of time): its features in training column order, or its error."""
+        # (the lookup's types are compared with the training rows' by the caller: no schema check here)
+        return self._served_features(training, lambda: self.service._run_etl(
+            training.etl_id, training.code, training.code_sha256, with_training_dtypes(lookup, training.input_dtypes),
+            training.state, training.as_of))
+
+    @staticmethod
+    def _served_features(training: TrainingRun, run: Callable[[], pd.DataFrame]) -> pd.DataFrame | str:
+        """`run()`'s features in training column order, or its error as text."""
+        try:
+            features = run()
+        except FeatureStoreError as error:  # serving would fail for this training entity
+            return f"{error.code}: {error.message}"
+        names = [str(c) for c in training.features.columns]
+        if set(features.columns) == set(names) and list(features.columns) != names:
+            features = features[names]  # serving answers in training column order
+        return features
+
     def _serve(self, training: TrainingRun, key: str, entity: Any
                ) -> str | tuple[pd.DataFrame, pd.DataFrame | str]:
         """The entity through the serving path: (its lookup rows, its features or the ETL's error on
         them), or why it could not be looked up."""
-        service = self.service
-        try:
-            lookup = service._lookup(training.query, key, entity)[0]
-        except FeatureStoreError:
-            return "lookup_failed"
-        if lookup.empty:
-            return "not_in_realtime"
-        try:  # (the lookup's types are compared with the training rows' by the caller: no schema check here)
-            features = service._run_etl(training.etl_id, training.code, training.code_sha256,
-                                        with_training_dtypes(lookup, training.input_dtypes), training.state,
-                                        training.as_of)
-        except FeatureStoreError as error:  # serving would fail for this training entity
-            return lookup, f"{error.code}: {error.message}"
-        names = [str(c) for c in training.features.columns]
-        if set(features.columns) == set(names) and list(features.columns) != names:
-            features = features[names]  # serving answers in training column order
-        return lookup, features
+        lookup = self._lookup(training, key, entity)
+        return lookup if isinstance(lookup, str) else (lookup, self._features(training, lookup))
 
     def _repeat(self, training: TrainingRun, key: str, served: dict[Any, tuple[pd.DataFrame, pd.DataFrame]],
-                report: ReplayReport) -> None:
-        """Serve some consistent entities again, at least the gap after training, and compare."""
+                report: ReplayReport) -> float:
+        """Serve some consistent entities again, at least the gap after training, and compare; the seconds
+        it waited for the gap."""
         entities = list(served)[: self.options.repeat_entities]
         if not entities:
-            return
-        wait = training.started + self.options.repeat_gap_seconds - time.monotonic()
+            return 0.0
+        wait = max(training.started + self.options.repeat_gap_seconds - time.monotonic(), 0.0)
         if wait > 0:
             time.sleep(wait)
+        again = {}
         for entity in entities:
             outcome = self._serve(training, key, entity)
             first_lookup, first_features = served[entity]
             if isinstance(outcome, str) or isinstance(outcome[1], str) or not same_rows(first_lookup, outcome[0]):
                 continue  # its data moved meanwhile (or it failed): nothing to say about determinism
-            report.add(entity, first_features, outcome[1], stage="repeat")
+            again[entity] = (first_features, outcome[1])
+        _compared(again, "repeat", report)
+        return wait
+
+
+def _compared(pairs: dict[Any, tuple[pd.DataFrame, pd.DataFrame]], stage: str, report: ReplayReport) -> list[Any]:
+    """Count each entity's (earlier, served) rows at `stage` in `report`: the entities found equal."""
+    equal = []
+    for (entity, (earlier, served)), same in zip(pairs.items(), equal_pairs(list(pairs.values()))):
+        if same:
+            report.count_equal(stage)
+        elif not report.add(entity, earlier, served, stage=stage):
+            continue
+        equal.append(entity)
+    return equal
 
 
 def choose_entities(features: pd.DataFrame, entity_keys: pd.Series, k: int, seed: str) -> list[Any]:
     """Up to `k` distinct entities: coverage first (a null of each column with nulls, each numeric
     column's minimum and maximum, the entity with most rows), then a random sample seeded by `seed`. Over
-    more than `SAMPLED_ROWS` rows, "most rows" and the sample come from that many random rows."""
-    keys = pd.Series(entity_keys.to_numpy(), index=features.index).dropna()
+    more than `SAMPLED_ROWS` rows, "most rows" and the sample come from that many random rows. (Column
+    operations throughout: on a million rows, converting the keys to Python objects and back, or drawing
+    positions with `random`, cost more than the replay's lookups.)"""
+    keys = pd.Series(entity_keys.array, index=features.index, copy=False).dropna()
     if keys.empty or k <= 0:
         return []
     chosen: dict[Any, None] = {}
@@ -205,16 +276,20 @@ def choose_entities(features: pd.DataFrame, entity_keys: pd.Series, k: int, seed
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) and values.notna().any():
             _take(chosen, keys, values.idxmin())
             _take(chosen, keys, values.idxmax())
-    rng = random.Random(seed)
-    if len(keys) > SAMPLED_ROWS:  # counting every key of a large frame costs more than the replay itself
-        keys = keys.iloc[sorted(rng.sample(range(len(keys)), SAMPLED_ROWS))]
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
+    if len(keys) > SAMPLED_ROWS:
+        keys = keys.iloc[np.sort(rng.choice(len(keys), SAMPLED_ROWS, replace=False))]
     counts = keys.value_counts()
     if len(counts):
-        chosen.setdefault(counts.index[0], None)
+        chosen.setdefault(_plain(counts.index[0]), None)
     picked = list(chosen)[:k]
-    rest = [value for value in counts.index.tolist() if value not in chosen]
-    picked += rng.sample(rest, min(k - len(picked), len(rest)))
-    return [v.item() if hasattr(v, "item") else v for v in picked]
+    rest = counts.index[~counts.index.isin(list(chosen))]
+    draws = rng.choice(len(rest), min(k - len(picked), len(rest)), replace=False)
+    return [_plain(v) for v in picked + rest[draws].tolist()]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def _take(chosen: dict[Any, None], keys: pd.Series, label: Any) -> None:
@@ -222,16 +297,14 @@ def _take(chosen: dict[Any, None], keys: pd.Series, label: Any) -> None:
         value = keys.loc[label]
         if isinstance(value, pd.Series):
             value = value.iloc[0]
-        chosen.setdefault(value, None)
+        chosen.setdefault(_plain(value), None)
 
 
 def _rows_by(frame: pd.DataFrame, keys: pd.Series, chosen: list[Any]) -> dict[Any, pd.DataFrame]:
     """The rows of each chosen entity (one pass over the frame, not one per entity)."""
-    aligned = pd.Series(keys.to_numpy(), index=frame.index)
-    mask = aligned.isin(chosen)
-    subset = frame[mask.to_numpy()]
-    return {(value.item() if hasattr(value, "item") else value): rows
-            for value, rows in subset.groupby(aligned[mask].to_numpy(), sort=False)}
+    positions = np.flatnonzero(pd.Series(keys.array, copy=False).isin(chosen).to_numpy(dtype=bool))
+    subset = frame.iloc[positions]
+    return {_plain(value): rows for value, rows in subset.groupby(keys.array[positions], sort=False)}
 
 
 def shadow_sample(key: str, unchanged: dict[Any, tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, Any]:

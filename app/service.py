@@ -358,6 +358,9 @@ class FeatureService:
         extra = self._training_extra(hot_window, spine)
         if spine is None:
             extra["input_dtypes"] = dtype_names(raw)  # serving hands the ETL these (checks/consistency.py)
+        # before the replay: a registration quicker than CONSISTENCY_REPEAT_GAP_SECONDS computes them while
+        # it would otherwise wait for the repeat pass
+        training_stats = frame_stats(features) if save else None
         if save and registered is None and spine is None:
             extra["consistency"] = self._replayed(TrainingRun(
                 etl_id, fetched.code, fetched.code_sha256, query, prepared, raw, features, state, as_of, started),
@@ -367,7 +370,7 @@ class FeatureService:
                 etl_id=etl_id, name=name or PurePosixPath(fetched.source.path or fetched.source.url).stem,
                 query_id=query_id, source=fetched.source, code=fetched.code, code_sha256=fetched.code_sha256,
                 schema=schema, created_by=created_by, created_at=utc_now(), state=state,
-                expectations=expectations, serving_policy=policy, training_stats=frame_stats(features),
+                expectations=expectations, serving_policy=policy, training_stats=training_stats,
                 extra=extra))
         return record, frame_schema(answer) if spine else record.schema if record else schema, \
             answer if include_data else None
@@ -657,8 +660,12 @@ class FeatureService:
 
     def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame,
                  state: dict[str, Any], as_of: Any = None) -> pd.DataFrame:
-        features = self.runner.run(etl_id, code, code_sha256, raw, state,
-                                   pd.Timestamp.now(tz="UTC") if as_of is None else as_of)
+        return self._etl_output(self.runner.run(etl_id, code, code_sha256, raw, state,
+                                                pd.Timestamp.now(tz="UTC") if as_of is None else as_of))
+
+    @staticmethod
+    def _etl_output(features: pd.DataFrame) -> pd.DataFrame:
+        """An ETL's result as served: EtlFailed on duplicate column names, the names as text."""
         names = [str(column) for column in features.columns]
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:

@@ -29,6 +29,7 @@ limit, with a memory limit and no network.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import linecache
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import pandas as pd
 
-from common.errors import BackendUnavailable, EtlFailed, EtlTampered, InvalidEtl
+from common.errors import BackendUnavailable, EtlFailed, EtlTampered, FeatureStoreError, InvalidEtl
 from common.jsonsafe import json_safe
 from etl.contract import BaseEtl, install_compat_module
 from etl.output import captured
@@ -119,6 +120,20 @@ class EtlRunner:
         if self._inline is not None and len(frame) <= INLINE_MAX_ROWS:
             return self._small_run(etl_key, code_sha256, call)
         return self._limited(etl_key, call)
+
+    def run_each(self, etl_key: str, code: str, code_sha256: str, frames: list[pd.DataFrame],
+                 state: dict[str, Any] | None = None, as_of: pd.Timestamp | None = None
+                 ) -> list[pd.DataFrame | FeatureStoreError]:
+        """`run` on each frame in turn: its result, or the FeatureStoreError `run` would raise. In process,
+        the frames go to one ETL thread in one hand-off (not one each: under load, waking a thread per
+        one-row frame costs as much as the ETL), each still under the time limit, counted from its own start."""
+        verify_sha256(etl_key, code, code_sha256)
+        if self.isolation is not None or self._threads is None:
+            return [_outcome(lambda frame=frame: self.run(etl_key, code, code_sha256, frame, state, as_of))
+                    for frame in frames]
+        calls = [functools.partial(captured, etl_key, functools.partial(
+            self._run, etl_key, code, code_sha256, frame, state, as_of)) for frame in frames]
+        return self._threads.call_each(etl_key, calls, self.timeout)
 
     def declarations(self, etl_key: str, code: str, code_sha256: str) -> tuple[dict[str, Any], str]:
         """The ETL class's `expectations` and `serving_violations` policy, validated."""
@@ -364,23 +379,12 @@ class _EtlThreads:
 
     def call(self, etl_key: str, function: Callable[[], T], timeout: float) -> T:
         """`function()` on a pool thread; EtlFailed ``etl_timeout`` if it runs longer than `timeout` seconds."""
-        task = _Call(function)
-        with self._lock:
-            if self._stuck >= self.size:
-                raise BackendUnavailable("etl runner", f"all {self.size} ETL threads are still running ETL calls "
-                                         "that exceeded their time limit; they end only when those ETLs return")
-            if self._free <= 0 and self._threads < self.size:
-                self._threads += 1
-                self._free += 1
-                threading.Thread(target=self._work, name=f"etl-{self._threads}", daemon=True).start()
-            self._free -= 1
-        self._tasks.put(task)
+        task = self._submit(function)
         if not task.done.wait(timeout):
             with self._lock:
                 if task.started is None:  # every thread busy the whole time: it never ran
                     task.cancelled = True
-                    raise BackendUnavailable("etl runner", f"no ETL thread became free within {timeout:g} s "
-                                             f"({self._stuck} of {self.size} stuck past their time limit)")
+                    raise self._no_thread(timeout)
                 remaining = task.started + timeout - time.monotonic()
             if remaining <= 0 or not task.done.wait(remaining):
                 with self._lock:
@@ -392,6 +396,76 @@ class _EtlThreads:
             error, task.error = task.error, None
             raise error
         return task.result
+
+    def call_each(self, etl_key: str, functions: list[Callable[[], Any]], timeout: float) -> list[Any]:
+        """Each of `functions` in turn on one pool thread, handed over once: per function its result or the
+        FeatureStoreError it raised. Each has `timeout` seconds from its own start, as with `call`; past it
+        that one is EtlFailed ``etl_timeout``, the thread is abandoned (stuck until the ETL returns) and the
+        functions after it go through `call` one by one."""
+        outcomes: list[Any] = []
+        progress = threading.Condition()
+        current: list[float] = []  # when the function running now started
+        given_up: list[bool] = []  # set (under `progress`) when the caller abandons the rest
+
+        def run_all() -> None:
+            for function in functions:
+                with progress:
+                    if given_up:
+                        return
+                    current[:] = [time.monotonic()]
+                outcome = _outcome(function)
+                with progress:
+                    outcomes.append(outcome)
+                    current[:] = [time.monotonic()]  # the next one's limit counts from here at the earliest
+                    progress.notify_all()
+
+        task = self._submit(run_all)
+        submitted = time.monotonic()
+        with progress:
+            while len(outcomes) < len(functions) and not (task.done.is_set() and task.error is not None):
+                since = current[0] if current else submitted
+                remaining = since + timeout - time.monotonic()
+                if remaining > 0:
+                    progress.wait(min(remaining, 0.05))  # 0.05: also notice the task ending with an error
+                    continue
+                with self._lock:
+                    if task.started is None:
+                        task.cancelled = True
+                        raise self._no_thread(timeout)
+                    if task.finished:
+                        continue
+                    task.abandoned = True
+                    self._stuck += 1
+                given_up.append(True)
+                outcomes.append(timeout_error(etl_key, timeout))
+                break
+            done = list(outcomes)
+        if task.error is not None:  # not a FeatureStoreError (those are outcomes): as `call` would raise it
+            error, task.error = task.error, None
+            raise error
+        return done + [_outcome(lambda function=function: self.call(etl_key, function, timeout))
+                       for function in functions[len(done):]]
+
+    def _no_thread(self, timeout: float) -> BackendUnavailable:
+        """Called with the lock held."""
+        return BackendUnavailable("etl runner", f"no ETL thread became free within {timeout:g} s "
+                                  f"({self._stuck} of {self.size} stuck past their time limit)")
+
+    def _submit(self, function: Callable[[], Any]) -> _Call:
+        """Queue `function` for a pool thread (starting one if none is free); BackendUnavailable when every
+        thread is stuck."""
+        task = _Call(function)
+        with self._lock:
+            if self._stuck >= self.size:
+                raise BackendUnavailable("etl runner", f"all {self.size} ETL threads are still running ETL calls "
+                                         "that exceeded their time limit; they end only when those ETLs return")
+            if self._free <= 0 and self._threads < self.size:
+                self._threads += 1
+                self._free += 1
+                threading.Thread(target=self._work, name=f"etl-{self._threads}", daemon=True).start()
+            self._free -= 1
+        self._tasks.put(task)
+        return task
 
     def close(self) -> None:
         """Let the idle threads end (stuck ones end with their ETL)."""
@@ -427,6 +501,14 @@ class _EtlThreads:
 
 
 _module_numbers = itertools.count(1)
+
+
+def _outcome(call: Callable[[], T]) -> T | FeatureStoreError:
+    """`call()`, or the FeatureStoreError it raised (any other exception propagates)."""
+    try:
+        return call()
+    except FeatureStoreError as error:
+        return error
 
 
 def _guarded(etl_key: str, call: Callable[[], Any]) -> Any:
