@@ -86,6 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ETL_TIMEOUT_SECONDS", 30.0, "Time limit of one ETL run (fit or transform); past it 422.", float),
     Setting("ETL_ISOLATION", "inprocess", "Where ETL code runs: 'inprocess' (fastest) or 'process' (warm worker "
             "processes with time and memory limits and no network)."),
+    Setting("TRAINING_ENGINE_URL", "local", "Where a batchable ETL's transform runs for batched training sets "
+            "(app/distributed_transform.py): 'local' (in this process), 'dask://host:port' (an existing Dask "
+            "scheduler whose workers run this project's code) or 'dask+local://?workers=N' (a Dask LocalCluster "
+            "of N processes, started and closed with the service)."),
     Setting("ETL_WORKERS", 2, "Worker processes for ETL_ISOLATION=process.", int),
     Setting("ETL_WORKER_MEMORY_MB", 2048, "Address-space limit of each ETL worker process.", int),
     Setting("MAX_QUERY_TOKENS", 20_000, "Most SQL tokens a query may have (checked before it is parsed); more "
