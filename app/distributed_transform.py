@@ -26,6 +26,7 @@ Dask worker process itself.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
@@ -73,16 +74,20 @@ class DaskEngine:
 
     @property
     def workers(self) -> int:
-        """The cluster's workers now (at least 1, for the in-flight bound)."""
-        return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
+        """The cluster's workers now; BackendUnavailable when it has none (a batch would wait for one)."""
+        with _cluster_errors():
+            count = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        if not count:
+            raise BackendUnavailable("training engine", "the Dask scheduler has no workers to run training batches on")
+        return count
 
     def transformed(self, run: BatchedRun, inputs: Iterator[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
         """(input frame, features) per input frame, in order, the features computed on the workers."""
-        etl = run.etl
-        job = self.client.scatter(TransformJob(etl.etl_id, etl.code, etl.code_sha256, dict(run.state), run.as_of,
-                                               self.timeout), broadcast=True, hash=False)
+        etl, limit = run.etl, IN_FLIGHT_PER_WORKER * self.workers
+        with _cluster_errors():
+            job = self.client.scatter(TransformJob(etl.etl_id, etl.code, etl.code_sha256, dict(run.state),
+                                                   run.as_of, self.timeout), broadcast=True, hash=False)
         pending: collections.deque[tuple[pd.DataFrame, Any]] = collections.deque()
-        limit = IN_FLIGHT_PER_WORKER * self.workers
         try:
             for frame in inputs:
                 pending.append((frame, self._submit(job, frame)))
@@ -96,18 +101,14 @@ class DaskEngine:
     def _submit(self, job: Any, frame: pd.DataFrame) -> Any:
         """One batch sent to the cluster as Arrow, with the dtypes the ETL must see."""
         data, kinds = arrow_batch(frame)
-        try:
+        with _cluster_errors():
             return self.client.submit(transform_batch, job, self.client.scatter(data, hash=False), kinds,
                                       frame.index.start, pure=False)
-        except Exception as error:  # noqa: BLE001 - the cluster's failure, whatever its class
-            raise _unavailable(error) from None
 
     @staticmethod
     def _result(frame: pd.DataFrame, future: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-        try:
+        with _cluster_errors():
             outcome = future.result()
-        except Exception as error:  # noqa: BLE001 - the cluster's failure, whatever its class
-            raise _unavailable(error) from None
         if isinstance(outcome, FeatureStoreError):
             raise outcome from None
         return frame, outcome
@@ -119,9 +120,14 @@ class DaskEngine:
             self.cluster.close()
 
 
-def _unavailable(error: BaseException) -> BackendUnavailable:
-    return BackendUnavailable("training engine", f"the Dask cluster failed to run a training batch: "
-                              f"{type(error).__name__}: {error}")
+@contextlib.contextmanager
+def _cluster_errors() -> Iterator[None]:
+    """The cluster's own failures (a lost worker, the scheduler gone, whatever their class) as 503."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001
+        raise BackendUnavailable("training engine", f"the Dask cluster failed to run a training batch: "
+                                 f"{type(error).__name__}: {error}") from None
 
 
 def transformed(service: FeatureService, run: BatchedRun, inputs: Iterator[pd.DataFrame]

@@ -24,12 +24,14 @@ from app import close_app, create_app
 from app.distributed_transform import LOOPBACK_CLUSTER, DaskEngine, arrow_batch, open_training_engine
 from client import transport
 from common.errors import EtlFailed
+from etl.runner import timeout_error
 from tests.conftest import JsonClient, app_config
 from tests.fixtures_git import make_etl_repo
-from tests.test_training_batches import ETLS, SMALL_BATCHES, _same_rows
+from tests.test_training_batches import ETLS, _same_rows
 from tests.walkthrough import FOUR_TABLE_QUERY
 
 ARROW = "application/vnd.apache.arrow.stream"
+BATCH_ROWS = 25  # a training set of some 400 rows in over a dozen batches
 # Where each batch ran, and its rows' positions: batchable, or (without the declaration) frame-wide.
 WHERE = textwrap.dedent('''\
     import os
@@ -43,7 +45,23 @@ WHERE = textwrap.dedent('''\
         def transform(self, df):
             return pd.DataFrame({"user_id": df["user_id"], "pid": os.getpid(), "row": df.index})
 ''')
-DASK_ETLS = {**ETLS, "etls/where.py": WHERE, "etls/where_whole.py": WHERE.replace("batchable = True", "pass")}
+# The second batch takes longer than the time limit the test sets.
+SLOW_SECOND_BATCH = textwrap.dedent(f'''\
+    import time
+    import pandas as pd
+    from extraction.etl_contract import BaseEtl
+
+
+    class Etl(BaseEtl):
+        batchable = True
+
+        def transform(self, df):
+            if len(df) and df.index[0] == {BATCH_ROWS}:
+                time.sleep(3)
+            return pd.DataFrame({{"user_id": df["user_id"]}})
+''')
+DASK_ETLS = {**ETLS, "etls/where.py": WHERE, "etls/where_whole.py": WHERE.replace("batchable = True", "pass"),
+             "etls/slow_second_batch.py": SLOW_SECOND_BATCH}
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +78,15 @@ def trained(tmp_path_factory, cluster):
     the fitted ETL, which only the test that registers it reads back)."""
     folder = tmp_path_factory.mktemp("dask")
     url = cluster.scheduler_address.replace("tcp://", "dask://")
-    app = create_app(app_config(folder / "data", MAX_RESPONSE_ROWS=100_000, TRAINING_ENGINE_URL=url))
+    app = create_app(app_config(folder / "data", MAX_RESPONSE_ROWS=100_000, TRAINING_ENGINE_URL=url,
+                                CONSISTENCY_REPLAY_ENTITIES=20))
     try:
         api = JsonClient(app.test_client())
         api.put("/v1.0/publish?n_flows=300&seed=11")
         query_id = api.post("/v1.0/query/train?save=true&include_data=false",
                             {"query": FOUR_TABLE_QUERY})["query_id"]
         service = app.extensions["feature_service"]
-        service.batched_training.batch_rows = SMALL_BATCHES
+        service.batched_training.batch_rows = BATCH_ROWS
         assert isinstance(service.training_engine, DaskEngine)
         yield {"api": api, "query_id": query_id, "repo": make_etl_repo(folder / "repo", DASK_ETLS),
                "service": service}
@@ -102,7 +121,7 @@ def _arrow(trained, etl: str) -> tuple[pa.Table, int]:
 def _both(trained, etl: str) -> tuple[pa.Table, pa.Table]:
     """(on Dask, in process) for `etl`; the Dask one arrived in many batches."""
     on_dask, batches = _arrow(trained, etl)
-    assert batches > 5
+    assert batches > 10, batches
     with in_process(trained["service"]):
         here, _ = _arrow(trained, etl)
     return on_dask, here
@@ -146,7 +165,7 @@ def test_a_failing_batch_is_the_same_error_as_in_process(trained):
         transport.read_arrow_stream(_post(trained, "etls/late_failure.py").get_data())
     assert on_dask.value.to_dict() == here.value.to_dict()
     assert "no features past the first batch" in on_dask.value.message and on_dask.value.details["line"]
-    assert sum(batch.num_rows for batch in pa.ipc.open_stream(late.get_data())) == SMALL_BATCHES
+    assert sum(batch.num_rows for batch in pa.ipc.open_stream(late.get_data())) == BATCH_ROWS
     early = _post(trained, "etls/early_failure.py")
     with in_process(service):
         early_here = _post(trained, "etls/early_failure.py")
@@ -156,6 +175,19 @@ def test_a_failing_batch_is_the_same_error_as_in_process(trained):
     with in_process(service):
         violation_here = _post(trained, "etls/late_violation.py")
     assert violation.get_data() == violation_here.get_data()  # the first batch, then the same error marker
+
+
+def test_the_etl_time_limit_applies_to_each_batch_on_the_workers(trained):
+    engine = trained["service"].training_engine
+    engine.timeout = 0.5  # the service's ETL_TIMEOUT_SECONDS, lowered for this test
+    try:
+        response = _post(trained, "etls/slow_second_batch.py")
+    finally:
+        engine.timeout = 30.0
+    with pytest.raises(EtlFailed) as raised:
+        transport.read_arrow_stream(response.get_data())
+    assert raised.value.to_dict() == timeout_error(raised.value.details["etl_key"], 0.5).to_dict()
+    assert raised.value.code == "etl_timeout"
 
 
 def test_a_batch_travels_as_arrow_with_its_dtypes():
