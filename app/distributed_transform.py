@@ -134,9 +134,8 @@ def transformed(service: FeatureService, run: BatchedRun, inputs: Iterator[pd.Da
                 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(input frame, the ETL's features of it) per input frame, in order: on the service's training engine
     when one is configured, else in this process (`FeatureService._run_etl`)."""
-    engine = getattr(service, "training_engine", None)
-    if engine is not None:
-        yield from engine.transformed(run, inputs)
+    if service.training_engine is not None:
+        yield from service.training_engine.transformed(run, inputs)
         return
     etl = run.etl
     for frame in inputs:

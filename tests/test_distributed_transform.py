@@ -27,7 +27,7 @@ from common.errors import EtlFailed
 from etl.runner import timeout_error
 from tests.conftest import JsonClient, app_config
 from tests.fixtures_git import make_etl_repo
-from tests.test_training_batches import ETLS, _same_rows
+from tests.test_training_batches import ETLS, STEPS, _in_process, _random_etl, _same_rows
 from tests.walkthrough import FOUR_TABLE_QUERY
 
 ARROW = "application/vnd.apache.arrow.stream"
@@ -136,6 +136,14 @@ def test_dask_gives_the_in_process_training_set(trained, etl):
         assert len(set(on_dask.column("input_dtypes").to_pylist())) == 1
 
 
+@pytest.mark.parametrize("fits, filters", [(True, True), (False, False)])
+def test_every_row_wise_step_on_dask_equals_the_whole_frame(trained, fits, filters):
+    """Every step of tests/test_training_batches.py's randomized ETLs at once (nulls, text, booleans,
+    positions, the dtypes handed in), some rows dropped, with a fitted offset or without."""
+    on_dask, whole = _in_process(trained["service"], trained["query_id"], _random_etl(sorted(STEPS), fits, filters))
+    _same_rows(on_dask, whole)
+
+
 def test_a_registered_etl_runs_with_its_stored_state_on_dask(trained):
     api = trained["api"]
     registered = api.post("/v1.0/extract/train?save=true&include_data=false&allow_mismatch=true",
@@ -190,18 +198,62 @@ def test_the_etl_time_limit_applies_to_each_batch_on_the_workers(trained):
     assert raised.value.code == "etl_timeout"
 
 
-def test_a_batch_travels_as_arrow_with_its_dtypes():
+DTYPES_ETL = textwrap.dedent('''\
+    import pandas as pd
+    from extraction.etl_contract import BaseEtl
+
+
+    class Etl(BaseEtl):
+        batchable = True
+
+        def transform(self, df):
+            return pd.DataFrame({"dtypes": "|".join(f"{n}:{t}" for n, t in df.dtypes.items()), "row": df.index,
+                                 "n_plus": df["n"] + 1})
+''')
+
+
+def _batches() -> list:
+    """Batches as the whole frame's dtypes make them: nullable kinds with no null in this batch, text
+    with no value (object), a tz-aware timestamp; and one whose object text holds values."""
     import pandas as pd
 
-    frame = pd.DataFrame({"n": pd.array([1, None], dtype="Int64"), "b": [True, False], "s": ["a", None],
-                          "t": pd.to_datetime(["2026-01-01", None], utc=True), "empty": [None, None]},
-                         index=pd.RangeIndex(14, 16))
-    data, kinds = arrow_batch(frame)
-    assert isinstance(data, pa.Table) and kinds == {"n": "Int64"}
-    from app.training_stream import batch_frame
-    pd.testing.assert_frame_equal(batch_frame(data, kinds, 14), frame)
-    texts = frame.assign(s=frame["s"].astype(object))  # object text with values: Arrow would make it str
-    assert arrow_batch(texts)[0] is texts
+    whole = pd.DataFrame({"n": pd.array([1, 2, None, 4], dtype="Int64"),
+                          "b": pd.array([True, False, None, True], dtype="boolean"),
+                          "s": ["a", None, "c", None], "t": pd.to_datetime(["2026-01-01", None, None, None], utc=True),
+                          "empty": [None] * 4, "x": [0.5, None, 1.5, 2.0]})
+    whole["empty"] = whole["empty"].astype(object)
+    texts = whole.iloc[2:4].assign(s=lambda f: f["s"].astype(object))  # object text with values
+    return [whole.iloc[0:2], whole.iloc[2:3], texts]
+
+
+def test_batches_reach_the_etl_on_a_worker_with_their_dtypes(cluster):
+    import types
+
+    import pandas as pd
+
+    from app.distributed_transform import transformed
+    from app.training_stream import BatchedRun, batch_frame
+    from etl.runner import EtlRunner
+    from etl.source import code_sha256
+
+    for batch in _batches()[:2]:  # what arrow_batch sends is rebuilt into the same frame
+        data, kinds = arrow_batch(batch)
+        assert isinstance(data, pa.Table)
+        pd.testing.assert_frame_equal(batch_frame(data, kinds, batch.index.start), batch)
+    texts = _batches()[2]
+    assert arrow_batch(texts)[0] is texts  # Arrow would hand it back as str: it travels as the frame
+    etl = types.SimpleNamespace(etl_id="e_dtypes", code=DTYPES_ETL, code_sha256=code_sha256(DTYPES_ETL))
+    run = BatchedRun(etl, {}, pd.Timestamp("2026-01-01", tz="UTC"))
+    local = types.SimpleNamespace(training_engine=None, _run_etl=lambda key, code, sha, frame, state, as_of:
+                                  EtlRunner().run(key, code, sha, frame, state, as_of))
+    here = [features for _, features in transformed(local, run, iter(_batches()))]
+    with Client(cluster, set_as_default=False) as client:
+        engine = DaskEngine(client, timeout=30.0)
+        on_dask = [features for _, features in engine.transformed(run, iter(_batches()))]
+    assert len(on_dask) == len(here) == 3
+    for remote, expected in zip(on_dask, here):
+        pd.testing.assert_frame_equal(remote, expected)
+    assert "n:Int64|b:boolean|s:str|t:datetime64[us, UTC]|empty:object|x:float64" == here[0]["dtypes"][0]
 
 
 def _free_port() -> int:
