@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
@@ -81,7 +82,8 @@ class DaskEngine:
             raise BackendUnavailable("training engine", "the Dask scheduler has no workers to run training batches on")
         return count
 
-    def transformed(self, run: BatchedRun, inputs: Iterator[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    def transformed(self, run: BatchedRun, inputs: Iterator[pd.DataFrame]
+                    ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
         """(input frame, features) per input frame, in order, the features computed on the workers."""
         etl, limit = run.etl, IN_FLIGHT_PER_WORKER * self.workers
         with _cluster_errors():
@@ -193,7 +195,20 @@ def _connect(url: str, address: str, seconds: float, etl_timeout: float | None) 
     except (OSError, TimeoutError) as error:
         raise ValueError(f"TRAINING_ENGINE_URL {url!r}: no Dask scheduler answered at {address} within "
                          f"{seconds:g} s ({type(error).__name__}: {error})") from None
-    return DaskEngine(client, timeout=etl_timeout)
+    return _ready(url, DaskEngine(client, timeout=etl_timeout))
+
+
+def _ready(url: str, engine: DaskEngine) -> DaskEngine:
+    """`engine` once every worker has imported what a batch needs (so the first training set does not wait
+    for it); ValueError, the engine closed, when a worker cannot (it does not run this project's code)."""
+    try:
+        engine.client.run(_worker_ready)
+    except Exception as error:  # noqa: BLE001 - whatever the worker raised
+        engine.close()
+        raise ValueError(f"TRAINING_ENGINE_URL {url!r}: the Dask workers cannot run this project's code "
+                         f"({type(error).__name__}: {error}); start them from the service's image or checkout"
+                         ) from None
+    return engine
 
 
 def _local_cluster(url: str, workers: int, etl_timeout: float | None) -> DaskEngine:
@@ -205,13 +220,20 @@ def _local_cluster(url: str, workers: int, etl_timeout: float | None) -> DaskEng
     except BaseException:
         cluster.close()
         raise
-    return DaskEngine(client, cluster, etl_timeout)
+    return _ready(url, DaskEngine(client, cluster, etl_timeout))
 
 
 # -- on the workers ------------------------------------------------------------------------------
 
 _runners: dict[float | None, Any] = {}
 _runners_lock = threading.Lock()
+
+
+def _worker_ready() -> int:
+    """On a worker: import what `transform_batch` needs; the worker's process id."""
+    import etl.runner  # noqa: F401
+
+    return os.getpid()
 
 
 def _worker_runner(timeout: float | None) -> Any:

@@ -25,7 +25,7 @@ from app.sources import SourceService
 from app.spine import SpineSpec, SpineUploads
 from app.training import PointInTime
 from app.training_stream import BatchedTraining
-from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
+from common.errors import (BackendUnavailable, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch, TrainServeMismatch)
 from etl.runner import EtlRunner, named_features
 from etl.source import EtlFetcher, FetchedEtl

@@ -276,6 +276,26 @@ def test_a_bad_engine_url_is_refused_at_start(tmp_path, url, message):
     assert open_training_engine("local") is None and open_training_engine("") is None
 
 
+def test_workers_without_this_projects_code_are_refused_at_start(tmp_path):
+    """A scheduler whose one worker runs outside the checkout (cannot import etl.runner)."""
+    import subprocess
+    import sys
+
+    with LocalCluster(n_workers=0, processes=True, **LOOPBACK_CLUSTER) as bare, Client(bare) as client:
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", bare.scheduler_address,
+                                   "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+                                  cwd=tmp_path, env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": ""},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=30)
+            url = bare.scheduler_address.replace("tcp://", "dask://")
+            with pytest.raises(ValueError, match="the Dask workers cannot run this project's code"):
+                create_app(app_config(tmp_path / "data", TRAINING_ENGINE_URL=url))
+        finally:
+            worker.terminate()
+            worker.wait(30)
+
+
 def test_a_local_cluster_starts_and_stops_with_the_service(tmp_path):
     app = create_app(app_config(tmp_path / "data", TRAINING_ENGINE_URL="dask+local://?workers=1"))
     try:
