@@ -19,6 +19,9 @@ features come back in the batches' order and are checked and streamed as the in-
 A batch whose ETL fails raises the same error (class, message, details) as in process; a cluster that
 fails (a worker lost, the scheduler gone) is ``backend_unavailable`` (503).
 
+At start every worker imports what a batch needs; an unknown URL, a scheduler that does not answer, or
+workers that cannot import this project's code stop the service with a ValueError saying so.
+
 Only ``transform`` of batchable ETLs goes to the cluster: ``fit``, frame-wide ETLs and every other
 ETL call stay in this process. ETL_ISOLATION does not apply on the workers: there the ETL runs in the
 Dask worker process itself.

@@ -14,8 +14,8 @@ path otherwise) alternates between two variants of the same service:
   processes of one thread, loopback), each batch's transform on a worker.
 
 Reported per variant (medians of the repeats): rows, wall seconds to the last byte, rows/s, and the
-ratio. The cluster's start (and each worker's first import of the service's modules, in a warm-up
-request) is reported apart. Writes bench/results/distributed-transform-*.json.
+ratio. The service's start with its cluster is reported apart, and one warm-up request per variant
+(each worker loads the ETL once) is left out. Writes bench/results/distributed-transform-*.json.
 """
 from __future__ import annotations
 
