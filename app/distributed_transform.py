@@ -101,7 +101,8 @@ class DaskEngine:
             while pending:
                 yield self._result(*pending.popleft())
         finally:
-            self.client.cancel([job, *(future for _, future in pending)])
+            with contextlib.suppress(Exception):  # a closed client or a gone scheduler has nothing left to cancel
+                self.client.cancel([job, *(future for _, future in pending)])
 
     def _submit(self, job: Any, frame: pd.DataFrame) -> Any:
         """One batch sent to the cluster as Arrow, with the dtypes the ETL must see."""
