@@ -32,6 +32,7 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
     """Open every backend named by the settings (failing fast) and hydrate the realtime store: a
     FeatureService. `serving` (a serving process of WORKERS>1: primary_port, dialect, snapshot) restores
     the realtime store from the primary's snapshot and tails the feed instead, with no warehouse."""
+    from app.distributed_transform import open_training_engine
     from app.replay import ReplayOptions
     from app.service import FeatureService, ServiceOptions
     from app.serving_stats import ServingStats
@@ -77,6 +78,11 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
         runner = open_etl_runner(settings["ETL_ISOLATION"], timeout=settings["ETL_TIMEOUT_SECONDS"],
                                  workers=settings["ETL_WORKERS"], memory_mb=settings["ETL_WORKER_MEMORY_MB"],
                                  threads=settings["THREADS"], inline=settings["ETL_INLINE"])
+        # Training runs on the primary only: a serving process forwards it there.
+        engine = None if serving is not None else \
+            open_training_engine(settings["TRAINING_ENGINE_URL"], etl_time_limit(settings))
+        if engine is not None:
+            opened.callback(engine.close)
         stats = ServingStats(catalog, settings["SERVING_STATS_WINDOW"], settings["STATS_FLUSH_SECONDS"],
                              **stats_slots(settings, serving, replica))
         stats.start()
@@ -84,7 +90,8 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
         service = FeatureService(catalog, warehouse, realtime, sources, fetcher, runner, stats,
                                  ServiceOptions.from_settings(settings), uploads,
                                  ReplayOptions(entities=settings["CONSISTENCY_REPLAY_ENTITIES"],
-                                               repeat_gap_seconds=settings["CONSISTENCY_REPEAT_GAP_SECONDS"]))
+                                               repeat_gap_seconds=settings["CONSISTENCY_REPEAT_GAP_SECONDS"]),
+                                 engine)
         service.index_saved_queries()
         sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"])
         opened.pop_all()
@@ -119,6 +126,12 @@ def stats_slots(settings: Mapping[str, Any], serving: Mapping[str, Any] | None, 
     if replica:
         return {"slot": f"replica-{socket.gethostname()}-{settings['PORT']}"}
     return {"peer_slots": tuple(str(index) for index in range(1, int(settings["WORKERS"])))}
+
+
+def etl_time_limit(settings: Mapping[str, Any]) -> float | None:
+    """ETL_TIMEOUT_SECONDS as a limit (None: 0 or less, no limit), as `open_etl_runner` reads it."""
+    seconds = settings["ETL_TIMEOUT_SECONDS"]
+    return seconds if seconds is not None and seconds > 0 else None
 
 
 def lookup_timeout(settings: Mapping[str, Any]) -> float | None:

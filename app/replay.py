@@ -30,6 +30,7 @@ from catalog.base import QueryRecord
 from checks.consistency import (ReplayReport, dtype_names, equal_pairs, frame_rows, plain_value, rows_digest, same_rows,
                                with_training_dtypes)
 from common.errors import FeatureStoreError
+from etl.runner import named_features
 from sql.prepared import PreparedQuery
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ class RegistrationReplay:
         def checked(output: pd.DataFrame | FeatureStoreError) -> pd.DataFrame:
             if isinstance(output, FeatureStoreError):
                 raise output
-            return service._etl_output(output)
+            return named_features(output)
 
         return [self._served_features(training, functools.partial(checked, output)) for output in outputs]
 

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import pandas as pd
 
@@ -25,10 +25,10 @@ from app.sources import SourceService
 from app.spine import SpineSpec, SpineUploads
 from app.training import PointInTime
 from app.training_stream import BatchedTraining
-from common.errors import (BackendUnavailable, EtlFailed, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
+from common.errors import (BackendUnavailable, ExpectationsFailed, FeatureStoreError, InvalidInput, InvalidQuery, NotFound,
                            ResultTooLarge, SchemaMismatch, TrainServeMismatch)
 from common.frames import column_dtypes, column_names, unique_names
-from etl.runner import EtlRunner
+from etl.runner import EtlRunner, named_features
 from etl.source import EtlFetcher, FetchedEtl
 from checks.consistency import dtype_names, plain_value, rows_digest, shadow_mismatches, with_training_dtypes
 from checks.expectations import check_expectations, validate_expectations
@@ -38,6 +38,9 @@ from checks.stats import ServingWindow, frame_stats
 from sql.prepared import PreparedQuery, prepare_query
 from realtime.base import RealtimeStore
 from warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from app.distributed_transform import DaskEngine
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -187,7 +190,8 @@ class FeatureService:
 
     def __init__(self, catalog: Catalog, warehouse: Warehouse, realtime: RealtimeStore, sources: SourceService,
                  fetcher: EtlFetcher, runner: EtlRunner, stats: ServingStats, options: ServiceOptions,
-                 spine_uploads: SpineUploads | None = None, replay: ReplayOptions | None = None):
+                 spine_uploads: SpineUploads | None = None, replay: ReplayOptions | None = None,
+                 training_engine: DaskEngine | None = None):
         self.catalog = catalog
         self.sources = sources
         self.warehouse = warehouse
@@ -204,6 +208,7 @@ class FeatureService:
         self.spine_uploads = spine_uploads
         self.point_in_time = PointInTime(self, spine_uploads, options.max_spine_rows)
         self.batched_training = BatchedTraining(self)
+        self.training_engine = training_engine  # None: a batch's transform runs here (app/distributed_transform.py)
         self.replay = RegistrationReplay(self, replay or ReplayOptions())
 
     # -- queries ---------------------------------------------------------------------------------
@@ -542,6 +547,8 @@ class FeatureService:
         self.stats.stop()
         self.sources.stop()
         self.runner.close()
+        if self.training_engine is not None:
+            self.training_engine.close()
         for backend in (self.catalog, self.warehouse, self.realtime):
             backend.close()
 
@@ -660,19 +667,8 @@ class FeatureService:
 
     def _run_etl(self, etl_id: str, code: str, code_sha256: str, raw: pd.DataFrame,
                  state: dict[str, Any], as_of: Any = None) -> pd.DataFrame:
-        return self._etl_output(self.runner.run(etl_id, code, code_sha256, raw, state,
-                                                pd.Timestamp.now(tz="UTC") if as_of is None else as_of))
-
-    @staticmethod
-    def _etl_output(features: pd.DataFrame) -> pd.DataFrame:
-        """An ETL's result as served: EtlFailed on duplicate column names, the names as text."""
-        names = [str(column) for column in features.columns]
-        duplicated = sorted({name for name in names if names.count(name) > 1})
-        if duplicated:
-            raise EtlFailed("the ETL returned duplicate column names", {"columns": duplicated})
-        if any(not isinstance(column, str) for column in features.columns):
-            features = features.rename(columns=str)
-        return features
+        return named_features(self.runner.run(etl_id, code, code_sha256, raw, state,
+                                              pd.Timestamp.now(tz="UTC") if as_of is None else as_of))
 
     def _check_schema(self, trained: list[dict[str, str]], frame: pd.DataFrame, stage: str,
                       ids: dict[str, str]) -> None:

@@ -102,6 +102,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ETL_INLINE", True, "In process, let a proven-fast ETL's served runs (a few rows) run on the request's own "
             "thread under a watchdog that interrupts them at ETL_TIMEOUT_SECONDS, instead of on a time-limit thread.",
             _flag),
+    Setting("TRAINING_ENGINE_URL", "local", "Where a batchable ETL's transform runs for batched training sets "
+            "(app/distributed_transform.py): 'local' (in this process), 'dask://host:port' (an existing Dask "
+            "scheduler whose workers run this project's code) or 'dask+local://?workers=N' (a Dask LocalCluster "
+            "of N processes, started and closed with the service)."),
     Setting("ETL_WORKERS", 2, "Worker processes for ETL_ISOLATION=process.", int),
     Setting("ETL_WORKER_MEMORY_MB", 2048, "Address-space limit of each ETL worker process.", int),
     Setting("MAX_QUERY_TOKENS", 20_000, "Most SQL tokens a query may have (checked before it is parsed); more "

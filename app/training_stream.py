@@ -228,10 +228,10 @@ class BatchedTraining:
 
     def _features(self, run: BatchedRun, inputs: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         """The ETL's features of each input frame, checked, as Arrow batches of the first one's schema."""
+        from app.distributed_transform import transformed
         etl, schema = run.etl, None
         try:
-            for frame in inputs:
-                features = self.service._run_etl(etl.etl_id, etl.code, etl.code_sha256, frame, run.state, run.as_of)
+            for frame, features in transformed(self.service, run, inputs):  # here, or on TRAINING_ENGINE_URL
                 violations = check_expectations(features, etl.expectations)
                 if violations:
                     raise ExpectationsFailed(

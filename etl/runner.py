@@ -301,6 +301,17 @@ def _batching(cls: type) -> dict[str, bool]:
             "fits": getattr(cls, "fit", BaseEtl.fit) is not BaseEtl.fit}
 
 
+def named_features(features: pd.DataFrame) -> pd.DataFrame:
+    """An ETL's features with string column names; EtlFailed if two columns have the same name."""
+    names = [str(column) for column in features.columns]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise EtlFailed("the ETL returned duplicate column names", {"columns": duplicated})
+    if any(not isinstance(column, str) for column in features.columns):
+        features = features.rename(columns=str)
+    return features
+
+
 def verify_sha256(etl_key: str, code: str, code_sha256: str) -> None:
     """Raise EtlTampered (500) unless `code` hashes to `code_sha256`."""
     actual = hashlib.sha256(code.encode("utf-8")).hexdigest()
