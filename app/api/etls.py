@@ -106,7 +106,8 @@ class ExtractTrain(Resource):
         body = json_body(train_request)
         query_id, location, spine = checked_id("query", body["query_id"]), _location(body), spine_spec(body)
         save, hot_window, who = query_flag("save", False), query_flag("hot_window", False), caller()
-        allow_mismatch = query_flag("allow_mismatch", False)
+        allow_mismatch, include_data = query_flag("allow_mismatch", False), query_flag("include_data", True)
+        arrow = wants_arrow()  # every flag is read before the ETL is fetched: a bad one costs nothing
         svc = service()  # the job runs outside this request
 
         def exported_batches():  # noqa: ANN202
@@ -118,13 +119,12 @@ class ExtractTrain(Resource):
         exported = export_answer(body, exported_batches)
         if exported:
             return exported
-        arrow = wants_arrow()
         etl = svc.etl_to_train(query_id, location)
         streamed = _batched(svc, etl, save, hot_window, spine) if arrow else None
         if streamed is not None:
             return arrow_response(*streamed, {})
         record, schema, frame = svc.train_etl(
-            query_id, location, body.get("name"), save, arrow or query_flag("include_data", True), who,
+            query_id, location, body.get("name"), save, arrow or include_data, who,
             row_limit=not arrow, hot_window=hot_window, spine=spine, allow_mismatch=allow_mismatch, etl=etl)
         if arrow:
             return arrow_response(*frame_batches(frame), {"X-Etl-Id": record.etl_id} if record else {})
