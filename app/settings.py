@@ -79,7 +79,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis FEED_URL; one process (WORKERS is not read). Default: unset, this process writes."),
     Setting("MIN_POSITION_WAIT_SECONDS", 1.0, "Longest a realtime request with min_position waits for its "
             "process to apply that change-feed position; past it 503.", float),
-    Setting("THREADS", 8, "Worker threads of the WSGI server.", int),
+    Setting("THREADS", 8, "Worker threads of the WSGI server (of the primary, with WORKERS>1).", int),
+    Setting("SERVING_THREADS", 2, "Worker threads of each serving process of WORKERS>1. Few: threads of one process "
+            "contend for its GIL (8 clients on WORKERS=2: 300 req/s with 1 thread, 280 with 2, 190 with 8); two, so "
+            "that a request forwarded to the primary (a training set) leaves one free.", int),
     Setting("GIL_SWITCH_SECONDS", 0.005, "How long a thread may hold Python's GIL while another waits for it "
             "(sys.setswitchinterval): shorter lets the server's I/O thread answer sooner under load.", _positive_seconds),
     Setting("CONNECTION_LIMIT", 1000, "Most open client connections; at the limit, those idle longest with no "

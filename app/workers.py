@@ -84,6 +84,7 @@ def child_environment(settings: Mapping[str, Any]) -> dict[str, str]:
             ("true" if value else "false") if isinstance(value, bool) else str(value)
     env["UI_SECRET_KEY"] = settings.get("UI_SECRET_KEY") or secrets.token_hex(32)
     env["WORKERS"] = "1"
+    env["THREADS"] = str(settings["SERVING_THREADS"])
     return env
 
 
