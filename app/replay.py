@@ -64,7 +64,7 @@ class TrainingRun:
     as_of: pd.Timestamp
     started: float  # time.monotonic() when the training run began
 
-    @property
+    @functools.cached_property
     def input_dtypes(self) -> dict[str, str]:
         return dtype_names(self.raw)
 
@@ -157,7 +157,7 @@ class RegistrationReplay:
                 source = service.sources.get(name)
                 if source.hot_window_seconds is not None:
                     return False
-                if service.realtime.stats(name)["rows"] != service.warehouse.table_stats(
+                if service.realtime.row_count(name) != service.warehouse.table_stats(
                         source.table, source.event_time)["rows"]:
                     return False
         except FeatureStoreError:
@@ -178,8 +178,8 @@ class RegistrationReplay:
 
     def _lookup(self, training: TrainingRun, key: str, entity: Any) -> pd.DataFrame | str:
         """The entity's rows by the serving point lookup, or why it could not be looked up."""
-        try:
-            lookup = self.service._lookup(training.query, key, entity)[0]
+        try:  # with the training input's dtypes as the lookup's hint, as extract/realtime asks for them
+            lookup = self.service._lookup(training.query, key, entity, dtypes=training.input_dtypes)[0]
         except FeatureStoreError:
             return "lookup_failed"
         return "not_in_realtime" if lookup.empty else lookup

@@ -19,7 +19,7 @@ import pandas as pd
 from pandas.api.types import pandas_dtype
 
 from checks.schema import dtype_kinds, logical_type
-from common.frames import column_dtypes, column_names
+from common.frames import column_dtypes, column_names, unique_names
 from common.jsonsafe import json_safe
 
 MAX_EXAMPLES = 5
@@ -59,8 +59,8 @@ def compare_entity(trained: pd.DataFrame, served: pd.DataFrame) -> dict[str, Any
     columns = None if trained_names == served_names else {"trained": trained_names, "served": served_names}
     position = {name: i for i, name in enumerate(served_names)}
     left_cells, right_cells = _cells(trained), _cells(served)
-    left_types = [_dtype_name(d) for d in trained.dtypes]
-    right_types = [_dtype_name(d) for d in served.dtypes]
+    left_types = [_dtype_name(d) for d in column_dtypes(trained)]
+    right_types = [_dtype_name(d) for d in column_dtypes(served)]
     values: dict[str, list[dict[str, Any]]] = {}
     for i, name in enumerate(trained_names):
         j = position.get(name)
@@ -97,10 +97,11 @@ def equal_pairs(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], rel_tol: float =
     verdicts = [False] * len(pairs)
     groups: dict[tuple, list[int]] = {}
     for number, (trained, served) in enumerate(pairs):
-        names = [str(c) for c in trained.columns]
-        if names != [str(c) for c in served.columns] or len(trained) != len(served) or not trained.columns.is_unique:
+        names = [str(c) for c in column_names(trained)]
+        if names != [str(c) for c in column_names(served)] or len(trained) != len(served) or \
+                not unique_names(names):
             continue
-        left, right = list(trained.dtypes), list(served.dtypes)
+        left, right = column_dtypes(trained), column_dtypes(served)
         types = ([_dtype_name(d) for d in left], [_dtype_name(d) for d in right])
         if all(_same_kind(a, b, x, y) for a, b, x, y in zip(*types, left, right)):
             groups.setdefault((tuple(names), tuple(types[0]), tuple(types[1]), len(trained)), []).append(number)

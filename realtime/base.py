@@ -167,6 +167,10 @@ class RealtimeStore(ABC):
     def stats(self, source: str) -> dict[str, Any]:
         """``{"rows", "min_event_time", "max_event_time"}`` of the source's rows held here."""
 
+    def row_count(self, source: str) -> int:
+        """How many of the source's rows are held here (`stats` without the event-time range)."""
+        return self.stats(source)["rows"]
+
     @abstractmethod
     def ping(self) -> None:
         """Return if the store answers, else raise BackendUnavailable."""

@@ -363,6 +363,10 @@ class SqliteRealtimeStore(RealtimeStore):
             low, high = (None if v is None else _parse_timestamp(v) for v in (low, high))
         return {"rows": count, "min_event_time": low, "max_event_time": high}
 
+    def row_count(self, source: str) -> int:
+        """``count(*)`` alone: SQLite counts on the smallest index, where the event-time range scans the table."""
+        return self._run(f"SELECT count(*) FROM {quote_identifier(source)}", (), None, timed=False)[1][0][0]
+
     def lookup(self, prepared: PreparedQuery, index_key: str, value: Any, max_rows: int,
                request_rows: dict[str, Any] | None = None, dtypes: Mapping[str, str] | None = None) -> pd.DataFrame:
         lookup, types = self._lookup_plan(prepared, index_key)

@@ -117,7 +117,7 @@ def test_hydrate_keeps_only_each_sources_window(store, warehouse, flows):
             assert 0 < written[source.name] < len(frame), source.name
         key = source.entity_keys[-1]
         assert stored_ids(store, source.name, key) == sorted(frame.loc[recent, key]), source.name  # not even held
-        assert store.stats(source.name)["rows"] == written[source.name]
+        assert store.stats(source.name)["rows"] == store.row_count(source.name) == written[source.name]
     recent = flows["quotes"]["creation_date"] > NOW - 2 * 86400
     old_quote = flows["quotes"].loc[~recent, "quote_id"].iloc[0]
     new_quote = flows["quotes"].loc[recent, "quote_id"].iloc[0]
