@@ -28,6 +28,9 @@ def app_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
             "MAX_BODY_BYTES": 64 * 1024, "ETL_ALLOWED_REMOTES": (), "REMOTE_TIMEOUT_SECONDS": 10.0,
             "AUTH": "off", "STATS_FLUSH_SECONDS": 0.0, "DEMO_SOURCES": True,
             "CONSISTENCY_REPEAT_GAP_SECONDS": 0.0,  # tests/test_registration_replay.py sets a gap where it matters
+            # every registration replays; 50 entities (the default is 200) covers the walkthroughs' coverage picks and
+            # keeps the suite quick; tests of the replay set their own
+            "CONSISTENCY_REPLAY_ENTITIES": 50,
             **overrides}
 
 

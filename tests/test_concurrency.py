@@ -62,7 +62,7 @@ def test_same_query_saved_from_many_threads_postgres(make_app, pg_database_url):
 @pytest.mark.parametrize("location", ["path", "git+file"])
 def test_same_etl_registered_from_many_threads(make_app, tmp_path, location):
     repo = example_repo(tmp_path / "etl-repo")
-    app = make_app()
+    app = make_app(CONSISTENCY_REPLAY_ENTITIES=10)  # every thread trains and replays: the race, not the replay
     api = JsonClient(app.test_client())
     api.put("/v1.0/publish?n_flows=50&seed=1")
     query_id = api.post("/v1.0/query/train?save=true&include_data=false", {"query": FOUR_TABLE_QUERY})["query_id"]

@@ -243,7 +243,7 @@ def random_store(url: str, a: list, b: list):
 
 
 @pytest.mark.parametrize("url", STORES)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(a=ROWS, b=ROWS)
 def test_random_rows_give_the_same_lookup_pushed_or_not(url, a, b):
     store = random_store(url, a, b)

@@ -287,7 +287,7 @@ def test_randomized_row_wise_etls_are_never_refused(make_app, tmp_path, seed):
 
     domain = make_domain(make_app, tmp_path)
     service = domain.api.client.application.extensions["feature_service"]
-    service.replay.options = ReplayOptions(entities=40, repeat_entities=5, repeat_gap_seconds=0.0)
+    service.replay.options = ReplayOptions(entities=24, repeat_entities=5, repeat_gap_seconds=0.0)
     query = service.get_query(domain.query_id)
     prepared = prepare_query(query.sql, service.warehouse.dialect)
     raw = service.warehouse.query(service._training_sql(prepared))
@@ -300,7 +300,7 @@ def test_randomized_row_wise_etls_are_never_refused(make_app, tmp_path, seed):
         features = service._run_etl(etl_id, code, sha, raw, state, as_of)
         report = service.replay.run(TrainingRun(etl_id, code, sha, query, prepared, raw, features, state, as_of,
                                                 started))
-        assert report["replayed"] and report["entities_checked"] == 40, code
+        assert report["replayed"] and report["entities_checked"] == 24, code
         assert report["consistent"], (code, {k: v for k, v in report.items() if k != "shadow"})
 
 
