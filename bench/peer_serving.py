@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "peer_feature_server.py"
 TARGET_THROUGHPUT = 3.0  # ours ÷ peer's requests/s at 8 clients, at least
 TARGET_P99 = 0.5         # ours ÷ peer's p99 at 8 clients, at most
+TARGET_HEALTH_SHARE = 0.6  # ours ÷ our /health's requests/s on the same server, at least
+TARGET_ONE_CLIENT_MS = 2.0  # our one-client p50, at most
 
 
 def feast_python() -> Path:
@@ -51,22 +53,44 @@ def render(result: dict[str, Any]) -> str:
 
 
 def compare(ours: list[dict[str, Any]], peers: list[dict[str, Any]]) -> str:
-    """Per shape: the median of our runs against the median of the peer's runs with as many workers."""
+    """Per shape: the median of our runs against the median of the peer's runs with as many workers, the
+    floors measured beside ours (--floor), ours against our /health, and both one-client p50s."""
     lines = ["ours ÷ peer (medians; targets: req/s ≥ 3×, p99 ≤ 0.5×):"]
     for shape in dict.fromkeys(result["shape"] for result in ours):
-        mine = [result["load"] for result in ours if result["shape"] == shape]
-        workers = next(result["workers"] for result in ours if result["shape"] == shape)
-        theirs = [peer["concurrent"] for peer in peers if peer["server"]["workers"] == workers]
+        runs = [result for result in ours if result["shape"] == shape]
+        workers = runs[0]["workers"]
+        theirs = [peer for peer in peers if peer["server"]["workers"] == workers]
         if not theirs:
             continue
-        throughput = median(mine, "requests_per_second") / median(theirs, "requests_per_second")
-        p99 = median(mine, "p99_ms") / median(theirs, "p99_ms")
+        mine, their_loads = [run["load"] for run in runs], [peer["concurrent"] for peer in theirs]
+        throughput = ratio(mine, their_loads, "requests_per_second")
+        p99 = ratio(mine, their_loads, "p99_ms")
         lines.append(f"  WORKERS={shape} vs feast serve -w {workers} ({len(mine)} and {len(theirs)} runs): "
-                     f"req/s {throughput:.2f}× ({'met' if throughput >= TARGET_THROUGHPUT else 'missed'}), "
-                     f"p99 {p99:.2f}× ({'met' if p99 <= TARGET_P99 else 'missed'})")
-    one_client = statistics.median(peer["one_client"]["p50_ms"] for peer in peers)
-    lines.append(f"  peer one-client p50 (median): {one_client:.3f} ms (ours: bench.run's 1-client figure)")
+                     f"req/s {throughput:.2f}× ({verdict(throughput >= TARGET_THROUGHPUT)}), "
+                     f"p99 {p99:.2f}× ({verdict(p99 <= TARGET_P99)})")
+        for name, label in (("health", "our /health"), ("bare", "bare flask-restx on waitress"),
+                            ("bare_granian", "bare flask-restx on granian")):
+            floors = [run[name] for run in runs if name in run]
+            if floors:
+                lines.append(f"    {label} ÷ peer: req/s {ratio(floors, their_loads, 'requests_per_second'):.2f}×, "
+                             f"p99 {ratio(floors, their_loads, 'p99_ms'):.2f}×")
+        health = [run["health"] for run in runs if "health" in run]
+        if health:
+            share = ratio(mine, health, "requests_per_second")
+            lines.append(f"    ours ÷ our /health on the same server: req/s {share:.2f}× "
+                         f"({verdict(share >= TARGET_HEALTH_SHARE)}: ≥ {TARGET_HEALTH_SHARE:.2f}×)")
+        single = median([run["one_client"] for run in runs], "p50_ms")
+        lines.append(f"    one client p50: ours {single:.3f} ms ({verdict(single <= TARGET_ONE_CLIENT_MS)}: "
+                     f"≤ {TARGET_ONE_CLIENT_MS:g} ms), peer {median([peer['one_client'] for peer in theirs], 'p50_ms'):.3f} ms")
     return "\n".join(lines)
+
+
+def ratio(mine: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str) -> float:
+    return median(mine, key) / median(theirs, key)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "missed"
 
 
 def median(loads: list[dict[str, Any]], key: str) -> float:

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import loadgen, peer_serving
-from bench.live import Server, make_etl_repo, process_status, running_server
+from bench.live import Server, free_port, make_etl_repo, process_status, running_server
 from bench.load import Client, prepare
 
 
@@ -118,21 +121,78 @@ def measure(shape: str, args: argparse.Namespace, work: Path, etl_path: Path) ->
         bodies = write_bodies(work / f"bodies-w{workers}.jsonl", setup)
         loadgen.concurrent(server.port, "POST", "/v1.0/extract/realtime", bodies, args.clients, WARMUP_SECONDS,
                            {"Content-Type": "application/json"})  # every process's ETL loaded, caches warm
+        one_client = loadgen.sequential(server.port, "POST", "/v1.0/extract/realtime",
+                                        [line.encode() for line in bodies.read_text().splitlines()],
+                                        ONE_CLIENT_REQUESTS, ONE_CLIENT_WARMUP, seed=1)  # as the peer's
         load = loadgen.concurrent(server.port, "POST", "/v1.0/extract/realtime", bodies, args.clients,
                                   args.seconds, {"Content-Type": "application/json"})
-        result: dict[str, Any] = {"workers": workers, "shape": shape, "load": load}
+        result: dict[str, Any] = {"workers": workers, "shape": shape, "load": load, "one_client": one_client}
+        if args.floor:
+            result["health"] = loadgen.concurrent(server.port, "GET", "/v1.0/health", None, args.clients,
+                                                  args.seconds)
         if workers > 1:
             result["freshness"] = freshness(server, args.fresh)
         pids = [server.pid, *children(server.pid)]
         result["rss_mib"] = {("primary" if pid == server.pid else f"serving {pid}"):
                              round(process_status(pid)["VmRSS"] / 2**20, 1) for pid in pids}
-        return result
+    if args.floor:
+        threads = settings.get("THREADS", "8") if workers == 1 else settings.get("SERVING_THREADS", "2")
+        result["bare"] = bare_floor("waitress", workers, int(threads), bodies, args)
+        if GRANIAN.exists():
+            result["bare_granian"] = bare_floor("granian", workers, int(threads), bodies, args)
+    return result
+
+
+ONE_CLIENT_REQUESTS, ONE_CLIENT_WARMUP = 2000, 200  # bench/peer_feature_server.py's defaults
+GRANIAN = Path(os.environ.get("GRANIAN_VENV", "/tmp/granian-venv")) / "bin" / "granian"
+
+
+def bare_floor(server: str, workers: int, threads: int, bodies: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """bench/framework_floor.py's bare flask-restx lookup on `server` (waitress: `workers` × `threads`, the
+    service's shape; granian: `workers` processes), driven with the same clients and bodies."""
+    port = free_port()
+    command = ([sys.executable, "-m", "bench.framework_floor", "--port", str(port), "--workers", str(workers),
+                "--threads", str(threads)] if server == "waitress" else
+               [str(GRANIAN), "--interface", "wsgi", "--workers", str(workers), "--host", "127.0.0.1",
+                "--port", str(port), "--no-ws", "bench.framework_floor:app"])
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if Server(f"http://127.0.0.1:{port}", port, process, Path()).request(
+                        "GET", "/v1.0/health", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{command[:3]} did not start")
+                time.sleep(0.05)
+        time.sleep(0.5)  # every process listening
+        loadgen.concurrent(port, "POST", "/v1.0/lookup", bodies, args.clients, WARMUP_SECONDS,
+                           {"Content-Type": "application/json"})
+        return loadgen.concurrent(port, "POST", "/v1.0/lookup", bodies, args.clients, args.seconds,
+                                  {"Content-Type": "application/json"})
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def render(result: dict[str, Any]) -> str:
     load = result["load"]
+    single = result["one_client"]
     line = (f"WORKERS={result['shape']}: {load['requests_per_second']} req/s, p50 {load['p50_ms']} ms, "
-            f"p99 {load['p99_ms']} ms, errors {load['errors']} ({load['tool']})")
+            f"p99 {load['p99_ms']} ms, errors {load['errors']} ({load['tool']})\n"
+            f"  one client: p50 {single['p50_ms']} ms, p95 {single['p95_ms']} ms, p99 {single['p99_ms']} ms, "
+            f"{single['requests_per_second']} req/s, errors {single['errors']}")
+    for name, label in (("health", "GET /v1.0/health, same server"),
+                        ("bare", "bare flask-restx lookup (bench/framework_floor.py) on waitress, same shape"),
+                        ("bare_granian", "the same bare lookup on granian, as many processes")):
+        if name in result:
+            other = result[name]
+            line += (f"\n  {label}: {other['requests_per_second']} req/s, p50 {other['p50_ms']} ms, "
+                     f"p99 {other['p99_ms']} ms, errors {other['errors']}")
     if "freshness" in result:
         fresh = result["freshness"]
         line += (f"\n  freshness (ingest answered → served by another process, {fresh['ingests']} ingests): "
@@ -152,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", type=int, default=200, help="ingests timed for freshness (WORKERS>1)")
     parser.add_argument("--peer", action="store_true", help="after each shape, Feast's feature server with as many "
                         "workers (bench/peer_feature_server.py; bash bench/install_feast.sh first)")
+    parser.add_argument("--floor", action="store_true", help="after each shape's load, GET /v1.0/health on the "
+                        "same server and a bare flask-restx lookup (bench/framework_floor.py) with as many "
+                        "processes (on waitress, and on granian when bash bench/install_granian.sh made its venv): what "
+                        "the framework allows at best")
     args = parser.parse_args(argv)
     if args.peer:
         peer_serving.feast_python()  # missing: fail now, not after the first shape
