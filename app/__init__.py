@@ -93,7 +93,7 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
                                                repeat_gap_seconds=settings["CONSISTENCY_REPEAT_GAP_SECONDS"]),
                                  engine)
         service.index_saved_queries()
-        sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"])
+        sources.start_evictor(settings["EVICT_INTERVAL_SECONDS"], settings["FEED_RETAIN_ENTRIES"])
         opened.pop_all()
     return service
 
@@ -110,12 +110,24 @@ def _serving_sources(catalog: Any, realtime: Any, feed: Any, settings: Mapping[s
     sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
     position = snapshot_position(serving["snapshot"])
     sources.restore_snapshot(str(serving["snapshot"]))
-    sources.tailer = FeedTailer(feed, sources.apply_feed, start=position)
+    sources.tailer = FeedTailer(feed, sources.apply_feed, start=position, on_gap=exit_on_feed_gap)
     sources.tailer.catch_up()
     sources.tailer.start()
     log.info("serving process %s: restored the snapshot at feed position %s, caught up to %s", os.getpid(),
              position, sources.tailer.applied)
     return sources
+
+
+EXIT_FEED_GAP = 75  # a serving process or replica that missed trimmed feed entries (EX_TEMPFAIL: start again)
+
+
+def exit_on_feed_gap(gap: Exception) -> None:
+    """A tailing process's answer to a FeedGap: its store lacks rows it can no longer get from the feed, so it
+    stops at once rather than serve without them; the primary (or the replica's supervisor) starts it again
+    from a fresh snapshot."""
+    log.critical("process %s stops: %s", os.getpid(), gap)
+    logging.shutdown()
+    os._exit(EXIT_FEED_GAP)
 
 
 def stats_slots(settings: Mapping[str, Any], serving: Mapping[str, Any] | None, replica: bool) -> dict[str, Any]:

@@ -97,6 +97,7 @@ def replica_sources(catalog: Catalog, warehouse: Warehouse, realtime: RealtimeSt
                     settings: Mapping[str, Any]) -> Any:
     """A replica's sources: hydrated from one warehouse snapshot, caught up from the feed (skipping what
     the snapshot held) and tailing it; no feed writes (writes go to the writer)."""
+    from app import exit_on_feed_gap
     from app.sources import SourceService
 
     sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
@@ -106,7 +107,7 @@ def replica_sources(catalog: Catalog, warehouse: Warehouse, realtime: RealtimeSt
             raise BackendUnavailable("catalog", "a replica needs the sources' definitions to start")
         hydrated = sources.hydrate()
     sources.tailer = FeedTailer(feed, sources.apply_feed, start=start,
-                                skip=HydrationFilter(snapshot, sources.versions()))
+                                skip=HydrationFilter(snapshot, sources.versions()), on_gap=exit_on_feed_gap)
     sources.tailer.catch_up()
     sources.tailer.start()
     log.info("replica %s: hydrated %s from the warehouse (feed position %s), caught up to %s", os.getpid(),

@@ -36,6 +36,13 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, not {text!r}")
+    return value
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -52,6 +59,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FEED_URL", None, "Change feed every serving process tails (the rows each ingest acknowledged): "
             "sqlite:///<file> (one machine) or Redis Streams, redis://host:port/<db>?prefix=<name> (stream "
             "<name>:feed, default prefix featurestore). Default: sqlite:///$DATA_DIR/feed.db."),
+    Setting("FEED_RETAIN_ENTRIES", 100_000, "The writer keeps the newest this many change-feed entries (one per "
+            "source an ingest touched) and deletes older ones every EVICT_INTERVAL_SECONDS; 0 keeps every entry. A "
+            "process or replica that falls further behind, or needs longer to hydrate, stops and starts again "
+            "from a fresh snapshot.", _count),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "

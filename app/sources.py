@@ -526,8 +526,9 @@ class SourceService:
         self._loaded = True
         return loaded
 
-    def start_evictor(self, interval_seconds: float) -> None:
-        """Delete rows past their window every `interval_seconds` (0: never; the views still hide them)."""
+    def start_evictor(self, interval_seconds: float, feed_retain_entries: int = 0) -> None:
+        """Every `interval_seconds` (0: never), delete rows past their window (the views hide them anyway)
+        and, in the process that writes the feed, its entries older than the newest `feed_retain_entries`."""
         if interval_seconds <= 0 or self._evictor is not None:
             return
 
@@ -537,9 +538,20 @@ class SourceService:
                     self.realtime.evict()
                 except FeatureStoreError as error:
                     log.warning("eviction failed: %s", error.message)
+                self.trim_feed(feed_retain_entries)
 
         self._evictor = threading.Thread(target=run, name="realtime-evictor", daemon=True)
         self._evictor.start()
+
+    def trim_feed(self, retain_entries: int) -> None:
+        """Delete the feed's entries older than the newest `retain_entries` (0: keep all); only the process
+        that writes the feed does (a serving process or replica has none of its own)."""
+        if self.feed is None or retain_entries <= 0:
+            return
+        try:
+            self.feed.trim_through(self.feed.last_position() - retain_entries)
+        except Exception as error:  # noqa: BLE001 - any backend's error: the next round tries again
+            log.warning("trimming the change feed failed: %s", error)
 
     def stop(self) -> None:
         """Stop the evictor (and a serving process's tailer) and close the feed."""

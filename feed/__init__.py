@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from common.errors import InvalidInput
 from common.urls import backend_registry
-from feed.base import AppliedPosition, ChangeFeed, FeedEntry, FeedTailer
+from feed.base import AppliedPosition, ChangeFeed, FeedEntry, FeedGap, FeedTailer
 
-__all__ = ["AppliedPosition", "ChangeFeed", "FeedEntry", "FeedTailer", "open_feed"]
+__all__ = ["AppliedPosition", "ChangeFeed", "FeedEntry", "FeedGap", "FeedTailer", "open_feed"]
 
 DEFAULT_REDIS_PREFIX = "featurestore"
 REDIS_TIMEOUT_SECONDS = 5.0

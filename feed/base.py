@@ -3,7 +3,10 @@
 Every backend must:
 - give each appended entry a position greater than every earlier one (positions only grow);
 - return entries after a position in position order, each exactly once per read;
-- keep an entry's rows byte-exact (Arrow IPC), so a process applies the same rows the writer had.
+- keep an entry's rows byte-exact (Arrow IPC), so a process applies the same rows the writer had;
+- drop the oldest entries when the writer trims it (`trim_through`), and say through which position it
+  holds nothing any more (`trimmed_through`), so a process that fell behind that far knows it missed rows
+  (`FeedGap`) instead of serving without them.
 """
 from __future__ import annotations
 
@@ -18,6 +21,16 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS_MAX = 5.0  # the longest pause between tries while the feed or the store is failing
+GAP_CHECK_SECONDS = 1.0  # how often an idle tailer checks that the feed was not trimmed past it
+
+
+class FeedGap(Exception):
+    """The feed no longer holds entries a process has not applied: it must hydrate again."""
+
+    def __init__(self, applied: int, trimmed_through: int):
+        super().__init__(f"the change feed was trimmed through position {trimmed_through}, but this process "
+                         f"has applied only through {applied}: the entries between are gone (FEED_RETAIN_ENTRIES)")
+        self.applied, self.trimmed_through = applied, trimmed_through
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,22 @@ class ChangeFeed(ABC):
 
     @abstractmethod
     def last_position(self) -> int:
-        """The newest position (0 for an empty feed)."""
+        """The newest position ever given (0 for a new feed), held or already trimmed."""
+
+    @abstractmethod
+    def trim_through(self, position: int) -> None:
+        """Drop every entry at `position` or before (later positions are unchanged; new ones keep growing)."""
+
+    @abstractmethod
+    def trimmed_through(self) -> int:
+        """The newest position the feed holds no entry for any more: the one before its oldest entry, or
+        `last_position()` when it holds none (0 for a new feed)."""
+
+    def check_holds_after(self, applied: int) -> None:
+        """FeedGap unless every entry after `applied` is still in the feed."""
+        trimmed = self.trimmed_through()
+        if trimmed > applied:
+            raise FeedGap(applied, trimmed)
 
     def close(self) -> None:
         """Release connections."""
@@ -95,14 +123,19 @@ class AppliedPosition:
 class FeedTailer:
     """Applies a feed's entries after `start` to `apply`, polling every `interval` seconds on a thread;
     `wait_for` lets a request wait until its process has applied a position (read-your-writes). Entries
-    `skip` returns True for are passed over (their position still counts as applied)."""
+    `skip` returns True for are passed over (their position still counts as applied). Entries trimmed
+    before they were applied are a `FeedGap`: raised by `poll` and `catch_up`, and handed to `on_gap` on
+    the thread, which then stops (the process must hydrate again; app/__init__.py exits it)."""
 
     def __init__(self, feed: ChangeFeed, apply: Callable[[dict[str, pa.Table]], object], *, start: int = 0,
-                 interval: float = 0.005, skip: Callable[[FeedEntry], bool] | None = None):
+                 interval: float = 0.005, skip: Callable[[FeedEntry], bool] | None = None,
+                 on_gap: Callable[[FeedGap], object] | None = None):
         self.feed, self.apply, self.interval, self.skip = feed, apply, interval, skip
+        self.on_gap = on_gap or (lambda gap: log.critical("feed tailer stopped: %s", gap))
         self.progress = AppliedPosition(start)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gap_checked = 0.0
 
     @property
     def applied(self) -> int:
@@ -113,7 +146,12 @@ class FeedTailer:
         """Apply what is new (one batch per source per read); the number of entries applied."""
         entries = self.feed.read_after(self.applied)
         if not entries:
+            if time.monotonic() - self._gap_checked >= GAP_CHECK_SECONDS:  # trimmed past us while idle?
+                self.feed.check_holds_after(self.applied)
+                self._gap_checked = time.monotonic()
             return 0
+        if entries[0].position > self.applied + 1:  # positions are consecutive: some are missing, or trimmed
+            self.feed.check_holds_after(self.applied)
         frames: dict[str, list[pa.Table]] = {}
         for entry in entries:
             if self.skip is None or not self.skip(entry):
@@ -124,7 +162,9 @@ class FeedTailer:
         return len(entries)
 
     def catch_up(self) -> None:
-        """Apply everything the feed holds now (before a process starts answering)."""
+        """Apply everything the feed holds now (before a process starts answering); FeedGap if the feed no
+        longer holds what comes after `start`."""
+        self.feed.check_holds_after(self.applied)
         while self.poll():
             pass
 
@@ -141,6 +181,9 @@ class FeedTailer:
             while not self._stop.is_set():
                 try:
                     applied = self.poll()
+                except FeedGap as gap:  # not an outage: waiting brings nothing back
+                    self.on_gap(gap)
+                    return
                 except Exception as error:  # noqa: BLE001 - any backend's error: an outage to wait out
                     failures += 1
                     pause = min(RETRY_SECONDS_MAX, self.interval * 2 ** failures)

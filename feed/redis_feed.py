@@ -4,7 +4,8 @@ Positions: every entry's stream id is ``0-<position>``. A Lua script appends an 
 ``XADD <stream> 0-* …``, so Redis itself gives each one the next sequence number after the stream's last
 id: position order is stream order by construction, there is no second key (a counter) to keep in step
 with the stream, and a script runs atomically, so an ingest's entries are consecutive and no other
-writer's entry lands between them. ``read_after(p)`` is ``XRANGE <stream> 0-<p+1> +``. Needs Redis 7.0+
+writer's entry lands between them. ``read_after(p)`` is ``XRANGE <stream> 0-<p+1> +``;
+``trim_through(p)`` is ``XTRIM <stream> MINID 0-<p+1>`` (the last generated id, hence positions, stay). Needs Redis 7.0+
 (ids with an explicit time and an automatic sequence number).
 """
 from __future__ import annotations
@@ -33,6 +34,18 @@ for i = 1, #info, 2 do
 end
 """
 
+# The oldest entry's id and the last generated one, read together.
+_ENDS = """#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, '0-0'} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local first, last = false, '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+return {first, last}
+"""
+
 
 def _position(stream_id: bytes | str) -> int:
     """The position a ``0-<position>`` stream id stands for."""
@@ -48,6 +61,7 @@ class RedisFeed(ChangeFeed):
         self.stream = f"{prefix}:feed"
         self._append = client.register_script(_APPEND)
         self._last_id = client.register_script(_LAST_ID)
+        self._ends = client.register_script(_ENDS)
 
     def append(self, frames: dict[str, pa.Table]) -> int:
         pairs = [value for source, table in frames.items() for value in (source, table_bytes(table))]
@@ -60,6 +74,13 @@ class RedisFeed(ChangeFeed):
 
     def last_position(self) -> int:
         return _position(self._last_id(keys=[self.stream]))
+
+    def trim_through(self, position: int) -> None:
+        self.client.xtrim(self.stream, minid=f"0-{position + 1}", approximate=False)  # every id below it
+
+    def trimmed_through(self) -> int:
+        first, last = self._ends(keys=[self.stream])
+        return _position(first) - 1 if first else _position(last)
 
     def close(self) -> None:
         self.client.close()

@@ -12,7 +12,8 @@ from feed.base import ChangeFeed, FeedEntry, bytes_table, table_bytes
 
 
 class SqliteFeed(ChangeFeed):
-    """A feed in the SQLite file at `path`; positions are the table's rowids."""
+    """A feed in the SQLite file at `path`; positions are the table's rowids (AUTOINCREMENT: never reused
+    once trimmed)."""
 
     def __init__(self, path: str):
         self.path, self._pid = path, os.getpid()
@@ -54,7 +55,27 @@ class SqliteFeed(ChangeFeed):
 
     def last_position(self) -> int:
         with self._lock:
-            return int(self._db().execute("SELECT coalesce(max(position), 0) FROM feed").fetchone()[0])
+            return self._last_position(self._db())
+
+    @staticmethod
+    def _last_position(db: sqlite3.Connection) -> int:
+        # AUTOINCREMENT's counter: the newest position ever given, even once its entry is trimmed
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'feed'").fetchone()
+        return int(row[0]) if row else 0
+
+    def trim_through(self, position: int) -> None:
+        with self._lock:
+            self._db().execute("DELETE FROM feed WHERE position <= ?", (position,))
+
+    def trimmed_through(self) -> int:
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN")  # one snapshot: the oldest entry and the counter agree
+            try:
+                oldest = db.execute("SELECT min(position) FROM feed").fetchone()[0]
+                return int(oldest) - 1 if oldest is not None else self._last_position(db)
+            finally:
+                db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ import datetime as dt
 import subprocess
 import sys
 import threading
+import time
 from typing import Iterator
 
 import pyarrow as pa
@@ -14,7 +15,7 @@ import redis
 
 from common.errors import InvalidInput
 from demo.sources import demo_sources
-from feed import ChangeFeed, FeedTailer, open_feed
+from feed import ChangeFeed, FeedGap, FeedTailer, open_feed
 from feed.base import table_bytes
 from realtime import open_realtime_store
 from tests.conftest import JsonClient
@@ -261,3 +262,97 @@ def test_a_tailer_outlives_failing_reads_and_applies_and_skips_nothing(feed):
     finally:
         tailer.stop()
         store.close()
+
+
+def _one_row(n: int) -> dict[str, pa.Table]:
+    return {"users": pa.table({"n": [n]})}
+
+
+def test_trimming_drops_the_oldest_entries_and_positions_keep_growing(feed, feed_url):
+    positions = [feed.append(_one_row(n)) for n in range(5)]
+    assert positions == [1, 2, 3, 4, 5] and feed.trimmed_through() == 0
+    feed.trim_through(2)
+    assert [e.position for e in feed.read_after(0)] == [3, 4, 5]
+    assert feed.trimmed_through() == 2 and feed.last_position() == 5
+    feed.trim_through(1)  # behind the trim already: nothing changes
+    assert feed.trimmed_through() == 2 and len(feed.read_after(0)) == 3
+    feed.trim_through(10)  # past the newest: the feed holds nothing, positions stay
+    assert feed.read_after(0) == [] and feed.trimmed_through() == 5 == feed.last_position()
+    assert feed.append(_one_row(6)) == 6
+    assert [e.rows.column(0)[0].as_py() for e in feed.read_after(5)] == [6] and feed.trimmed_through() == 5
+    reopened = open_feed(feed_url)  # another process's view: the same ends
+    try:
+        assert (reopened.last_position(), reopened.trimmed_through()) == (6, 5)
+    finally:
+        reopened.close()
+
+
+def test_a_tailer_behind_a_trim_reports_the_gap_instead_of_serving_without_the_rows(feed):
+    for n in range(3):
+        feed.append(_one_row(n))
+    feed.trim_through(2)
+    applied: list[int] = []
+
+    def apply(frames: dict[str, pa.Table]) -> None:
+        applied.extend(frames["users"].column(0).to_pylist())
+
+    with pytest.raises(FeedGap) as gap:
+        FeedTailer(feed, apply, start=0).catch_up()  # a process starting from a snapshot at 0
+    assert (gap.value.applied, gap.value.trimmed_through) == (0, 2) and applied == []
+    tailer = FeedTailer(feed, apply, start=2)  # a snapshot at 2: nothing it needs is gone
+    tailer.catch_up()
+    assert applied == [2] and tailer.applied == 3
+
+    feed.append(_one_row(3))
+    feed.append(_one_row(4))
+    feed.trim_through(4)  # trimmed past the tailer while it was not reading: no entry left to read
+    with pytest.raises(FeedGap):
+        tailer.poll()
+    feed.append(_one_row(5))  # and with entries after the hole
+    with pytest.raises(FeedGap):
+        tailer.poll()
+    assert applied == [2] and tailer.applied == 3
+
+
+def test_a_running_tailer_hands_the_gap_over_and_stops(feed):
+    for n in range(3):
+        feed.append(_one_row(n))
+    feed.trim_through(3)
+    gaps: list[FeedGap] = []
+    tailer = FeedTailer(feed, lambda frames: None, start=0, interval=0.001, on_gap=gaps.append)
+    tailer.start()
+    tailer._thread.join(timeout=10)
+    assert not tailer._thread.is_alive() and len(gaps) == 1 and gaps[0].trimmed_through == 3
+    tailer.stop()
+
+
+def test_a_process_that_missed_trimmed_entries_exits_to_start_again(feed_url):
+    """app.exit_on_feed_gap, in a real process: exit code 75 (the supervisor starts a fresh one)."""
+    feed = open_feed(feed_url)
+    try:
+        for n in range(3):
+            feed.append(_one_row(n))
+        feed.trim_through(2)
+    finally:
+        feed.close()
+    code = ("import sys, time\n"
+            "from app import exit_on_feed_gap\n"
+            "from feed import FeedTailer, open_feed\n"
+            "tailer = FeedTailer(open_feed(sys.argv[1]), lambda frames: None, start=0, on_gap=exit_on_feed_gap)\n"
+            "tailer.start()\n"
+            "time.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", code, feed_url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 75, done.stderr[-2000:]
+    assert "trimmed through position 2" in done.stderr
+
+
+def test_the_writer_keeps_only_the_newest_feed_entries(make_app, feed_url):
+    app = make_app(FEED_URL=feed_url, FEED_RETAIN_ENTRIES=3, EVICT_INTERVAL_SECONDS=0.05)
+    api = JsonClient(app.test_client())
+    last = api.put("/v1.0/publish?n_flows=20&seed=5")["position"]
+    last = api.put("/v1.0/publish?n_flows=20&seed=6")["position"]
+    feed = app.extensions["feature_service"].sources.feed
+    deadline = time.monotonic() + 10
+    while feed.trimmed_through() < last - 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert feed.trimmed_through() == last - 3 and [e.position for e in feed.read_after(0)] == [last - 2, last - 1, last]
