@@ -531,7 +531,8 @@ class FeatureService:
         return publish_flows(self.sources, n_flows, seed)
 
     def health(self) -> dict[str, Any]:
-        """Each backend's state: ok, or the error that reaching it gave."""
+        """Each backend's state: ok, or the error that reaching it gave; the change feed's with how far this
+        process has applied it."""
         checks = {}
         for name, backend in (("catalog", self.catalog), ("warehouse", self.warehouse),
                               ("realtime", self.realtime)):
@@ -540,6 +541,9 @@ class FeatureService:
                 checks[name] = {"ok": True}
             except FeatureStoreError as error:
                 checks[name] = {"ok": False, "error": error.message}
+        feed = self.sources.feed_check()
+        if feed is not None:
+            checks["feed"] = feed
         return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable", "checks": checks}
 
     def close(self) -> None:

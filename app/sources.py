@@ -401,6 +401,23 @@ class SourceService:
         """The feed position this process's realtime store holds (its own appends, or its tailer's)."""
         return self.tailer.progress if self.tailer is not None else self.applied
 
+    def feed_check(self) -> dict[str, Any] | None:
+        """The change feed as /health reports it for this process (None without one): whether it answers,
+        the position this process's store holds (`applied`), the feed's newest (`newest`) and the entries
+        between (`behind`); a serving process or replica whose tailer has stopped is not ok."""
+        feed = self.tailer.feed if self.tailer is not None else self.feed
+        if feed is None:
+            return None
+        applied = self.progress().position
+        try:
+            newest = feed.last_position()
+        except Exception as error:  # noqa: BLE001 - any backend's error: reported, not raised
+            return {"ok": False, "error": f"the change feed does not answer: {error}"[:300], "applied": applied}
+        check: dict[str, Any] = {"ok": True, "applied": applied, "newest": newest, "behind": max(0, newest - applied)}
+        if self.tailer is not None and not self.tailer.running:
+            check.update(ok=False, error="this process no longer applies the change feed")
+        return check
+
     def wait_for(self, position: int, timeout: float) -> bool:
         """Whether this process's realtime store holds feed `position` within `timeout` seconds; a position
         the feed has not reached (no write answered it) is InvalidInput."""

@@ -142,6 +142,11 @@ class FeedTailer:
         """The newest position applied."""
         return self.progress.position
 
+    @property
+    def running(self) -> bool:
+        """Whether the tailing thread runs (it ends on `stop` and on a FeedGap)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def poll(self) -> int:
         """Apply what is new (one batch per source per read); the number of entries applied."""
         entries = self.feed.read_after(self.applied)

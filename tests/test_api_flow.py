@@ -187,8 +187,10 @@ def test_hot_window_leaves_old_rows_cold_and_training_can_respect_it(make_app, t
 
 
 def test_health_reports_every_backend(api):
+    newest = api.client.application.extensions["feature_service"].sources.feed.last_position()
     assert api.get("/v1.0/health") == {"status": "ok", "checks": {
-        "catalog": {"ok": True}, "warehouse": {"ok": True}, "realtime": {"ok": True}}}
+        "catalog": {"ok": True}, "warehouse": {"ok": True}, "realtime": {"ok": True},
+        "feed": {"ok": True, "applied": newest, "newest": newest, "behind": 0}}}
 
 
 def test_openapi_document_and_docs(api):

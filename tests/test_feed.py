@@ -19,7 +19,7 @@ from feed import ChangeFeed, FeedGap, FeedTailer, open_feed
 from feed.base import table_bytes
 from realtime import open_realtime_store
 from tests.conftest import JsonClient
-from tests.server_process import live_process
+from tests.server_process import free_port, live_process
 from tests.test_workers import _call, _lookup, _until_every_process, _user
 
 
@@ -356,3 +356,40 @@ def test_the_writer_keeps_only_the_newest_feed_entries(make_app, feed_url):
     while feed.trimmed_through() < last - 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert feed.trimmed_through() == last - 3 and [e.position for e in feed.read_after(0)] == [last - 2, last - 1, last]
+
+
+def test_health_says_how_far_behind_the_feed_a_tailing_process_is_and_when_it_stopped(make_app, feed_url):
+    app = make_app(FEED_URL=feed_url)
+    api = JsonClient(app.test_client())
+    sources = app.extensions["feature_service"].sources
+    newest = api.put("/v1.0/publish?n_flows=5&seed=1")["position"]
+    tailer = FeedTailer(open_feed(feed_url), lambda frames: None, start=newest - 2)  # as a serving process's
+    sources.tailer = tailer
+    try:
+        health = api.get("/v1.0/health", status=503)  # its tailer is not running
+        assert health["details"]["checks"]["feed"] == {
+            "ok": False, "applied": newest - 2, "newest": newest, "behind": 2,
+            "error": "this process no longer applies the change feed"}
+        tailer.start()
+        assert tailer.wait_for(newest, timeout=10)
+        assert api.get("/v1.0/health")["checks"]["feed"] == {"ok": True, "applied": newest, "newest": newest,
+                                                              "behind": 0}
+    finally:
+        sources.tailer = None
+        tailer.stop()
+        tailer.feed.close()
+
+
+def test_health_reports_a_feed_that_does_not_answer(make_app):
+    app = make_app()
+    api = JsonClient(app.test_client())
+    sources = app.extensions["feature_service"].sources
+    working, sources.feed = sources.feed, open_feed(f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=1")
+    try:
+        health = api.get("/v1.0/health", status=503)
+        feed = health["details"]["checks"]["feed"]
+        assert feed["ok"] is False and feed["error"].startswith("the change feed does not answer")
+        assert health["details"]["checks"]["catalog"] == {"ok": True}
+    finally:
+        sources.feed.close()
+        sources.feed = working

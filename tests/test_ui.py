@@ -216,7 +216,9 @@ def test_lineage_from_a_page_lights_what_the_node_is_built_from_and_what_is_buil
 
 def test_home_shows_health_counts_recent_registrations_and_searches_columns_and_tags(catalog, admin):
     page = _text(admin, "/ui/")
-    assert "All backends answer." in page and page.count('<span class="dot ok"') == 3
+    assert "All backends answer." in page and page.count('<span class="dot ok"') == 4
+    newest = catalog[0].extensions["feature_service"].sources.feed.last_position()
+    assert f"feed: ok — serving position {newest}, 0 behind" in page
     assert re.search(r'Sources</a>: 6</li>', page) and re.search(r'Feature sets</a>: 2</li>', page)
     recent = page.split("Recent registrations")[1]
     assert recent.index("shop_activity") < recent.index("quote_join")  # newest first
