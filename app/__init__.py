@@ -61,8 +61,10 @@ def build_service(settings: Mapping[str, Any], serving: Mapping[str, Any] | None
             sources = _serving_sources(catalog, realtime, feed, settings, serving)
             warehouse = sources.warehouse
         else:
-            read_url = {"read_url": settings["WAREHOUSE_READ_URL"]} if settings.get("WAREHOUSE_READ_URL") else {}
-            warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout, **read_url)
+            options = {name: settings[setting] for name, setting in (("read_url", "WAREHOUSE_READ_URL"),
+                                                                      ("memory_limit", "WAREHOUSE_MEMORY_LIMIT"))
+                       if settings.get(setting)}
+            warehouse = open_warehouse(settings["WAREHOUSE_URL"], statement_timeout=timeout, **options)
             opened.callback(warehouse.close)
             if replica:  # hydrated now, from one snapshot, and tailing the writer's feed (app/replicas.py)
                 from app.replicas import replica_sources

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, MutableMapping
 
@@ -43,6 +44,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _memory_size(text: str) -> str:
+    """A size as DuckDB reads it: a number and a unit (512MB, 1.5GB, 2GiB)."""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)", text.strip(), re.IGNORECASE):
+        raise ValueError(f"must be a size such as 512MB or 2GB, not {text!r}")
+    return text.strip()
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -53,6 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Default: sqlite:///$DATA_DIR/catalog.db. Or CATALOG_URL_FILE: a file holding it."),
     Setting("WAREHOUSE_URL", None, "Warehouse: duckdb:///… or any SQLAlchemy URL (postgresql://…). "
             "Default: duckdb:///$DATA_DIR/warehouse.duckdb. Or WAREHOUSE_URL_FILE: a file holding it."),
+    Setting("WAREHOUSE_MEMORY_LIMIT", None, "DuckDB warehouse only: the most memory its queries hold (DuckDB's form: "
+            "512MB, 2GB); past it joins and aggregations spill to disk beside the warehouse file, slower. Default: "
+            "DuckDB's own, 80% of RAM.", _memory_size),
     Setting("WAREHOUSE_READ_URL", None, "PostgreSQL warehouse only: the URL user SQL (queries, training sets) "
             "connects with, as a role that may only SELECT the sources' tables (docker-compose.yml makes one). "
             "Default: WAREHOUSE_URL. Or WAREHOUSE_READ_URL_FILE: a file holding it."),

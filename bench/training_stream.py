@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.training_stream --users 100000 --repeats 3
     .venv/bin/python -m bench.training_stream --users 1000000 --repeats 3
+    .venv/bin/python -m bench.training_stream --users 1000000 --repeats 3 --set WAREHOUSE_MEMORY_LIMIT=300MB
 
 The warehouse is bench/datagen.py's (cached by users and seed, as bench/run.py has it). The server
 (`python -m app`, production settings) declares the demo's four sources with a one-minute hot window,
@@ -173,13 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of every server started (e.g. WAREHOUSE_MEMORY_LIMIT=300MB); repeatable")
     args = parser.parse_args(argv)
+    SETTINGS.update(item.split("=", 1) for item in args.set)
     data_dir = args.results_dir / "data" / f"users-{args.users}-seed-{args.seed}"
     manifest, reused = cached_warehouse(data_dir, args.users, args.seed, log=log)
     log(f"data: {manifest['rows']} ({'reused' if reused else 'generated'})")
     server_root = args.results_dir / "data" / "servers"
     files = etl_files(server_root / "etl_repo_stream")
-    result: dict[str, Any] = {"users": args.users, "repeats": args.repeats, "data": manifest}
+    result: dict[str, Any] = {"users": args.users, "repeats": args.repeats, "data": manifest, "settings": SETTINGS}
     server_dir = fresh_server_dir(server_root / f"stream-{args.users}", data_dir / "warehouse.duckdb")
     with live.running_server(server_dir, args.results_dir / "logs", **SETTINGS) as server:
         result["setup"] = ids = set_up(server, files)

@@ -94,21 +94,23 @@ def python_columns(frame: Any, names: list[Any]) -> list[list[Any]]:
 class DuckDBEngine:
     """A DuckDB database shared by threads: `path` is a file or ``:memory:``.
 
-    `statement_timeout` (seconds, None for no limit) bounds each `query`.
+    `statement_timeout` (seconds, None for no limit) bounds each `query`; `memory_limit` (DuckDB's form, e.g.
+    ``"512MB"``; None: DuckDB's default, 80% of RAM) bounds what its operators hold, the rest spilling to disk.
     """
 
-    def __init__(self, path: str, role: str, statement_timeout: float | None = None):
+    def __init__(self, path: str, role: str, statement_timeout: float | None = None,
+                 memory_limit: str | None = None):
         self.role = role
         self.statement_timeout = checked_timeout(statement_timeout)
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._write_cursor: duckdb.DuckDBPyConnection | None = None
+        config = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                  "autoload_known_extensions": False}
+        if memory_limit:
+            config["memory_limit"] = memory_limit
         try:
-            self._connection = duckdb.connect(path, config={
-                "enable_external_access": False,
-                "autoinstall_known_extensions": False,
-                "autoload_known_extensions": False,
-            })
+            self._connection = duckdb.connect(path, config=config)
             self._connection.execute("SET TimeZone = 'UTC'")  # timestamps reach pandas as UTC, whatever the host's zone
             self._connection.execute("SET lock_configuration = true")
         except duckdb.Error as error:

@@ -611,3 +611,30 @@ def test_postgres_integer_division_is_served_as_trained_by_the_duckdb_store(
     served = api.post("/v1.0/query/realtime", {"query_id": trained["query_id"], "index_key": "quote_id",
                                                "index_value": row["quote_id"]})
     assert served["data"] == [row]
+
+
+def test_a_memory_limit_bounds_the_duckdb_warehouse_and_joins_spill_rather_than_fail(tmp_path: Path) -> None:
+    warehouse = open_warehouse(f"duckdb:///{tmp_path}/warehouse.db", memory_limit="64MB")
+    try:
+        # user SQL may not read settings: ask the engine's own connection
+        limit = warehouse.engine._connection.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        assert limit in ("61.0 MiB", "64.0 MB"), limit
+        # a hash join whose build side (2M wide rows) does not fit in 64 MB: spilled beside the file, answered
+        joined = warehouse.query("SELECT count(*) AS n, sum(a.v) AS total FROM "
+                                 "(SELECT range AS k, repeat('x', 40) || range AS v_text, range AS v FROM range(2000000)) a "
+                                 "JOIN (SELECT range AS k, repeat('y', 40) || range AS w FROM range(2000000)) b "
+                                 "ON a.k = b.k")
+        assert joined["n"][0] == 2_000_000 and joined["total"][0] == sum(range(2_000_000))
+    finally:
+        warehouse.close()
+
+
+def test_a_memory_limit_is_refused_for_a_database_server_and_when_malformed(pg_database_url: str) -> None:
+    from app.settings import load_settings
+
+    with pytest.raises(InvalidInput, match="WAREHOUSE_MEMORY_LIMIT is for the DuckDB warehouse"):
+        open_warehouse(pg_database_url, memory_limit="1GB")
+    assert load_settings(environ={"WAREHOUSE_MEMORY_LIMIT": "1.5GB"})["WAREHOUSE_MEMORY_LIMIT"] == "1.5GB"
+    for bad in ("lots", "12", "-1GB", "1 PB"):
+        with pytest.raises(ValueError, match="setting WAREHOUSE_MEMORY_LIMIT: cannot read"):
+            load_settings(environ={"WAREHOUSE_MEMORY_LIMIT": bad})

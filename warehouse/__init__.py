@@ -19,8 +19,11 @@ def _duckdb(url: str, **options: Any) -> Warehouse:
 
 
 def _sqlalchemy(url: str, **options: Any) -> Warehouse:
+    from common.errors import InvalidInput
     from warehouse.sql import SqlAlchemyWarehouse
 
+    if options.pop("memory_limit", None):
+        raise InvalidInput("WAREHOUSE_MEMORY_LIMIT is for the DuckDB warehouse; a database server sets its own")
     return SqlAlchemyWarehouse(url, **options)
 
 

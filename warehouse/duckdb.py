@@ -24,11 +24,11 @@ class DuckDBWarehouse(Warehouse):
 
     dialect = "duckdb"
 
-    def __init__(self, url: str, *, statement_timeout: float | None = None):
+    def __init__(self, url: str, *, statement_timeout: float | None = None, memory_limit: str | None = None):
         path = duckdb_path(url)
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.engine = DuckDBEngine(path, ROLE, statement_timeout=statement_timeout)
+        self.engine = DuckDBEngine(path, ROLE, statement_timeout=statement_timeout, memory_limit=memory_limit)
         self._ledger_ready = False
 
     def query(self, sql: str, max_rows: int | None = None, uploads: dict[str, Any] | None = None) -> pd.DataFrame:
