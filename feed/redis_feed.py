@@ -5,8 +5,8 @@ Positions: every entry's stream id is ``0-<position>``. A Lua script appends an 
 id: position order is stream order by construction, there is no second key (a counter) to keep in step
 with the stream, and a script runs atomically, so an ingest's entries are consecutive and no other
 writer's entry lands between them. ``read_after(p)`` is ``XRANGE <stream> 0-<p+1> +``;
-``trim_through(p)`` is ``XTRIM <stream> MINID 0-<p+1>`` (the last generated id, hence positions, stay). Needs Redis 7.0+
-(ids with an explicit time and an automatic sequence number).
+``trim_through(p)`` is ``XTRIM <stream> MINID 0-<p+1>`` (the last generated id, hence positions, stay).
+Needs Redis 7.0+ (ids with an explicit time and an automatic sequence number).
 """
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ NAMESPACES = [ns]
 
 check = ns.model("Check", {"ok": fields.Boolean, "error": fields.String})
 health = ns.model("Health", {"status": fields.String(enum=["ok", "unavailable"]),
-                             "checks": fields.Raw(description="catalog, warehouse, realtime, feed → Check; the feed's also has applied (the position this process serves), newest and behind (entries between)")})
+                             "checks": fields.Raw(description="catalog, warehouse, realtime, feed → Check; the "
+                                                  "feed's also has applied (the position this process serves), "
+                                                  "newest and behind (the entries between)")})
 
 
 @ns.route("")
