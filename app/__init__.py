@@ -113,8 +113,7 @@ def _serving_sources(catalog: Any, realtime: Any, feed: Any, settings: Mapping[s
     position = snapshot_position(serving["snapshot"])
     sources.restore_snapshot(str(serving["snapshot"]))
     sources.tailer = FeedTailer(feed, sources.apply_feed, start=position, on_gap=exit_on_feed_gap)
-    sources.tailer.catch_up()
-    sources.tailer.start()
+    catch_up_or_exit(sources.tailer)
     log.info("serving process %s: restored the snapshot at feed position %s, caught up to %s", os.getpid(),
              position, sources.tailer.applied)
     return sources
@@ -130,6 +129,18 @@ def exit_on_feed_gap(gap: Exception) -> None:
     log.critical("process %s stops: %s", os.getpid(), gap)
     logging.shutdown()
     os._exit(EXIT_FEED_GAP)
+
+
+def catch_up_or_exit(tailer: Any) -> None:
+    """Apply what the feed holds, then tail it; a feed trimmed past the tailer's start exits as
+    `exit_on_feed_gap` does (the snapshot or hydration it started from is too old)."""
+    from feed import FeedGap
+
+    try:
+        tailer.catch_up()
+    except FeedGap as gap:
+        exit_on_feed_gap(gap)
+    tailer.start()
 
 
 def stats_slots(settings: Mapping[str, Any], serving: Mapping[str, Any] | None, replica: bool) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def replica_sources(catalog: Catalog, warehouse: Warehouse, realtime: RealtimeSt
                     settings: Mapping[str, Any]) -> Any:
     """A replica's sources: hydrated from one warehouse snapshot, caught up from the feed (skipping what
     the snapshot held) and tailing it; no feed writes (writes go to the writer)."""
-    from app import exit_on_feed_gap
+    from app import catch_up_or_exit, exit_on_feed_gap
     from app.sources import SourceService
 
     sources = SourceService(catalog, warehouse, realtime, load_dir=Path(settings["LOAD_DIR"]))
@@ -108,8 +108,7 @@ def replica_sources(catalog: Catalog, warehouse: Warehouse, realtime: RealtimeSt
         hydrated = sources.hydrate()
     sources.tailer = FeedTailer(feed, sources.apply_feed, start=start,
                                 skip=HydrationFilter(snapshot, sources.versions()), on_gap=exit_on_feed_gap)
-    sources.tailer.catch_up()
-    sources.tailer.start()
+    catch_up_or_exit(sources.tailer)
     log.info("replica %s: hydrated %s from the warehouse (feed position %s), caught up to %s", os.getpid(),
              hydrated, start, sources.tailer.applied)
     return sources

@@ -326,7 +326,13 @@ def test_a_running_tailer_hands_the_gap_over_and_stops(feed):
     tailer.stop()
 
 
-def test_a_process_that_missed_trimmed_entries_exits_to_start_again(feed_url):
+TAILING = {  # a tailer that meets the gap while running, and one that starts behind it
+    "running": "tailer.start()\ntime.sleep(30)\n",
+    "starting": "from app import catch_up_or_exit\ncatch_up_or_exit(tailer)\ntime.sleep(30)\n"}
+
+
+@pytest.mark.parametrize("when", sorted(TAILING))
+def test_a_process_that_missed_trimmed_entries_exits_to_start_again(feed_url, when):
     """app.exit_on_feed_gap, in a real process: exit code 75 (the supervisor starts a fresh one)."""
     feed = open_feed(feed_url)
     try:
@@ -339,8 +345,7 @@ def test_a_process_that_missed_trimmed_entries_exits_to_start_again(feed_url):
             "from app import exit_on_feed_gap\n"
             "from feed import FeedTailer, open_feed\n"
             "tailer = FeedTailer(open_feed(sys.argv[1]), lambda frames: None, start=0, on_gap=exit_on_feed_gap)\n"
-            "tailer.start()\n"
-            "time.sleep(30)\n")
+            + TAILING[when])
     done = subprocess.run([sys.executable, "-c", code, feed_url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 75, done.stderr[-2000:]
     assert "trimmed through position 2" in done.stderr
