@@ -44,10 +44,17 @@ def _count(text: str) -> int:
     return value
 
 
+MEMORY_UNITS = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+MEMORY_LIMIT_MIN = 32 * 2**20  # far below this DuckDB fails to allocate even for a small query
+
+
 def _memory_size(text: str) -> str:
-    """A size as DuckDB reads it: a number and a unit (512MB, 1.5GB, 2GiB)."""
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)", text.strip(), re.IGNORECASE):
+    """A size as DuckDB reads it: a number and a unit (512MB, 1.5GB, 2GiB), at least MEMORY_LIMIT_MIN."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B)", text.strip(), re.IGNORECASE)
+    if not match:
         raise ValueError(f"must be a size such as 512MB or 2GB, not {text!r}")
+    if float(match.group(1)) * MEMORY_UNITS[match.group(2).lower()] < MEMORY_LIMIT_MIN:
+        raise ValueError(f"must be at least 32MiB, not {text!r}")
     return text.strip()
 
 
@@ -62,8 +69,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WAREHOUSE_URL", None, "Warehouse: duckdb:///… or any SQLAlchemy URL (postgresql://…). "
             "Default: duckdb:///$DATA_DIR/warehouse.duckdb. Or WAREHOUSE_URL_FILE: a file holding it."),
     Setting("WAREHOUSE_MEMORY_LIMIT", None, "DuckDB warehouse only: the most memory its queries hold (DuckDB's form: "
-            "512MB, 2GB); past it joins and aggregations spill to disk beside the warehouse file, slower. Default: "
-            "DuckDB's own, 80% of RAM.", _memory_size),
+            "512MB, 2GB; at least 32MiB); past it joins and aggregations spill to disk, slower (into "
+            "<warehouse file>.tmp; for duckdb:///:memory:, .tmp in the working directory). Default: DuckDB's own, "
+            "80% of RAM.", _memory_size),
     Setting("WAREHOUSE_READ_URL", None, "PostgreSQL warehouse only: the URL user SQL (queries, training sets) "
             "connects with, as a role that may only SELECT the sources' tables (docker-compose.yml makes one). "
             "Default: WAREHOUSE_URL. Or WAREHOUSE_READ_URL_FILE: a file holding it."),
@@ -71,9 +79,9 @@ SETTINGS: tuple[Setting, ...] = (
             "sqlite:///<file> (one machine) or Redis Streams, redis://host:port/<db>?prefix=<name> (stream "
             "<name>:feed, default prefix featurestore). Default: sqlite:///$DATA_DIR/feed.db."),
     Setting("FEED_RETAIN_ENTRIES", 100_000, "The writer keeps the newest this many change-feed entries (one per "
-            "source an ingest touched) and deletes older ones every EVICT_INTERVAL_SECONDS; 0 keeps every entry. A "
-            "process or replica that falls further behind, or needs longer to hydrate, stops and starts again "
-            "from a fresh snapshot.", _count),
+            "source an ingest touched) and deletes older ones every EVICT_INTERVAL_SECONDS (so never when that is "
+            "0); 0 keeps every entry. A process or replica that falls further behind, or needs longer to hydrate, "
+            "stops (exit code 75) and starts again from a fresh snapshot.", _count),
     Setting("REALTIME_URL", "sqlite:///:memory:", "Realtime store: in-memory SQLite (sqlite:///:memory:, fastest "
             "point lookups) or DuckDB (duckdb:///:memory:, runs every DuckDB query)."),
     Setting("DEMO_SOURCES", False, "Declare the demo's four sources (users, quotes, transactions, policies) at "
@@ -81,7 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOAD_DIR", None, "Folder whose Parquet and CSV files POST /sources/<name>/load may read (nothing "
             "outside it). Default: $DATA_DIR/load."),
     Setting("EVICT_INTERVAL_SECONDS", 60.0, "How often rows past their source's hot window are deleted from the "
-            "realtime store (they are never served in between); 0 never deletes.", float),
+            "realtime store (they are never served in between), and the change feed trimmed to FEED_RETAIN_ENTRIES; "
+            "0 never deletes either.", float),
     Setting("MAX_INGEST_BYTES", 1_073_741_824, "Largest body of POST /sources/<name>/rows and one Arrow upload; "
             "larger gets 413.", int),
     Setting("EXPORT_DIR", None, "Folder point-in-time training sets are exported to as Parquet (nothing outside "

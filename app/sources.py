@@ -33,6 +33,7 @@ from sources.rows import arrow_schema, event_time_range, json_time, rows_from_ar
 from warehouse import BatchMark, Warehouse, WriteReceipt
 
 log = logging.getLogger(__name__)
+FEED_TRIM_CHUNK = 1_000  # feed entries one trim step deletes (ingests wait for one step at most)
 MAX_BATCH_ID = 200
 MAX_REQUEST_ROWS = 1000  # rows one serving request may supply per request source
 
@@ -561,12 +562,17 @@ class SourceService:
         self._evictor.start()
 
     def trim_feed(self, retain_entries: int) -> None:
-        """Delete the feed's entries older than the newest `retain_entries` (0: keep all); only the process
-        that writes the feed does (a serving process or replica has none of its own)."""
+        """Delete the feed's entries older than the newest `retain_entries` (0: keep all), FEED_TRIM_CHUNK at a
+        time so that ingests (which append under the same lock) and the feed's readers wait for one chunk at
+        most; only the process that writes the feed does (a serving process or replica has none of its own)."""
         if self.feed is None or retain_entries <= 0:
             return
         try:
-            self.feed.trim_through(self.feed.last_position() - retain_entries)
+            through = self.feed.last_position() - retain_entries
+            done = self.feed.trimmed_through()
+            while done < through:
+                done = min(through, done + FEED_TRIM_CHUNK)
+                self.feed.trim_through(done)
         except Exception as error:  # noqa: BLE001 - any backend's error: the next round tries again
             log.warning("trimming the change feed failed: %s", error)
 

@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting of every server started (e.g. WAREHOUSE_MEMORY_LIMIT=300MB); repeatable")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.set):
+        parser.error("--set takes NAME=VALUE")
     SETTINGS.update(item.split("=", 1) for item in args.set)
     data_dir = args.results_dir / "data" / f"users-{args.users}-seed-{args.seed}"
     manifest, reused = cached_warehouse(data_dir, args.users, args.seed, log=log)

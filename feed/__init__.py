@@ -1,6 +1,6 @@
 """The change feed: rows acknowledged by an ingest, in order, for every serving process to apply.
 
-A URL picks the backend: the embedded one (``sqlite:///<file>``, an append-only table under DATA_DIR that
+A URL picks the backend: the embedded one (``sqlite:///<file>``, a table under DATA_DIR that
 every process on one machine can tail) or Redis Streams (``redis://host:port/db?prefix=<name>``, one
 stream ``<name>:feed`` that processes on many machines can tail; ``rediss://`` for TLS). See feed/base.py
 for the contract.

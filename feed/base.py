@@ -135,7 +135,7 @@ class FeedTailer:
         self.progress = AppliedPosition(start)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._gap_checked = 0.0
+        self._gap_checked = float("-inf")  # the first idle poll checks
 
     @property
     def applied(self) -> int:

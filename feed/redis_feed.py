@@ -76,6 +76,8 @@ class RedisFeed(ChangeFeed):
         return _position(self._last_id(keys=[self.stream]))
 
     def trim_through(self, position: int) -> None:
+        if position <= 0:  # nothing to drop (and 0--n is no stream id)
+            return
         self.client.xtrim(self.stream, minid=f"0-{position + 1}", approximate=False)  # every id below it
 
     def trimmed_through(self) -> int:

@@ -1,5 +1,6 @@
-"""The embedded change feed: an append-only SQLite table (WAL mode) that every process on one machine
-shares, so WORKERS>1 needs no extra server. One connection per process (open it after a fork)."""
+"""The embedded change feed: a SQLite table (WAL mode) that every process on one machine shares, so
+WORKERS>1 needs no extra server; entries are only appended, and deleted from the oldest when the writer
+trims. One connection per process (open it after a fork)."""
 from __future__ import annotations
 
 import os
@@ -64,18 +65,17 @@ class SqliteFeed(ChangeFeed):
         return int(row[0]) if row else 0
 
     def trim_through(self, position: int) -> None:
+        if position <= 0:
+            return
         with self._lock:
             self._db().execute("DELETE FROM feed WHERE position <= ?", (position,))
 
     def trimmed_through(self) -> int:
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN")  # one snapshot: the oldest entry and the counter agree
-            try:
-                oldest = db.execute("SELECT min(position) FROM feed").fetchone()[0]
-                return int(oldest) - 1 if oldest is not None else self._last_position(db)
-            finally:
-                db.execute("COMMIT")
+        with self._lock:  # one statement, one snapshot: the oldest entry and the counter agree
+            oldest, last = self._db().execute(
+                "SELECT (SELECT min(position) FROM feed), "
+                "(SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'feed')").fetchone()
+        return int(oldest) - 1 if oldest is not None else int(last)
 
     def close(self) -> None:
         with self._lock:

@@ -287,7 +287,8 @@ def test_trimming_drops_the_oldest_entries_and_positions_keep_growing(feed, feed
         reopened.close()
 
 
-def test_a_tailer_behind_a_trim_reports_the_gap_instead_of_serving_without_the_rows(feed):
+def test_a_tailer_behind_a_trim_reports_the_gap_instead_of_serving_without_the_rows(feed, monkeypatch):
+    monkeypatch.setattr("feed.base.GAP_CHECK_SECONDS", 0.0)  # an idle tailer checks on every poll, not once a second
     for n in range(3):
         feed.append(_one_row(n))
     feed.trim_through(2)
@@ -305,7 +306,8 @@ def test_a_tailer_behind_a_trim_reports_the_gap_instead_of_serving_without_the_r
 
     feed.append(_one_row(3))
     feed.append(_one_row(4))
-    feed.trim_through(4)  # trimmed past the tailer while it was not reading: no entry left to read
+    feed.trim_through(5)  # trimmed past the tailer while it was not reading: no entry left to read
+    assert feed.read_after(3) == []
     with pytest.raises(FeedGap):
         tailer.poll()
     feed.append(_one_row(5))  # and with entries after the hole
@@ -351,7 +353,8 @@ def test_a_process_that_missed_trimmed_entries_exits_to_start_again(feed_url, wh
     assert "trimmed through position 2" in done.stderr
 
 
-def test_the_writer_keeps_only_the_newest_feed_entries(make_app, feed_url):
+def test_the_writer_keeps_only_the_newest_feed_entries(make_app, feed_url, monkeypatch, caplog):
+    monkeypatch.setattr("app.sources.FEED_TRIM_CHUNK", 2)  # several steps per round
     app = make_app(FEED_URL=feed_url, FEED_RETAIN_ENTRIES=3, EVICT_INTERVAL_SECONDS=0.05)
     api = JsonClient(app.test_client())
     last = api.put("/v1.0/publish?n_flows=20&seed=5")["position"]
@@ -361,6 +364,10 @@ def test_the_writer_keeps_only_the_newest_feed_entries(make_app, feed_url):
     while feed.trimmed_through() < last - 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert feed.trimmed_through() == last - 3 and [e.position for e in feed.read_after(0)] == [last - 2, last - 1, last]
+    sources = app.extensions["feature_service"].sources
+    sources.trim_feed(10 * last)  # keeping more than the feed holds: nothing to drop, nothing to warn of
+    assert feed.trimmed_through() == last - 3
+    assert not [record for record in caplog.records if "trimming the change feed failed" in record.getMessage()]
 
 
 def test_health_says_how_far_behind_the_feed_a_tailing_process_is_and_when_it_stopped(make_app, feed_url):

@@ -635,6 +635,6 @@ def test_a_memory_limit_is_refused_for_a_database_server_and_when_malformed(pg_d
     with pytest.raises(InvalidInput, match="WAREHOUSE_MEMORY_LIMIT is for the DuckDB warehouse"):
         open_warehouse(pg_database_url, memory_limit="1GB")
     assert load_settings(environ={"WAREHOUSE_MEMORY_LIMIT": "1.5GB"})["WAREHOUSE_MEMORY_LIMIT"] == "1.5GB"
-    for bad in ("lots", "12", "-1GB", "1 PB"):
+    for bad in ("lots", "12", "-1GB", "1 PB", "100B", "10KB", "0MB"):
         with pytest.raises(ValueError, match="setting WAREHOUSE_MEMORY_LIMIT: cannot read"):
             load_settings(environ={"WAREHOUSE_MEMORY_LIMIT": bad})
