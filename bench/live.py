@@ -224,6 +224,23 @@ class Server:
 _HYDRATED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*realtime store hydrated from the warehouse: (.*)$")
 
 
+def wait_until_healthy(server: Server, deadline: float) -> None:
+    """Poll `GET /v1.0/health` until it answers 200; RuntimeError if the process exits first or `deadline`
+    (time.monotonic) passes."""
+    while True:
+        if server.process.poll() is not None:
+            tail = server.log_path.read_text()[-3000:] if server.log_path.is_file() else ""
+            raise RuntimeError(f"the server exited ({server.process.returncode}): {tail}")
+        try:
+            if server.request("GET", "/v1.0/health", timeout=5)[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer in time: {server.log_path}")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def running_server(data_dir: Path, log_dir: Path, startup_seconds: float = 3600.0, root: Path = ROOT,
                    on_spawn: Any = None, **settings: str) -> Iterator[Server]:
@@ -247,19 +264,7 @@ def running_server(data_dir: Path, log_dir: Path, startup_seconds: float = 3600.
             on_spawn(process.pid)
         server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
         try:
-            deadline = spawned + startup_seconds
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the server exited ({process.returncode}): {log_path.read_text()[-3000:]}")
-                try:
-                    status, _, _ = server.request("GET", "/v1.0/health", timeout=5)
-                    if status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer in {startup_seconds} s: {log_path}")
-                time.sleep(0.05)
+            wait_until_healthy(server, spawned + startup_seconds)
             server.ready_seconds = time.monotonic() - spawned
             status = process_status(process.pid)
             server.rss_at_ready, server.peak_rss_at_ready = status["VmRSS"], status["VmHWM"]

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen, peer_serving
-from bench.live import Server, free_port, make_etl_repo, process_status, running_server
+from bench.live import (Server, free_port, make_etl_repo, process_status, running_server, stop,
+                        wait_until_healthy)
 from bench.load import Client, prepare
 
 
@@ -159,24 +160,15 @@ def bare_floor(server: str, workers: int, threads: int, bodies: Path, args: argp
     process = subprocess.Popen(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if Server(f"http://127.0.0.1:{port}", port, process, Path()).request(
-                        "GET", "/v1.0/health", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"{command[:3]} did not start")
-                time.sleep(0.05)
+        server = Server(f"http://127.0.0.1:{port}", port, process, Path(os.devnull))
+        wait_until_healthy(server, time.monotonic() + 60)
         time.sleep(0.5)  # every process listening
         loadgen.concurrent(port, "POST", "/v1.0/lookup", bodies, args.clients, WARMUP_SECONDS,
                            {"Content-Type": "application/json"})
         return loadgen.concurrent(port, "POST", "/v1.0/lookup", bodies, args.clients, args.seconds,
                                   {"Content-Type": "application/json"})
     finally:
-        process.terminate()
-        process.wait(30)
+        stop(process)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -214,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         "workers (bench/peer_feature_server.py; bash bench/install_feast.sh first)")
     parser.add_argument("--floor", action="store_true", help="after each shape's load, GET /v1.0/health on the "
                         "same server and a bare flask-restx lookup (bench/framework_floor.py) with as many "
-                        "processes (on waitress, and on granian when bash bench/install_granian.sh made its venv): what "
-                        "the framework allows at best")
+                        "processes (on waitress, and on granian when bash bench/install_granian.sh made its "
+                        "venv): what the framework allows at best")
     args = parser.parse_args(argv)
     if args.peer:
         peer_serving.feast_python()  # missing: fail now, not after the first shape

@@ -12,6 +12,10 @@ import pyarrow as pa
 from feed.base import ChangeFeed, FeedEntry, bytes_table, table_bytes
 
 
+# AUTOINCREMENT's counter: the newest position ever given, even once its entry is trimmed
+_LAST_POSITION = "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'feed'"
+
+
 class SqliteFeed(ChangeFeed):
     """A feed in the SQLite file at `path`; positions are the table's rowids (AUTOINCREMENT: never reused
     once trimmed)."""
@@ -56,13 +60,7 @@ class SqliteFeed(ChangeFeed):
 
     def last_position(self) -> int:
         with self._lock:
-            return self._last_position(self._db())
-
-    @staticmethod
-    def _last_position(db: sqlite3.Connection) -> int:
-        # AUTOINCREMENT's counter: the newest position ever given, even once its entry is trimmed
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'feed'").fetchone()
-        return int(row[0]) if row else 0
+            return int(self._db().execute(_LAST_POSITION).fetchone()[0])
 
     def trim_through(self, position: int) -> None:
         if position <= 0:
@@ -72,9 +70,7 @@ class SqliteFeed(ChangeFeed):
 
     def trimmed_through(self) -> int:
         with self._lock:  # one statement, one snapshot: the oldest entry and the counter agree
-            oldest, last = self._db().execute(
-                "SELECT (SELECT min(position) FROM feed), "
-                "(SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'feed')").fetchone()
+            oldest, last = self._db().execute(f"SELECT (SELECT min(position) FROM feed), ({_LAST_POSITION})").fetchone()
         return int(oldest) - 1 if oldest is not None else int(last)
 
     def close(self) -> None:
